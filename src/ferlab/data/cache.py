@@ -1,0 +1,64 @@
+"""Decode once, then load in about a second: a uint8 array cache keyed by the source's fingerprint."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .readers import DataError, FerData, read_fer2013
+
+CACHE_VERSION = 1
+DATA_ENV = "FERLAB_DATA"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FERLAB_CACHE", Path.home() / ".cache" / "ferlab"))
+
+
+def fingerprint(path: Path) -> str:
+    """Hash of path, sizes and modification times: a changed source gets a new cache entry."""
+    h = hashlib.sha1(f"v{CACHE_VERSION}:{path.resolve()}".encode())
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:20]
+
+
+def resolve_data_path(path: str | os.PathLike | None) -> Path:
+    """The --data argument, else $FERLAB_DATA, else a clear error."""
+    if path is None:
+        path = os.environ.get(DATA_ENV)
+    if not path:
+        raise DataError(f"no FER2013 location given: pass --data PATH or set {DATA_ENV} to your Kaggle download "
+                        "(folder, .zip/.tar.gz, fer2013.csv, icml_face_data.csv or train.csv)")
+    return Path(path).expanduser()
+
+
+def load_fer2013(path: str | os.PathLike | None = None, skip_bad: bool = False, cache: bool = True) -> FerData:
+    """Load FER2013 from any supported form, through the array cache."""
+    path = resolve_data_path(path)
+    if not path.exists():
+        return read_fer2013(path)  # raises the helpful not-found error
+    if not cache:
+        return read_fer2013(path, skip_bad)
+    key = fingerprint(path) + ("-skipbad" if skip_bad else "")
+    file = cache_dir() / f"fer2013-{key}.npz"
+    if file.exists():
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return FerData(z["images"], z["labels"], z["usage"], z["ids"], meta["form"], meta["source"],
+                               meta["skipped"])
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is simply rebuilt
+    data = read_fer2013(path, skip_bad)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npz")
+    meta = json.dumps({"form": data.form, "source": data.source, "skipped": data.skipped})
+    np.savez(tmp, images=data.images, labels=data.labels, usage=data.usage, ids=data.ids, meta=np.array(meta))
+    os.replace(tmp, file)  # atomic: a concurrent reader never sees half a file
+    return data

@@ -1,0 +1,294 @@
+"""Read FER2013 in every form users download it, from a folder or straight from an archive.
+
+Forms (detected, in this order of preference):
+  fer2013.csv         columns emotion,pixels,Usage
+  icml_face_data.csv  the same content, column names with leading spaces (emotion, Usage, pixels)
+  challenge           train.csv (emotion,pixels; all Training) and optionally test.csv (pixels only)
+  folder              Kaggle layout train/<class>/*.jpg, test/<class>/*.jpg; split from the file prefix
+
+Everything comes out as one `FerData`: uint8 images, canonical labels (-1 = unlabeled), and the
+original Usage of every row, so the split logic downstream never needs to know the form.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .classes import CLASSES, class_index
+
+USAGES = ("Training", "PublicTest", "PrivateTest", "Unlabeled")
+IMAGE_SIZE = 48
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
+CSV_FORMS = ("fer2013.csv", "icml_face_data.csv")
+
+csv.field_size_limit(1 << 24)
+
+
+class DataError(ValueError):
+    """Bad or unrecognised FER2013 input; the message names the file and row."""
+
+
+@dataclass
+class FerData:
+    images: np.ndarray   # (N, 48, 48) uint8
+    labels: np.ndarray   # (N,) int8, canonical order, -1 = unlabeled
+    usage: np.ndarray    # (N,) uint8 index into USAGES
+    ids: np.ndarray      # (N,) str: where each row came from ("train/angry/Training_1.jpg", "fer2013.csv:17")
+    form: str
+    source: str
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def summary(self) -> str:
+        """Human-readable description: form, image size, counts per usage and class."""
+        lines = [f"source: {self.source}", f"form:   {self.form}",
+                 f"images: {len(self)} of {self.images.shape[1]}x{self.images.shape[2]} grayscale"]
+        if self.skipped:
+            lines.append(f"skipped bad rows: {len(self.skipped)}")
+        header = f"{'usage':<12}" + "".join(f"{c:>9}" for c in CLASSES) + f"{'unlabeled':>10}{'total':>8}"
+        lines += ["", header]
+        for u, name in enumerate(USAGES):
+            sel = self.usage == u
+            if not sel.any():
+                continue
+            counts = [int(((self.labels == k) & sel).sum()) for k in range(len(CLASSES))]
+            unl = int(((self.labels < 0) & sel).sum())
+            lines.append(f"{name:<12}" + "".join(f"{n:>9}" for n in counts) + f"{unl:>10}{int(sel.sum()):>8}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: a folder, a .zip or a .tar(.gz) all look like {relative posix path -> bytes loader}.
+
+class _Source:
+    def __init__(self, path: Path):
+        self.path = path
+        self._tar_cache: dict[str, bytes] | None = None
+        if path.is_dir():
+            self.kind = "dir"
+            self.names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        elif path.name.lower().endswith(".zip"):
+            self.kind = "zip"
+            self._zip = zipfile.ZipFile(path)
+            self.names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+        elif path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
+            self.kind = "tar"
+            # gzip streams have no random access: read every member once, in one pass.
+            self._tar_cache = {}
+            try:
+                with tarfile.open(path) as tf:
+                    for m in tf:
+                        if m.isfile():
+                            self._tar_cache[m.name] = tf.extractfile(m).read()
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DataError(f"{path}: not a readable tar archive ({e})") from e
+            self.names = sorted(self._tar_cache)
+        else:
+            raise DataError(f"{path}: expected a folder, a .zip, .tar.gz or .tar archive, or a .csv file")
+
+    def read(self, name: str) -> bytes:
+        if self.kind == "dir":
+            return (self.path / name).read_bytes()
+        if self.kind == "zip":
+            return self._zip.read(name)
+        return self._tar_cache[name]
+
+
+def _find(names: list[str], basename: str) -> str | None:
+    hits = [n for n in names if PurePosixPath(n).name.lower() == basename and "__MACOSX" not in n]
+    return min(hits, key=len) if hits else None
+
+
+def _folder_images(names: list[str]) -> list[tuple[str, str, str]]:
+    """(name, split_dir, class_dir) for every image file laid out as .../(train|test)/<class>/<file>."""
+    out = []
+    for n in names:
+        p = PurePosixPath(n)
+        if "__MACOSX" in p.parts or p.name.startswith("."):
+            continue
+        if len(p.parts) >= 3 and p.parts[-3].lower() in ("train", "test"):
+            out.append((n, p.parts[-3].lower(), p.parts[-2]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Row parsers
+
+def _parse_pixels(text: str, where: str) -> np.ndarray:
+    parts = text.split()
+    if len(parts) != IMAGE_SIZE * IMAGE_SIZE:
+        raise DataError(f"{where}: pixels has {len(parts)} values, expected {IMAGE_SIZE * IMAGE_SIZE} (48x48)")
+    try:
+        arr = np.array(parts, dtype=np.int64)
+    except ValueError:
+        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        raise DataError(f"{where}: pixels must be integers 0-255, found {bad!r}") from None
+    if arr.min() < 0 or arr.max() > 255:
+        raise DataError(f"{where}: pixel value out of range 0-255 (min {arr.min()}, max {arr.max()})")
+    return arr.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _parse_label(text: str, where: str) -> int:
+    try:
+        v = int(text.strip())
+    except ValueError:
+        v = -99
+    if not 0 <= v < len(CLASSES):
+        raise DataError(f"{where}: unknown emotion label {text.strip()!r}; expected an integer 0-6 "
+                        f"({', '.join(f'{i} {c}' for i, c in enumerate(CLASSES))})")
+    return v
+
+
+def _read_csv(raw: bytes, name: str, default_usage: str | None, skip_bad: bool, skipped: list[str]):
+    reader = csv.reader(io.StringIO(raw.decode("utf-8-sig")))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise DataError(f"{name}: empty CSV file") from None
+    if "pixels" not in header:
+        raise DataError(f"{name}: no 'pixels' column; found columns {header}")
+    ip, ie = header.index("pixels"), header.index("emotion") if "emotion" in header else None
+    iu = header.index("usage") if "usage" in header else None
+    images, labels, usage, ids = [], [], [], []
+    for rowno, row in enumerate(reader, start=2):  # row numbers as a spreadsheet shows them
+        if not row:
+            continue
+        where = f"{name} row {rowno}"
+        try:
+            if len(row) != len(header):
+                raise DataError(f"{where}: {len(row)} fields, expected {len(header)} ({', '.join(header)})")
+            img = _parse_pixels(row[ip], where)
+            lab = _parse_label(row[ie], where) if ie is not None else -1
+            u = row[iu].strip() if iu is not None else default_usage
+            if u not in USAGES[:3] and not (u == "Unlabeled" and ie is None):
+                raise DataError(f"{where}: unknown Usage {u!r}; expected Training, PublicTest or PrivateTest")
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        images.append(img); labels.append(lab); usage.append(USAGES.index(u)); ids.append(f"{name}:{rowno}")
+    return images, labels, usage, ids
+
+
+def _decode_image(raw: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im = im.convert("L")
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _usage_from_name(filename: str, split_dir: str) -> str:
+    for u in USAGES[:3]:
+        if filename.startswith(u + "_"):
+            return u
+    # No official prefix: train/ is Training; an unprefixed test/ cannot be told apart, call it PrivateTest.
+    return "Training" if split_dir == "train" else "PrivateTest"
+
+
+# ---------------------------------------------------------------------------------------------
+
+def detect_form(names: list[str]) -> str | None:
+    """Which FER2013 form a listing of file names holds, or None."""
+    for form in CSV_FORMS:
+        if _find(names, form):
+            return form
+    if _find(names, "train.csv"):
+        return "challenge"
+    if _folder_images(names):
+        return "folder"
+    return None
+
+
+def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
+    """Decode FER2013 from a folder, archive or CSV file (no cache; see `load_fer2013`)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder. Point --data (or FERLAB_DATA) at your FER2013 "
+                        "download: the Kaggle folder/zip, fer2013.csv, icml_face_data.csv or train.csv")
+    skipped: list[str] = []
+    if path.is_file() and path.suffix.lower() == ".csv":
+        form = "challenge" if path.name.lower() in ("train.csv", "test.csv") else \
+            ("icml_face_data.csv" if path.name.lower() == "icml_face_data.csv" else "fer2013.csv")
+        default = {"train.csv": "Training", "test.csv": "Unlabeled"}.get(path.name.lower())
+        rows = _read_csv(path.read_bytes(), path.name, default, skip_bad, skipped)
+        return _assemble(rows, form, str(path), skipped)
+
+    src = _Source(path)
+    form = detect_form(src.names)
+    if form is None:
+        # One level of nesting: Kaggle's challenge zip carries fer2013.tar.gz inside it.
+        for n in src.names:
+            if n.lower().endswith(ARCHIVE_SUFFIXES):
+                import tempfile
+                with tempfile.TemporaryDirectory() as tmp:
+                    inner = Path(tmp) / PurePosixPath(n).name
+                    inner.write_bytes(src.read(n))
+                    try:
+                        data = read_fer2013(inner, skip_bad)
+                    except DataError:
+                        continue
+                data.source = f"{path}!{n}"
+                return data
+        shown = ", ".join(src.names[:8]) + (" ..." if len(src.names) > 8 else "")
+        raise DataError(f"{path}: none of the known FER2013 forms found (fer2013.csv, icml_face_data.csv, "
+                        f"train.csv, or train/<class>/*.jpg + test/<class>/*.jpg); it holds "
+                        f"{len(src.names)} files: {shown or 'nothing'}")
+
+    if form in CSV_FORMS:
+        name = _find(src.names, form)
+        rows = _read_csv(src.read(name), name, None, skip_bad, skipped)
+    elif form == "challenge":
+        name = _find(src.names, "train.csv")
+        rows = _read_csv(src.read(name), name, "Training", skip_bad, skipped)
+        test = _find(src.names, "test.csv")
+        if test:
+            more = _read_csv(src.read(test), test, "Unlabeled", skip_bad, skipped)
+            rows = tuple(a + b for a, b in zip(rows, more))
+    else:
+        rows = ([], [], [], [])
+        for name, split_dir, cls in _folder_images(src.names):
+            if PurePosixPath(name).suffix.lower() not in IMAGE_EXTS:
+                err = f"{name}: not an image file (expected one of {', '.join(sorted(IMAGE_EXTS))})"
+                if not skip_bad:
+                    raise DataError(err)
+                skipped.append(err)
+                continue
+            try:
+                label = class_index(cls)
+            except ValueError as e:
+                raise DataError(f"{name}: {e}") from None
+            try:
+                img = _decode_image(src.read(name), name)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                skipped.append(str(e))
+                continue
+            for lst, v in zip(rows, (img, label, USAGES.index(_usage_from_name(PurePosixPath(name).name, split_dir)), name)):
+                lst.append(v)
+    return _assemble(rows, form, str(path), skipped)
+
+
+def _assemble(rows, form, source, skipped) -> FerData:
+    images, labels, usage, ids = rows
+    if not images:
+        raise DataError(f"{source}: found the {form} form but no usable rows"
+                        + (f" ({len(skipped)} bad rows skipped; first: {skipped[0]})" if skipped else ""))
+    return FerData(np.stack(images), np.asarray(labels, np.int8), np.asarray(usage, np.uint8),
+                   np.asarray(ids), form, source, skipped)

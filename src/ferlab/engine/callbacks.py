@@ -1,0 +1,66 @@
+"""Trackers plug in here; the training loop only calls `on_epoch_end` / `on_train_end` on a list."""
+from __future__ import annotations
+
+import csv
+import sys
+import warnings
+from pathlib import Path
+
+METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "train_val_acc_gap", "lr",
+               "epoch_time_s", "images_per_s")
+
+
+class Callback:
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
+    def on_train_end(self, summary: dict) -> None: ...
+
+
+class CSVLogger(Callback):
+    """metrics.csv, one row per epoch; on resume the rows after the resumed epoch are dropped."""
+
+    def __init__(self, run_dir: Path, resume_epoch: int = 0):
+        self.path = Path(run_dir) / "metrics.csv"
+        rows = []
+        if resume_epoch and self.path.exists():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_KEYS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def on_epoch_end(self, epoch, metrics):
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, METRIC_KEYS, extrasaction="ignore").writerow(
+                {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+
+
+class PrintLogger(Callback):
+    def on_epoch_end(self, epoch, m):
+        print(f"epoch {epoch:3d}  train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.2f}  "
+              f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.2f}  gap {m['train_val_acc_gap']:+.2f}  "
+              f"lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+
+
+class WandbLogger(Callback):
+    """The seed's W&B keys; works with WANDB_MODE=offline; a missing wandb only warns."""
+
+    def __init__(self, project: str, name: str, config: dict, run_dir: Path):
+        try:
+            import wandb
+        except ImportError:
+            warnings.warn("--wandb given but wandb is not installed (pip install wandb); continuing without it")
+            self.run = None
+            return
+        self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), reinit=True)
+
+    def on_epoch_end(self, epoch, m):
+        if self.run is not None:
+            self.run.log({k: m[k] for k in ("train_loss", "val_loss", "train_accuracy", "val_accuracy",
+                                             "train_val_acc_gap")}, step=epoch)
+
+    def on_train_end(self, summary):
+        if self.run is not None:
+            self.run.summary["overfitting_gap"] = summary["gap"]
+            self.run.summary["test_accuracy"] = summary.get("test_accuracy")
+            self.run.finish()

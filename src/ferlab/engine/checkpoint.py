@@ -1,0 +1,61 @@
+"""Self-describing checkpoints: everything needed to rebuild, use or resume a model, loadable with
+`torch.load(..., weights_only=True)` (only tensors, numbers, strings, lists and dicts inside)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..data.classes import CLASSES
+from ..inference.preprocess import Preprocess
+from ..models import create_model
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, *, model, model_name: str, model_args: dict, pre: Preprocess,
+                    config: dict, epoch: int, best_val_acc: float, metrics: dict | None = None,
+                    optimizer=None, scheduler=None, ema_state: dict | None = None, extra: dict | None = None):
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    ckpt = {
+        "format": "ferlab", "format_version": FORMAT_VERSION,
+        "model": model_name, "model_args": dict(model_args), "preprocess": pre.to_dict(),
+        "classes": list(CLASSES), "config": config, "epoch": epoch, "best_val_acc": best_val_acc,
+        "metrics": metrics or {}, "state_dict": state,
+        "ema_state_dict": ema_state,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        **(extra or {}),
+    }
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind an interruption
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if path.is_dir():
+        for cand in (path / "best.pt", path / "weights" / "best.pt"):
+            if cand.exists():
+                path = cand
+                break
+        else:
+            raise FileNotFoundError(f"{path}: a run folder must contain best.pt")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "ferlab":
+        raise ValueError(f"{path}: not a ferlab checkpoint (expected a dict with format='ferlab')")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> tuple[torch.nn.Module, Preprocess]:
+    """Rebuild the network in eval mode and its preprocessing from a checkpoint dict."""
+    pre = Preprocess.from_dict(ckpt["preprocess"])
+    model = create_model(ckpt["model"], num_classes=len(ckpt["classes"]), in_channels=pre.in_channels,
+                         input_size=pre.input_size, **ckpt["model_args"])
+    state = ckpt["ema_state_dict"] if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
+    model.load_state_dict(state)
+    return model.eval(), pre

@@ -1,0 +1,115 @@
+"""One typed source of defaults; a YAML file overrides it; `key=value` overrides that."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..data.augment import AugmentConfig
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    model: str = "vgg_s"
+    model_args: dict = field(default_factory=dict)   # extra factory arguments (e.g. dropout)
+    input_size: int | None = None                    # None: the model's registered default
+    in_channels: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # data
+    data: str | None = None                          # None: $FERLAB_DATA
+    split: str = "official"
+    fraction: float = 1.0                            # share of each split to use (quick experiments)
+    seed: int = 42
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 64                             # per process; global = batch_size x world size
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    ema: float = 0.0                                 # EMA decay of the weights; 0 = off
+    grad_clip: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # execution
+    precision: str = "fp32"
+    channels_last: bool = True
+    device: str = "auto"                             # auto, cpu, cuda, cuda:1
+    threads: int = 0                                 # torch CPU threads; 0 = torch's default
+    eval_batch_size: int = 256
+    tta: bool = True                                 # also report horizontal-flip TTA accuracy
+    out_dir: str = "runs"
+
+    def __post_init__(self):
+        # YAML 1.1 reads "4e-5" (no dot) as a string: coerce numeric fields from their declared type.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, str) and f.type in ("float", "int", "float | None", "int | None"):
+                try:
+                    setattr(self, f.name, float(v) if "float" in f.type else int(v))
+                except ValueError:
+                    raise ValueError(f"{f.name}: expected a number, got {v!r}") from None
+        if isinstance(self.augment, dict):
+            self.augment = _build(AugmentConfig, self.augment, "augment.")
+        if isinstance(self.augment.erase_area, list):
+            self.augment.erase_area = tuple(self.augment.erase_area)
+        for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["augment"]["erase_area"] = list(d["augment"]["erase_area"])
+        return d
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            raise ValueError(f"unknown config key {prefix}{k!r}{hint} Valid keys: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text)  # "1e-3" -> float, "true" -> bool, "[1, 2]" -> list
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- overrides ("key=value" strings, dotted keys for nested: augment.erase=0)."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" for k, v in overrides.items()]
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. lr=0.01, augment.erase=0)")
+        key, text = item.split("=", 1)
+        target = values
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = _parse_value(text)
+    return _build(TrainConfig, values)

@@ -1,0 +1,42 @@
+"""PNG plots of a run: loss/accuracy curves and the confusion matrix."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def read_metrics(path: Path) -> dict[str, list[float]]:
+    with Path(path).open() as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
+
+
+def plot_curves(metrics_csv: Path, out: Path, title: str = "") -> None:
+    m = read_metrics(metrics_csv)
+    if not m:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(m["epoch"], m["train_loss"], label="train"); a.plot(m["epoch"], m["val_loss"], label="val")
+    a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend(); a.grid(alpha=.3)
+    b.plot(m["epoch"], m["train_accuracy"], label="train"); b.plot(m["epoch"], m["val_accuracy"], label="val")
+    b.set_xlabel("epoch"); b.set_ylabel("accuracy (%)"); b.legend(); b.grid(alpha=.3)
+    fig.suptitle(title); fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right"); ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted"); ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > .5 else "black")
+    fig.colorbar(im, ax=ax); ax.set_title(title); fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)

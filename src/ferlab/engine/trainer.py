@@ -1,0 +1,376 @@
+"""The training loop: `train_one_epoch` and `evaluate` return metrics; `fit` wires a run folder around them.
+
+Runs unchanged in one process or under `torchrun` (DistributedDataParallel): every rank draws the same
+epoch permutation and takes its own slice of it; metrics are summed across ranks; only rank 0 writes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from ..data import CLASSES, load_fer2013, make_splits
+from ..data.augment import AugmentConfig, augment
+from ..inference.preprocess import Preprocess, to_model_input
+from ..models import count_params, create_model, model_defaults
+from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .plots import plot_confusion, plot_curves
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    return torch.device(name)
+
+
+def build_preprocess(cfg: TrainConfig) -> Preprocess:
+    """The model's registered preprocessing, with any size/channel/normalisation override from the config."""
+    d = model_defaults(cfg.model)
+    channels = cfg.in_channels or d.get("in_channels", 1)
+    mean = cfg.mean or list(d.get("mean", (0.0,)))
+    std = cfg.std or list(d.get("std", (1.0,)))
+    if len(mean) != channels:  # one grey statistic serves every copied channel
+        mean, std = [mean[0]] * channels, [std[0]] * channels
+    return Preprocess(cfg.input_size or d.get("input_size", 48), channels, tuple(mean), tuple(std))
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class DistInfo:
+    """Rank/world of this process; world 1 when not launched by torchrun."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: list[float], device) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    # No weight decay on norms and biases: decaying BatchNorm scales only fights the normalisation.
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    if cfg.optimizer == "adam":  # the seed's optimizer: plain Adam, L2 weight decay on everything
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class EMA:
+    """Exponential moving average of the weights (BatchNorm statistics are copied, not averaged)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.module = decay, copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - self.decay)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+# ----------------------------------------------------------------------------------------------- loop
+
+def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, optimizer, scheduler,
+                    cfg: TrainConfig, epoch: int, device: torch.device, ema: EMA | None = None,
+                    dinfo: DistInfo | None = None, progress: bool = True) -> dict:
+    """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s."""
+    dinfo = dinfo or DistInfo()
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same on every rank, resumable
+    perm = torch.randperm(len(labels), generator=gen)
+    per_step = cfg.batch_size * dinfo.world
+    steps = len(perm) // per_step  # drop the ragged last batch: BatchNorm dislikes a batch of 1
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch * 31 + dinfo.rank)
+    loss_sum = correct = seen = 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress or None,
+               dynamic_ncols=True)
+    for step in bar:
+        idx = perm[step * per_step:(step + 1) * per_step][dinfo.rank::dinfo.world]
+        x = to_model_input(images[idx], pre, device)
+        x = augment(x, cfg.augment, aug_gen)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[idx].to(device, non_blocking=True)
+        with autocast(device, cfg.precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower lr "
+                                     f"(now {scheduler.get_last_lr()[0]:.2e}) or enable grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "module") else model)
+        # .item() is a device sync point: pay it once per step for the running numbers shown
+        n = len(idx)
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    elapsed = time.perf_counter() - t0
+    loss_sum, correct, seen = dinfo.all_sum([loss_sum, correct, seen], device)
+    return {"loss": loss_sum / max(seen, 1), "accuracy": 100 * correct / max(seen, 1),
+            "images_per_s": seen / elapsed, "time_s": elapsed}
+
+
+@torch.no_grad()
+def predict_probs(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
+                  tta: bool = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, classes) for uint8 faces; tta averages with the mirrored face."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_model_input(images[i:i + batch_size], pre, device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            p = model(x).float().softmax(1)
+            if tta:
+                p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+        out.append(p.cpu())
+    return torch.cat(out) if out else torch.empty(0, len(CLASSES))
+
+
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, device: torch.device,
+             batch_size: int = 256, tta: bool = False, precision: str = "fp32", dinfo: DistInfo | None = None,
+             channels_last: bool = False) -> dict:
+    """Loss and accuracy over a split (summed over ranks when distributed); probs of this rank's share."""
+    dinfo = dinfo or DistInfo()
+    sel = torch.arange(dinfo.rank, len(labels), dinfo.world)
+    probs = predict_probs(model, images[sel], pre, device, batch_size, tta, precision, channels_last)
+    y = labels[sel]
+    nll = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
+    correct = (probs.argmax(1) == y).sum().item()
+    nll, correct, n = dinfo.all_sum([nll, correct, float(len(y))], device)
+    return {"loss": nll / max(n, 1), "accuracy": 100 * correct / max(n, 1), "probs": probs, "labels": y}
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+def _new_run_dir(out_dir: str, name: str) -> Path:
+    """runs/<name>, or runs/<name>-2, -3 ... : an existing run is never overwritten."""
+    base = Path(out_dir) / name
+    path, i = base, 2
+    while path.exists() and any(path.iterdir()):
+        path, i = base.with_name(f"{name}-{i}"), i + 1
+    return path
+
+
+def _load_splits(cfg: TrainConfig):
+    data = load_fer2013(cfg.data)
+    splits = make_splits(data, cfg.split, seed=cfg.seed, fraction=cfg.fraction)
+    return {k: (torch.from_numpy(s.images), torch.from_numpy(s.labels)) for k, s in splits.items()}
+
+
+def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
+        wandb_project: str | None = None, progress: bool = True, run_dir: str | Path | None = None,
+        epoch_hook=None) -> dict:
+    """Train a model per `cfg` into a run folder; returns the summary (also written to summary.json).
+
+    epoch_hook(epoch, metrics) is called after every epoch on every rank (sweeps prune trials through it).
+    """
+    dinfo = DistInfo()
+    resume_ckpt = None
+    if resume is not None:
+        resume = Path(resume)
+        last = resume / "last.pt"
+        if not last.exists():
+            raise FileNotFoundError(f"cannot resume: {last} does not exist")
+        resume_ckpt = load_checkpoint(last)
+        saved = TrainConfig(**{**resume_ckpt["config"], "augment": resume_ckpt["config"]["augment"]})
+        saved.data = cfg.data or saved.data  # the data may have moved; everything else is the run's own
+        cfg, run_dir = saved, resume
+
+    device = resolve_device(cfg.device)
+    if dinfo.world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            device = torch.device("cuda", dinfo.local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    pre = build_preprocess(cfg)
+    splits = _load_splits(cfg)
+    (xtr, ytr), (xva, yva), (xte, yte) = splits["train"], splits["val"], splits["test"]
+
+    model = create_model(cfg.model, num_classes=len(CLASSES), in_channels=pre.in_channels,
+                         input_size=pre.input_size, **cfg.model_args).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    steps = len(ytr) // (cfg.batch_size * dinfo.world)
+    if steps == 0:
+        raise ValueError(f"train split has {len(ytr)} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {dinfo.world} processes)")
+    scheduler = make_scheduler(cfg, optimizer, steps)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    start, best = 1, -1.0
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["state_dict"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        if ema is not None and resume_ckpt.get("ema_state_dict"):
+            ema.module.load_state_dict(resume_ckpt["ema_state_dict"])
+        if "rng_state" in resume_ckpt:
+            torch.set_rng_state(resume_ckpt["rng_state"])
+        start, best = resume_ckpt["epoch"] + 1, resume_ckpt["best_val_acc"]
+    train_model = model
+    if dinfo.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    run_dir = Path(run_dir) if run_dir else _new_run_dir(cfg.out_dir, cfg.name)
+    cfg_dict = cfg.to_dict()
+    cbs: list[Callback] = []
+    if dinfo.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg_dict, "world_size": dinfo.world,
+                                                             "global_batch_size": cfg.batch_size * dinfo.world},
+                                                            sort_keys=False))
+        cbs = [CSVLogger(run_dir, start - 1), PrintLogger()]
+        if wandb_project:
+            cbs.append(WandbLogger(wandb_project, run_dir.name, cfg_dict, run_dir))
+        cbs += callbacks or []
+    n_params = count_params(model)
+    if dinfo.main:
+        print(f"run {run_dir}: {cfg.model} ({n_params:,} params) on {device}, input {pre.in_channels}x"
+              f"{pre.input_size}x{pre.input_size}, train/val/test {len(ytr)}/{len(yva)}/{len(yte)}, "
+              f"{dinfo.world} process(es), epochs {start}..{cfg.epochs}", flush=True)
+
+    def ckpt_kwargs(epoch, metrics):
+        return dict(model=model, model_name=cfg.model, model_args=cfg.model_args, pre=pre, config=cfg_dict,
+                    epoch=epoch, best_val_acc=best, metrics=metrics,
+                    ema_state=ema.module.state_dict() if ema else None)
+
+    eval_model = ema.module if ema else model
+    t_start, throughput = time.perf_counter(), []
+    m = {}
+    for epoch in range(start, cfg.epochs + 1):
+        tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
+                             progress and dinfo.main)
+        va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
+                      cfg.channels_last)
+        throughput.append(tr["images_per_s"])
+        m = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "val_loss": va["loss"],
+             "val_accuracy": va["accuracy"], "train_val_acc_gap": tr["accuracy"] - va["accuracy"],
+             "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": tr["time_s"],
+             "images_per_s": tr["images_per_s"]}
+        improved = va["accuracy"] > best
+        best = max(best, va["accuracy"])
+        if dinfo.main:
+            for cb in cbs:
+                cb.on_epoch_end(epoch, m)
+            if improved:  # model selection on the validation (PublicTest) split only
+                save_checkpoint(run_dir / "best.pt", **ckpt_kwargs(epoch, m))
+            save_checkpoint(run_dir / "last.pt", **ckpt_kwargs(epoch, m), optimizer=optimizer,
+                            scheduler=scheduler, extra={"rng_state": torch.get_rng_state()})
+        if epoch_hook is not None:
+            epoch_hook(epoch, m)
+
+    summary = {}
+    if dinfo.main:
+        summary = finish_run(run_dir, cfg, pre, xte, yte, xva, yva, device, n_params,
+                             wall_time_s=time.perf_counter() - t_start, throughput=throughput)
+        for cb in cbs:
+            cb.on_train_end(summary)
+    if dinfo.world > 1:
+        dist.barrier()
+    return summary
+
+
+def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device, n_params, wall_time_s,
+               throughput) -> dict:
+    """Evaluate best.pt once on the test split, write summary.json and the plots."""
+    from .checkpoint import model_from_checkpoint
+    from .metrics import classification_report
+
+    best = load_checkpoint(run_dir / "best.pt")
+    model, _ = model_from_checkpoint(best)
+    model.to(device)
+    te = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision)
+    rep = classification_report(te["probs"], yte)
+    summary = {
+        "name": run_dir.name, "model": cfg.model, "params": n_params,
+        "input": f"{pre.in_channels}x{pre.input_size}x{pre.input_size}", "split": cfg.split,
+        "epochs": best["config"]["epochs"], "best_epoch": best["epoch"],
+        # the seed's numbers: training-loop accuracy and validation at the chosen epoch, and their gap
+        "train_accuracy": best["metrics"]["train_accuracy"], "val_accuracy": best["metrics"]["val_accuracy"],
+        "gap": best["metrics"]["train_val_acc_gap"],
+        "test_accuracy": te["accuracy"], "test_per_class_recall": rep["recall"],
+        "test_macro_f1": rep["macro_f1"],
+        "wall_time_s": wall_time_s, "images_per_s": float(np.mean(throughput)) if throughput else None,
+        "precision": cfg.precision, "device": str(device),
+    }
+    if cfg.tta:
+        summary["val_accuracy_tta"] = evaluate(model, xva, yva, pre, device, cfg.eval_batch_size, True,
+                                               cfg.precision)["accuracy"]
+        summary["test_accuracy_tta"] = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, True,
+                                                cfg.precision)["accuracy"]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({cfg.model})")
+    plot_confusion(rep["confusion"], CLASSES, run_dir / "confusion_test.png",
+                   f"{run_dir.name}: test accuracy {te['accuracy']:.2f}%")
+    print(json.dumps({k: v for k, v in summary.items() if k != "test_per_class_recall"}), flush=True)
+    return summary

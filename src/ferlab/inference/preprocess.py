@@ -1,0 +1,56 @@
+"""The one preprocessing path: grayscale face crops -> model input, driven by checkpoint metadata.
+
+Training-time evaluation, prediction, ONNX export and serving all call `to_model_input`, so the
+pixels a deployed model sees are produced exactly the way its validation pixels were.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    input_size: int = 48
+    in_channels: int = 1
+    mean: tuple[float, ...] = (0.5077,)
+    std: tuple[float, ...] = (0.2166,)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(int(d["input_size"]), int(d["in_channels"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def to_model_input(faces, pre: Preprocess, device: str | torch.device | None = None) -> torch.Tensor:
+    """uint8 grayscale faces (N, H, W) (numpy or tensor) -> normalised float (N, C, S, S).
+
+    Resizing is bilinear with antialiasing; a single-channel face is repeated to `in_channels` (the seed
+    fed grayscale copied into RGB); then (x/255 - mean) / std.
+    """
+    x = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces)
+    if x.dtype != torch.uint8 and x.dtype.is_floating_point is False:
+        x = x.to(torch.uint8)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"expected grayscale faces of shape (N, H, W) or (H, W), got {tuple(x.shape)}")
+    x = x.to(device=device, dtype=torch.float32).unsqueeze(1) / 255.0
+    if x.shape[-1] != pre.input_size or x.shape[-2] != pre.input_size:
+        x = F.interpolate(x, size=(pre.input_size, pre.input_size), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > pre.input_size)
+    return normalize(x.expand(-1, pre.in_channels, -1, -1), pre)
+
+
+def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """(x - mean) / std with the per-channel statistics stored in the model's metadata."""
+    mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
