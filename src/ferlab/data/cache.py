@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,11 @@ def load_fer2013(path: str | os.PathLike | None = None, skip_bad: bool = False, 
                 meta = json.loads(str(z["meta"]))
                 return FerData(z["images"], z["labels"], z["usage"], z["ids"], meta["form"], meta["source"],
                                meta["skipped"])
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged cache file is simply rebuilt
     data = read_fer2013(path, skip_bad)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp.npz")
+    tmp = file.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: two first loads never share a file
     meta = json.dumps({"form": data.form, "source": data.source, "skipped": data.skipped})
     np.savez(tmp, images=data.images, labels=data.labels, usage=data.usage, ids=data.ids, meta=np.array(meta))
     os.replace(tmp, file)  # atomic: a concurrent reader never sees half a file

@@ -15,6 +15,7 @@ import csv
 import io
 import os
 import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -72,15 +73,19 @@ class FerData:
 # Sources: a folder, a .zip or a .tar(.gz) all look like {relative posix path -> bytes loader}.
 
 class _Source:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, label: str | None = None):
         self.path = path
+        self.label = label or str(path)  # what messages call it: "outer.zip!fer2013.tar.gz" when nested
         self._tar_cache: dict[str, bytes] | None = None
         if path.is_dir():
             self.kind = "dir"
             self.names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
         elif path.name.lower().endswith(".zip"):
             self.kind = "zip"
-            self._zip = zipfile.ZipFile(path)
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DataError(f"{self.label}: not a readable zip archive ({e})") from None
             self.names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
         elif path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
             self.kind = "tar"
@@ -92,10 +97,10 @@ class _Source:
                         if m.isfile():
                             self._tar_cache[m.name] = tf.extractfile(m).read()
             except (tarfile.TarError, OSError, EOFError) as e:
-                raise DataError(f"{path}: not a readable tar archive ({e})") from e
+                raise DataError(f"{self.label}: not a readable tar archive ({e})") from None
             self.names = sorted(self._tar_cache)
         else:
-            raise DataError(f"{path}: expected a folder, a .zip, .tar.gz or .tar archive, or a .csv file")
+            raise DataError(f"{self.label}: expected a folder, a .zip, .tar.gz or .tar archive, or a .csv file")
 
     def read(self, name: str) -> bytes:
         if self.kind == "dir":
@@ -160,6 +165,9 @@ def _read_csv(raw: bytes, name: str, default_usage: str | None, skip_bad: bool, 
         raise DataError(f"{name}: no 'pixels' column; found columns {header}")
     ip, ie = header.index("pixels"), header.index("emotion") if "emotion" in header else None
     iu = header.index("usage") if "usage" in header else None
+    if iu is None and default_usage is None:
+        raise DataError(f"{name}: no 'Usage' column; found columns {header}. Expected emotion,pixels,Usage "
+                        "(fer2013.csv); a file of training rows only should be named train.csv")
     images, labels, usage, ids = [], [], [], []
     for rowno, row in enumerate(reader, start=2):  # row numbers as a spreadsheet shows them
         if not row:
@@ -221,68 +229,83 @@ def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder. Point --data (or FERLAB_DATA) at your FER2013 "
                         "download: the Kaggle folder/zip, fer2013.csv, icml_face_data.csv or train.csv")
-    skipped: list[str] = []
     if path.is_file() and path.suffix.lower() == ".csv":
+        skipped: list[str] = []
         form = "challenge" if path.name.lower() in ("train.csv", "test.csv") else \
             ("icml_face_data.csv" if path.name.lower() == "icml_face_data.csv" else "fer2013.csv")
         default = {"train.csv": "Training", "test.csv": "Unlabeled"}.get(path.name.lower())
         rows = _read_csv(path.read_bytes(), path.name, default, skip_bad, skipped)
         return _assemble(rows, form, str(path), skipped)
+    return _read_source(_Source(path), skip_bad)
 
-    src = _Source(path)
+
+def _read_source(src: _Source, skip_bad: bool) -> FerData:
     form = detect_form(src.names)
     if form is None:
-        # One level of nesting: Kaggle's challenge zip carries fer2013.tar.gz inside it.
-        for n in src.names:
-            if n.lower().endswith(ARCHIVE_SUFFIXES):
-                import tempfile
-                with tempfile.TemporaryDirectory() as tmp:
-                    inner = Path(tmp) / PurePosixPath(n).name
-                    inner.write_bytes(src.read(n))
-                    try:
-                        data = read_fer2013(inner, skip_bad)
-                    except DataError:
-                        continue
-                data.source = f"{path}!{n}"
-                return data
-        shown = ", ".join(src.names[:8]) + (" ..." if len(src.names) > 8 else "")
-        raise DataError(f"{path}: none of the known FER2013 forms found (fer2013.csv, icml_face_data.csv, "
-                        f"train.csv, or train/<class>/*.jpg + test/<class>/*.jpg); it holds "
-                        f"{len(src.names)} files: {shown or 'nothing'}")
+        return _read_nested(src, skip_bad)
+    skipped: list[str] = []
+    try:
+        rows = _read_form(src, form, skip_bad, skipped)
+    except DataError as e:  # member names alone do not say which download was bad
+        raise DataError(f"{src.label}: {e}") from None
+    return _assemble(rows, form, src.label, skipped)
 
+
+def _read_nested(src: _Source, skip_bad: bool) -> FerData:
+    """Kaggle's challenge zip carries fer2013.tar.gz inside it: read the first inner archive of a known form."""
+    for n in src.names:
+        if "__MACOSX" in n or not n.lower().endswith(ARCHIVE_SUFFIXES):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            if src.kind == "dir":
+                inner_path = src.path / n
+            else:
+                inner_path = Path(tmp) / PurePosixPath(n).name
+                inner_path.write_bytes(src.read(n))
+            inner = _Source(inner_path, f"{src.label}!{n}")
+            if detect_form(inner.names) is not None:
+                return _read_source(inner, skip_bad)
+    shown = ", ".join(src.names[:8]) + (" ..." if len(src.names) > 8 else "")
+    raise DataError(f"{src.label}: none of the known FER2013 forms found (fer2013.csv, icml_face_data.csv, "
+                    f"train.csv, or train/<class>/*.jpg + test/<class>/*.jpg); it holds "
+                    f"{len(src.names)} files: {shown or 'nothing'}")
+
+
+def _read_form(src: _Source, form: str, skip_bad: bool, skipped: list[str]):
     if form in CSV_FORMS:
         name = _find(src.names, form)
-        rows = _read_csv(src.read(name), name, None, skip_bad, skipped)
-    elif form == "challenge":
+        return _read_csv(src.read(name), name, None, skip_bad, skipped)
+    if form == "challenge":
         name = _find(src.names, "train.csv")
         rows = _read_csv(src.read(name), name, "Training", skip_bad, skipped)
         test = _find(src.names, "test.csv")
         if test:
             more = _read_csv(src.read(test), test, "Unlabeled", skip_bad, skipped)
             rows = tuple(a + b for a, b in zip(rows, more))
-    else:
-        rows = ([], [], [], [])
-        for name, split_dir, cls in _folder_images(src.names):
-            if PurePosixPath(name).suffix.lower() not in IMAGE_EXTS:
-                err = f"{name}: not an image file (expected one of {', '.join(sorted(IMAGE_EXTS))})"
-                if not skip_bad:
-                    raise DataError(err)
-                skipped.append(err)
-                continue
-            try:
-                label = class_index(cls)
-            except ValueError as e:
-                raise DataError(f"{name}: {e}") from None
-            try:
-                img = _decode_image(src.read(name), name)
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                skipped.append(str(e))
-                continue
-            for lst, v in zip(rows, (img, label, USAGES.index(_usage_from_name(PurePosixPath(name).name, split_dir)), name)):
-                lst.append(v)
-    return _assemble(rows, form, str(path), skipped)
+        return rows
+    rows = ([], [], [], [])
+    for name, split_dir, cls in _folder_images(src.names):
+        if PurePosixPath(name).suffix.lower() not in IMAGE_EXTS:
+            err = f"{name}: not an image file (expected one of {', '.join(sorted(IMAGE_EXTS))})"
+            if not skip_bad:
+                raise DataError(err)
+            skipped.append(err)
+            continue
+        try:
+            label = class_index(cls)
+        except ValueError as e:
+            raise DataError(f"{name}: {e}") from None
+        try:
+            img = _decode_image(src.read(name), name)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        usage = USAGES.index(_usage_from_name(PurePosixPath(name).name, split_dir))
+        for lst, v in zip(rows, (img, label, usage, name)):
+            lst.append(v)
+    return rows
 
 
 def _assemble(rows, form, source, skipped) -> FerData:

@@ -1,0 +1,470 @@
+"""Every FER2013 form, built at test time from real faces, read back through `read_fer2013`/`load_fer2013`.
+
+Each form is made from the same slice of the development archive, so every reader must give back the
+same pixels, the same canonical labels and the same Usage for every row.
+"""
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ferlab.data.cache as cache_mod
+from ferlab.cli import main
+from ferlab.data import CLASSES, USAGES, DataError, load_fer2013, make_splits, read_fer2013
+from ferlab.data.cache import cache_dir, fingerprint
+
+# Folder names other re-packagings use, deliberately not in canonical (or alphabetical) order.
+RENAMED = {"angry": "Anger", "disgust": "disgusted", "fear": "Fearful", "happy": "Happiness", "sad": "SAD",
+           "surprise": "surprised", "neutral": "Neutral"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders: each writes one form of the slice under tmp_path.
+
+def _pixels(img: np.ndarray) -> str:
+    return " ".join(map(str, img.ravel()))
+
+
+def _csv(header: list[str], rows: list[dict]) -> bytes:
+    """CSV text whose columns follow `header` (names may carry spaces, as icml_face_data.csv's do)."""
+    lines = [",".join(header)]
+    for r in rows:
+        lines.append(",".join(str(r[h.strip()]) for h in header))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _rows(s: dict, idx=None) -> list[dict]:
+    idx = range(len(s["labels"])) if idx is None else idx
+    return [{"emotion": int(s["labels"][i]), "pixels": _pixels(s["pixels"][i]), "Usage": s["usage"][i]}
+            for i in idx]
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, raw in members.items():
+            z.writestr(name, raw)
+    return path
+
+
+def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, raw in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def _folder_members(s: dict, rename: dict | None = None) -> dict[str, bytes]:
+    out = {}
+    for name, raw in zip(s["names"], s["jpeg"]):
+        split, cls, fname = name.split("/")
+        out[f"fer2013/{split}/{(rename or {}).get(cls, cls)}/{fname}"] = raw
+    return out
+
+
+def _write_tree(root: Path, members: dict[str, bytes]) -> Path:
+    for name, raw in members.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(raw)
+    return root
+
+
+FER_CSV_HEADER = ["emotion", "pixels", "Usage"]
+ICML_HEADER = ["emotion", " Usage", " pixels"]
+
+
+def build_form(kind: str, tmp: Path, s: dict, fer_folder: Path) -> Path:
+    """Write the slice as `kind` under tmp and return the path a user would pass."""
+    if kind == "folder":
+        return fer_folder
+    if kind == "folder_zip":
+        return _zip(tmp / "fer2013.zip", _folder_members(s))
+    if kind == "folder_tar_gz":
+        return _tar_gz(tmp / "fer2013.tar.gz", _folder_members(s))
+    csv = _csv(FER_CSV_HEADER, _rows(s))
+    if kind == "csv_file":
+        (tmp / "fer2013.csv").write_bytes(csv)
+        return tmp / "fer2013.csv"
+    if kind == "csv_in_folder":
+        return _write_tree(tmp / "download", {"fer2013/fer2013.csv": csv, "README.txt": b"from kaggle"})
+    if kind == "csv_in_zip":
+        return _zip(tmp / "fer2013.zip", {"fer2013/fer2013.csv": csv})
+    if kind == "icml_file":
+        (tmp / "icml_face_data.csv").write_bytes(_csv(ICML_HEADER, _rows(s)))
+        return tmp / "icml_face_data.csv"
+    if kind == "nested":  # Kaggle's challenge zip carries fer2013.tar.gz inside it
+        inner = _tar_gz(tmp / "fer2013.tar.gz", {"fer2013/fer2013.csv": csv}).read_bytes()
+        return _zip(tmp / "challenge.zip", {"fer2013.tar.gz": inner, "example_submission.txt": b"id,label\n"})
+    raise AssertionError(kind)
+
+
+FORMS = {  # kind -> the form name the reader must report
+    "folder": "folder", "folder_zip": "folder", "folder_tar_gz": "folder",
+    "csv_file": "fer2013.csv", "csv_in_folder": "fer2013.csv", "csv_in_zip": "fer2013.csv",
+    "icml_file": "icml_face_data.csv", "nested": "fer2013.csv",
+}
+
+
+def _slice_order(data, s: dict, rename: dict | None = None) -> np.ndarray:
+    """For every row read, its index in the slice (by file name for images, by row number for CSVs)."""
+    by_name = {n: i for i, n in enumerate(s["names"])}
+    original = {v: k for k, v in (rename or {}).items()}
+    out = []
+    for rid in data.ids:
+        rid = str(rid)
+        if rid.endswith(".jpg"):
+            split, cls, fname = rid.split("/")[-3:]
+            cls = original.get(cls, cls)
+            out.append(by_name[f"{split}/{cls}/{fname}"])
+        else:
+            out.append(int(rid.rsplit(":", 1)[1]) - 2)  # CSV row 2 is the first data row
+    return np.array(out)
+
+
+def _assert_same_as_slice(data, s: dict, rename: dict | None = None) -> None:
+    order = _slice_order(data, s, rename)
+    assert len(data) == len(s["labels"]) and sorted(order) == list(range(len(s["labels"])))
+    assert data.images.dtype == np.uint8 and data.images.shape[1:] == (48, 48)
+    np.testing.assert_array_equal(data.images, s["pixels"][order])
+    np.testing.assert_array_equal(data.labels, s["labels"][order])
+    assert [USAGES[u] for u in data.usage] == [s["usage"][i] for i in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every form reads back the same faces.
+
+@pytest.mark.parametrize("kind", list(FORMS))
+def test_every_form_reads_the_same_faces(kind, tmp_path, fer_slice, fer_folder):
+    path = build_form(kind, tmp_path, fer_slice, fer_folder)
+    data = read_fer2013(path)
+    assert data.form == FORMS[kind]
+    assert Counter(USAGES[u] for u in data.usage) == Counter(fer_slice["usage"])
+    _assert_same_as_slice(data, fer_slice)
+
+
+def test_slice_has_every_usage_and_class(fer_slice):
+    # The fixtures must exercise every cell, or the form tests above could pass on a degenerate slice.
+    cells = Counter(zip(fer_slice["usage"], fer_slice["labels"].tolist()))
+    assert {u for u, _ in cells} == set(USAGES[:3]) and {k for _, k in cells} == set(range(len(CLASSES)))
+
+
+def test_challenge_train_and_test_csv(tmp_path, fer_slice):
+    train = [i for i, u in enumerate(fer_slice["usage"]) if u == "Training"]
+    test = [i for i, u in enumerate(fer_slice["usage"]) if u != "Training"]
+    root = tmp_path / "challenge"
+    root.mkdir()
+    (root / "train.csv").write_bytes(_csv(["emotion", "pixels"], _rows(fer_slice, train)))
+    (root / "test.csv").write_bytes(_csv(["pixels"], _rows(fer_slice, test)))
+
+    data = read_fer2013(root)
+    assert data.form == "challenge"
+    tr, un = data.usage == USAGES.index("Training"), data.usage == USAGES.index("Unlabeled")
+    assert tr.sum() == len(train) and un.sum() == len(test) and len(data) == len(train) + len(test)
+    np.testing.assert_array_equal(data.images[tr], fer_slice["pixels"][train])
+    np.testing.assert_array_equal(data.labels[tr], fer_slice["labels"][train])
+    np.testing.assert_array_equal(data.images[un], fer_slice["pixels"][test])
+    assert (data.labels[un] == -1).all()
+
+    alone = read_fer2013(root / "train.csv")  # train.csv on its own: all Training
+    assert alone.form == "challenge" and len(alone) == len(train)
+    assert (alone.usage == USAGES.index("Training")).all()
+
+
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_labels_are_canonical_whatever_the_folder_names(container, tmp_path, fer_slice):
+    members = _folder_members(fer_slice, RENAMED)
+    path = _write_tree(tmp_path / "renamed", members) if container == "folder" else \
+        _zip(tmp_path / "renamed.zip", members)
+    data = read_fer2013(path)
+    assert data.form == "folder"
+    assert any("/Happiness/" in str(i) for i in data.ids)  # the aliases really were on disk
+    _assert_same_as_slice(data, fer_slice, RENAMED)
+
+
+def test_folder_named_by_index(tmp_path, fer_slice):
+    by_index = {c: str(i) for i, c in enumerate(CLASSES)}
+    data = read_fer2013(_write_tree(tmp_path / "idx", _folder_members(fer_slice, by_index)))
+    _assert_same_as_slice(data, fer_slice, by_index)
+
+
+def test_unprefixed_files_get_usage_from_their_folder(tmp_path, fer_slice):
+    members = {k.replace("Training_", "").replace("PublicTest_", "").replace("PrivateTest_", ""): v
+               for k, v in _folder_members(fer_slice).items()}
+    data = read_fer2013(_write_tree(tmp_path / "plain", members))
+    n_train = sum(u == "Training" for u in fer_slice["usage"])
+    assert (data.usage == USAGES.index("Training")).sum() == n_train
+    assert (data.usage == USAGES.index("PrivateTest")).sum() == len(data) - n_train
+
+
+# ---------------------------------------------------------------------------------------------
+# The array cache.
+
+def test_second_load_comes_from_the_cache(tmp_path, fer_slice, monkeypatch):
+    path = _zip(tmp_path / "fer2013.zip", _folder_members(fer_slice))
+    first = load_fer2013(path)
+    file = cache_dir() / f"fer2013-{fingerprint(path)}.npz"
+    assert file.is_file()
+
+    def no_decode(*a, **k):
+        raise AssertionError("read_fer2013 called although the cache holds this source")
+    monkeypatch.setattr(cache_mod, "read_fer2013", no_decode)
+    second = load_fer2013(path)
+    for field in ("images", "labels", "usage", "ids"):
+        np.testing.assert_array_equal(getattr(second, field), getattr(first, field))
+    assert (second.form, second.source) == (first.form, first.source)
+
+
+def test_changed_source_is_read_again(tmp_path, fer_slice):
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(40))))
+    assert len(load_fer2013(path)) == 40
+    path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(55))))
+    again = load_fer2013(path)
+    assert len(again) == 55
+    np.testing.assert_array_equal(again.images, fer_slice["pixels"][:55])
+
+
+def test_damaged_cache_file_is_rebuilt(tmp_path, fer_slice):
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(30))))
+    load_fer2013(path)
+    file = cache_dir() / f"fer2013-{fingerprint(path)}.npz"
+    file.write_bytes(b"PK\x03\x04 truncated by a full disk")
+    data = load_fer2013(path)
+    np.testing.assert_array_equal(data.images, fer_slice["pixels"][:30])
+
+
+def test_data_location_from_the_environment(tmp_path, fer_slice, monkeypatch):
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(10))))
+    monkeypatch.setenv("FERLAB_DATA", str(path))
+    assert len(load_fer2013()) == 10
+    monkeypatch.delenv("FERLAB_DATA")
+    with pytest.raises(DataError, match="FERLAB_DATA"):
+        load_fer2013()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad data: every error names the file and the row or file inside it.
+
+def _bad_csv(tmp: Path, s: dict, row: int, field: str, value) -> Path:
+    rows = _rows(s, range(12))
+    rows[row - 2][field] = value  # row 2 is the first data row
+    path = tmp / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, rows))
+    return path
+
+
+def _drop_one(img):
+    return " ".join(_pixels(img).split()[:-1])
+
+
+def _first_pixel(img, value: str) -> str:
+    return " ".join([value] + _pixels(img).split()[1:])
+
+
+BAD_ROWS = {  # name -> (row, field, value maker, what the message must say)
+    "2303 values": (5, "pixels", _drop_one, "2303 values, expected 2304"),
+    "non-integer pixel": (7, "pixels", lambda img: _first_pixel(img, "12.5"), "'12.5'"),
+    "pixel 256": (3, "pixels", lambda img: _first_pixel(img, "256"), "0-255"),
+    "label 7": (9, "emotion", lambda img: 7, "'7'"),
+    "label x": (4, "emotion", lambda img: "x", "'x'"),
+    "unknown usage": (6, "Usage", lambda img: "Validation", "'Validation'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_bad_csv_row_names_file_and_row(case, tmp_path, fer_slice):
+    row, field, make, says = BAD_ROWS[case]
+    path = _bad_csv(tmp_path, fer_slice, row, field, make(fer_slice["pixels"][row - 2]))
+    with pytest.raises(DataError) as e:
+        load_fer2013(path)
+    msg = str(e.value)
+    assert f"fer2013.csv row {row}" in msg and says in msg, msg
+
+
+def test_bad_row_inside_an_archive_names_archive_member_and_row(tmp_path, fer_slice):
+    rows = _rows(fer_slice, range(8))
+    rows[3]["emotion"] = 9
+    inner = _tar_gz(tmp_path / "fer2013.tar.gz", {"fer2013/fer2013.csv": _csv(FER_CSV_HEADER, rows)})
+    outer = _zip(tmp_path / "challenge.zip", {"fer2013.tar.gz": inner.read_bytes()})
+    with pytest.raises(DataError) as e:
+        read_fer2013(outer)
+    msg = str(e.value)
+    # the inner archive's bad row must not be hidden behind "no known form found"
+    assert "challenge.zip!fer2013.tar.gz" in msg and "fer2013/fer2013.csv row 5" in msg and "'9'" in msg, msg
+
+
+def test_csv_without_usage_column_is_refused(tmp_path, fer_slice):
+    path = tmp_path / "faces.csv"
+    path.write_bytes(_csv(["emotion", "pixels"], _rows(fer_slice, range(3))))
+    with pytest.raises(DataError, match=r"faces\.csv: no 'Usage' column.*train\.csv"):
+        read_fer2013(path)
+
+
+BAD_FILES = {  # name -> (member written into a copy of the folder, its bytes, what the message must say)
+    "corrupt jpeg": ("train/happy/Training_broken.jpg", lambda ok: ok[: len(ok) // 3], "not a readable image"),
+    "garbage jpeg": ("test/sad/PublicTest_garbage.jpg", lambda ok: b"\x00" * 200, "not a readable image"),
+    "non-image file": ("train/fear/notes.txt", lambda ok: b"labels checked by hand", "not an image file"),
+}
+
+
+def _folder_with(tmp: Path, s: dict, extra: dict[str, bytes]) -> Path:
+    members = {k.split("/", 1)[1]: v for k, v in _folder_members(s).items()}
+    return _write_tree(tmp / "fer2013", {**members, **extra})
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_file_in_class_folder(case, tmp_path, fer_slice):
+    name, make, says = BAD_FILES[case]
+    path = _folder_with(tmp_path, fer_slice, {name: make(fer_slice["jpeg"][0])})
+    with pytest.raises(DataError) as e:
+        load_fer2013(path)
+    assert name in str(e.value) and says in str(e.value), str(e.value)
+
+
+def test_skip_bad_drops_bad_files_and_counts_them(tmp_path, fer_slice):
+    extra = {name: make(fer_slice["jpeg"][0]) for name, make, _ in BAD_FILES.values()}
+    data = load_fer2013(_folder_with(tmp_path, fer_slice, extra), skip_bad=True)
+    assert len(data) == len(fer_slice["labels"]) and len(data.skipped) == len(extra)
+    assert all(any(name in msg for msg in data.skipped) for name in extra)
+    _assert_same_as_slice(data, fer_slice)
+
+
+def test_skip_bad_drops_bad_rows_and_counts_them(tmp_path, fer_slice):
+    rows = _rows(fer_slice, range(30))
+    for i in (2, 11, 20):
+        rows[i]["pixels"] = _drop_one(fer_slice["pixels"][i])
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, rows))
+    data = load_fer2013(path, skip_bad=True)
+    keep = [i for i in range(30) if i not in (2, 11, 20)]
+    np.testing.assert_array_equal(data.images, fer_slice["pixels"][keep])
+    assert [m.split(":")[0] for m in data.skipped] == ["fer2013.csv row 4", "fer2013.csv row 13",
+                                                        "fer2013.csv row 22"]
+    assert len(load_fer2013(path, skip_bad=True).skipped) == 3  # the count survives the cache
+
+
+def test_unknown_class_folder(tmp_path, fer_slice):
+    path = _folder_with(tmp_path, fer_slice, {"train/contempt/Training_x.jpg": fer_slice["jpeg"][0]})
+    with pytest.raises(DataError) as e:
+        read_fer2013(path)
+    msg = str(e.value)
+    assert "train/contempt/Training_x.jpg" in msg and "'contempt'" in msg and ", ".join(CLASSES) in msg, msg
+
+
+def test_archive_without_a_known_form_lists_what_it_holds(tmp_path, fer_slice):
+    path = _zip(tmp_path / "photos.zip", {"faces/a.jpg": fer_slice["jpeg"][0], "notes.txt": b"hello"})
+    with pytest.raises(DataError) as e:
+        read_fer2013(path)
+    msg = str(e.value)
+    assert "photos.zip" in msg and "none of the known FER2013 forms" in msg
+    assert "faces/a.jpg" in msg and "notes.txt" in msg and "2 files" in msg, msg
+
+
+def test_corrupt_archive_is_a_data_error(tmp_path):
+    for name in ("fer2013.zip", "fer2013.tar.gz"):
+        path = tmp_path / name
+        path.write_bytes(b"this is an HTML error page, not an archive")
+        with pytest.raises(DataError, match=rf"{name}: not a readable"):
+            read_fer2013(path)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_fer2013(tmp_path / "nowhere" / "fer2013.csv")
+    assert "nowhere/fer2013.csv: no such file or folder" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits.
+
+@pytest.fixture(scope="module")
+def slice_data(fer_folder):
+    return read_fer2013(fer_folder)
+
+
+def test_official_split_follows_usage(slice_data, fer_slice):
+    splits = make_splits(slice_data, "official")
+    for name, usage in (("train", "Training"), ("val", "PublicTest"), ("test", "PrivateTest")):
+        sel = slice_data.usage == USAGES.index(usage)
+        assert len(splits[name]) == fer_slice["usage"].count(usage) == sel.sum()
+        np.testing.assert_array_equal(splits[name].images, slice_data.images[sel])
+        np.testing.assert_array_equal(splits[name].labels, slice_data.labels[sel])
+        assert splits[name].labels.dtype == np.int64
+
+
+def _rows_as_bytes(images, labels) -> list[bytes]:
+    return sorted(im.tobytes() + bytes([lab]) for im, lab in zip(images, labels))
+
+
+def test_seed_split_is_a_70_15_15_partition_of_training(slice_data):
+    splits = make_splits(slice_data, "seed", seed=42)
+    train = slice_data.usage == USAGES.index("Training")
+    n = int(train.sum())
+    assert [len(splits[k]) for k in ("train", "val", "test")] == \
+        [int(0.70 * n), int(0.85 * n) - int(0.70 * n), n - int(0.85 * n)]
+    # Together the three hold every Training row exactly once, and nothing else: disjoint and complete.
+    together = _rows_as_bytes(np.concatenate([splits[k].images for k in ("train", "val", "test")]),
+                              np.concatenate([splits[k].labels for k in ("train", "val", "test")]))
+    assert together == _rows_as_bytes(slice_data.images[train], slice_data.labels[train])
+
+
+def test_seed_split_is_deterministic_per_seed(slice_data):
+    a, b, c = (make_splits(slice_data, "seed", seed=s) for s in (7, 7, 8))
+    for k in ("train", "val", "test"):
+        np.testing.assert_array_equal(a[k].images, b[k].images)
+    assert not np.array_equal(a["val"].images, c["val"].images)
+
+
+def test_official_split_of_training_only_data_points_to_seed(tmp_path, fer_slice):
+    train = [i for i, u in enumerate(fer_slice["usage"]) if u == "Training"]
+    path = tmp_path / "train.csv"
+    path.write_bytes(_csv(["emotion", "pixels"], _rows(fer_slice, train)))
+    data = load_fer2013(path)
+    with pytest.raises(DataError, match=r"val split of the 'official' protocol is empty.*split: seed"):
+        make_splits(data, "official")
+    assert sum(len(v) for v in make_splits(data, "seed").values()) == len(train)
+
+
+def test_unknown_split_lists_valid_ones(slice_data):
+    with pytest.raises(ValueError, match="official, seed"):
+        make_splits(slice_data, "random")
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI.
+
+def test_cli_data_describes_the_source(fer_folder, fer_slice, capsys):
+    assert main(["data", str(fer_folder)]) == 0
+    out = capsys.readouterr().out
+    assert "form:   folder" in out and f"images: {len(fer_slice['labels'])} of 48x48" in out
+    assert all(c in out for c in CLASSES)
+    table = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in out.splitlines()
+             if line.split() and line.split()[0] in USAGES}
+    assert set(table) == set(USAGES[:3])
+    for usage, counts in table.items():
+        want = [sum(1 for u, lab in zip(fer_slice["usage"], fer_slice["labels"]) if u == usage and lab == k)
+                for k in range(len(CLASSES))]
+        assert counts == want + [0, sum(want)], usage
+
+
+def test_cli_data_bad_source_exits_2(tmp_path, fer_slice, capsys):
+    assert main(["data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ferlab data: error:") and "missing" in err
+
+    path = _bad_csv(tmp_path, fer_slice, 6, "emotion", "x")
+    assert main(["data", str(path)]) == 2
+    assert "fer2013.csv row 6" in capsys.readouterr().err
+    assert main(["data", str(path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped bad rows: 1" in out and "fer2013.csv row 6" in out
