@@ -1,0 +1,218 @@
+"""REST API and web page: `POST /v1/predict` takes an uploaded photo and returns every face's emotion.
+
+Untrusted uploads are checked in the order that keeps the server cheap to attack: request size (before
+the body is parsed), declared type, image header (format and pixel count, before any pixel is decoded),
+then decoding. Each failure is a 4xx with a JSON `detail` that says what was expected and what came.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps
+from pydantic import BaseModel, Field
+
+from .. import __version__
+
+STATIC = Path(__file__).parent / "static"
+MAX_BYTES = 10 * 2**20          # upload limit (10 MiB)
+MAX_PIXELS = 40_000_000         # decoded-size limit: 40 MP is 120 MB of RGB
+# multipart framing (boundaries, part headers) on top of the file itself
+MULTIPART_SLACK = 64 * 2**10
+# formats with mature, header-first decoders; PIL's others (EPS, PSD, ...) are not worth the attack surface
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+class Face(BaseModel):
+    source: str | None = None
+    frame: int | None = None
+    time_s: float | None = None
+    box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
+    score: float = Field(description="probability of the predicted label")
+    label: str
+    probs: dict[str, float] = Field(description="probability of every class")
+
+
+class Prediction(BaseModel):
+    filename: str | None
+    width: int
+    height: int
+    faces: list[Face]
+    message: str | None = Field(None, description="set when no face was found")
+    model: str
+    classes: list[str]
+    elapsed_ms: float
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    detector: str
+    classes: list[str]
+    max_bytes: int
+    max_pixels: int
+    version: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def create_app(predictor=None, *, model: str = "default", detector: str = "haar", device: str = "cpu",
+               max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
+    """The FastAPI app. `predictor` (anything with `.predict(rgb_uint8)` and `.classes`) is built from
+    `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each upload."""
+    if max_bytes < 1 or max_pixels < 1:
+        raise ValueError(f"max_bytes and max_pixels must be positive, got {max_bytes} and {max_pixels}")
+    if predictor is None:
+        from ..inference.predictor import Predictor
+        predictor = Predictor(model=model, detector=detector, device=device)
+    classes = [str(c) for c in predictor.classes]
+    model_name = str(getattr(predictor, "name", model))
+    lock = threading.Lock()  # one inference at a time: torch already uses every core, and cv2 cascades are not shared-safe
+
+    app = FastAPI(title="ferlab", version=__version__,
+                  description="Facial expression recognition: upload a photo, get each face's emotion.")
+    app.state.predictor = predictor
+
+    app.add_middleware(UploadLimit, path="/v1/predict", max_body=max_bytes + MULTIPART_SLACK)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        return JSONResponse(status_code=422, content={
+            "detail": "expected multipart/form-data with the image in field 'file'; " + "; ".join(parts)})
+
+    @app.get("/health", response_model=Health, summary="liveness and model information")
+    def health() -> Health:
+        return Health(status="ok", model=model_name, detector=str(getattr(predictor, "detector", detector)),
+                      classes=classes, max_bytes=max_bytes, max_pixels=max_pixels, version=__version__)
+
+    @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
+              responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
+    def predict(file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo")):
+        t0 = time.perf_counter()
+        _check_part_type(file.content_type)
+        data = file.file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"file is larger than the {_mib(max_bytes)} limit")
+        if not data:
+            raise HTTPException(400, "the uploaded file is empty; expected an image")
+        rgb = decode_image(data, max_pixels)
+        with lock:
+            faces = predictor.predict(rgb)
+        return Prediction(
+            filename=file.filename, width=rgb.shape[1], height=rgb.shape[0], faces=[_face(f) for f in faces],
+            message=None if faces else "no face found; try a brighter, frontal photo with the face larger in frame",
+            model=model_name, classes=classes, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Untrusted image bytes -> upright RGB uint8 (H, W, 3), or HTTPException with a 4xx.
+
+    The pixel count is read from the header and checked before decoding, so a small file that expands
+    to gigabytes (a decompression bomb) is refused without allocating its pixels.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=FORMATS)
+        except Image.UnidentifiedImageError:
+            raise HTTPException(415, f"not a supported image: expected one of {', '.join(FORMATS)} "
+                                     f"(file starts with {data[:8]!r})") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise HTTPException(413, f"image has too many pixels: {e}") from None
+        except Exception as e:  # any header parser failure on untrusted bytes is the client's bad file
+            raise HTTPException(400, f"corrupt image header: {e}") from None
+        w, h = im.size
+        if w * h > max_pixels:
+            raise HTTPException(413, f"image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
+        if w < 1 or h < 1:
+            raise HTTPException(400, f"image has no pixels ({w}x{h})")
+        try:
+            im.load()
+            # phones store portrait photos sideways plus an EXIF rotation; faces must be upright
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+        except Exception as e:  # truncated data, bad chunk CRCs, unsupported modes: all the file's fault
+            raise HTTPException(400, f"could not decode the {im.format} image (truncated or corrupt?): {e}") from None
+    return np.asarray(rgb)
+
+
+class UploadLimit:
+    """ASGI middleware: refuse a POST to `path` from its headers alone (wrong type, empty, declared too
+    large), and stop reading a body sent without Content-Length once it passes `max_body` bytes."""
+
+    def __init__(self, app, path: str, max_body: int):
+        self.app, self.path, self.max_body = app, path, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        problem = _check_request(Request(scope), self.max_body)
+        if problem is not None:
+            return await problem(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                # raised inside body parsing, so FastAPI's exception handling turns it into the 413
+                raise HTTPException(413, f"request body passed the upload limit of {_mib(self.max_body - MULTIPART_SLACK)}")
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+def _check_request(request: Request, limit: int) -> JSONResponse | None:
+    """Refuse a predict request from its headers alone: wrong type, empty, or over the size limit."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        return JSONResponse(status_code=415, content={
+            "detail": f"expected multipart/form-data with the image in field 'file', got {ctype or 'no content type'!r}"})
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            return JSONResponse(status_code=400, content={"detail": f"bad Content-Length {length!r}"})
+        if int(length) == 0:
+            return JSONResponse(status_code=400, content={
+                "detail": "empty request body; expected multipart/form-data with the image in field 'file'"})
+        if int(length) > limit:
+            return JSONResponse(status_code=413, content={
+                "detail": f"request body is {int(length):,} bytes; the upload limit is {_mib(limit - MULTIPART_SLACK)}"})
+    return None
+
+
+def _check_part_type(content_type: str | None) -> None:
+    # browsers send image/*; curl and scripts often send octet-stream for unknown extensions
+    if content_type and not content_type.startswith(("image/", "application/octet-stream")):
+        raise HTTPException(415, f"field 'file' must be an image (image/jpeg, image/png, ...), got {content_type!r}")
+
+
+def _face(f: dict) -> Face:
+    """Predictor output -> plain JSON types (numpy scalars are not serialisable)."""
+    return Face(source=f.get("source"), frame=None if f.get("frame") is None else int(f["frame"]),
+                time_s=None if f.get("time_s") is None else float(f["time_s"]),
+                box=[int(round(float(v))) for v in f["box"]], score=float(f["score"]), label=str(f["label"]),
+                probs={str(k): float(v) for k, v in f["probs"].items()})
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
