@@ -24,6 +24,16 @@ def _cmd_train(a):
     fit(cfg, resume=a.resume, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress)
 
 
+def _cmd_serve(a):
+    import uvicorn
+
+    from .serve.app import MAX_PIXELS, create_app
+    app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
+                     max_pixels=a.max_pixels or MAX_PIXELS)
+    print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
+    uvicorn.run(app, host=a.host, port=a.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition on FER2013.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -44,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb-project", default="ferlab", help="W&B project name (default: ferlab)")
     s.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     s.set_defaults(fn=_cmd_train)
+    s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
+    s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
+    s.add_argument("--detector", default="haar", help="face detector: haar (= cascade) or none (whole image is one face)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-mb", type=float, default=10.0, help="largest upload in MiB (default: 10; larger -> 413)")
+    s.add_argument("--max-pixels", type=int,
+                   help="largest image in pixels, checked before decoding (default: 40 million; larger -> 413)")
+    s.set_defaults(fn=_cmd_serve)
     return p
 
 
