@@ -40,13 +40,13 @@ class VGG(nn.Module):
 
 @register("vgg_s", **NATIVE)
 def vgg_s(dropout=0.4, **kw):
-    """~1.5M params: CPU-friendly."""
+    """~1.8M params: CPU-friendly."""
     return VGG((32, 64, 128, 256), hidden=256, dropout=dropout, **kw)
 
 
 @register("vgg_m", **NATIVE)
 def vgg_m(dropout=0.5, **kw):
-    """~3.6M params."""
+    """~4.4M params."""
     return VGG((48, 96, 192, 384), hidden=512, dropout=dropout, **kw)
 
 
