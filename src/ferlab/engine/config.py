@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..data.augment import AugmentConfig
+from ..data.splits import SPLITS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -53,19 +54,17 @@ class TrainConfig:
     out_dir: str = "runs"
 
     def __post_init__(self):
-        # YAML 1.1 reads "4e-5" (no dot) as a string: coerce numeric fields from their declared type.
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, str) and f.type in ("float", "int", "float | None", "int | None"):
-                try:
-                    setattr(self, f.name, float(v) if "float" in f.type else int(v))
-                except ValueError:
-                    raise ValueError(f"{f.name}: expected a number, got {v!r}") from None
+        _coerce_numbers(self)
         if isinstance(self.augment, dict):
             self.augment = _build(AugmentConfig, self.augment, "augment.")
+        if not isinstance(self.augment, AugmentConfig):
+            raise ValueError(f"augment: expected a mapping such as {{hflip: 0.5, erase: 0.25}}, "
+                             f"got {self.augment!r}")
+        _coerce_numbers(self.augment, "augment.")
         if isinstance(self.augment.erase_area, list):
             self.augment.erase_area = tuple(self.augment.erase_area)
-        for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+        for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
+                           ("split", SPLITS)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -77,13 +76,24 @@ class TrainConfig:
         return d
 
 
+def _coerce_numbers(obj, prefix: str = "") -> None:
+    """YAML 1.1 reads "4e-5" (no dot) as a string: coerce numeric fields from their declared type."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, str) and f.type in ("float", "int", "float | None", "int | None"):
+            try:
+                setattr(obj, f.name, float(v) if "float" in f.type else int(v))
+            except ValueError:
+                raise ValueError(f"{prefix}{f.name}: expected a number, got {v!r}") from None
+
+
 def _build(cls, values: dict, prefix: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     for k in values:
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
-            raise ValueError(f"unknown config key {prefix}{k!r}{hint} Valid keys: {', '.join(sorted(names))}")
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else "."
+            raise ValueError(f"unknown config key {prefix + k!r}{hint} Valid keys: {', '.join(sorted(names))}")
     return cls(**values)
 
 
