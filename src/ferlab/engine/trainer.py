@@ -58,12 +58,13 @@ def autocast(device: torch.device, precision: str):
 
 
 class DistInfo:
-    """Rank/world of this process; world 1 when not launched by torchrun."""
+    """Rank/world of this process; world 1 when not launched by torchrun (or when given env={})."""
 
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    def __init__(self, env=None):
+        env = os.environ if env is None else env
+        self.world = int(env.get("WORLD_SIZE", 1))
+        self.rank = int(env.get("RANK", 0))
+        self.local_rank = int(env.get("LOCAL_RANK", 0))
 
     @property
     def main(self) -> bool:
@@ -75,6 +76,14 @@ class DistInfo:
         t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return t.tolist()
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank (a sync point)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
@@ -239,14 +248,29 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
         saved = TrainConfig(**{**resume_ckpt["config"], "augment": resume_ckpt["config"]["augment"]})
         saved.data = cfg.data or saved.data  # the data may have moved; everything else is the run's own
         cfg, run_dir = saved, resume
+        trained_world = resume_ckpt.get("world_size", 1)
+        if trained_world != dinfo.world:
+            raise ValueError(f"cannot resume {resume}: it was trained by {trained_world} process(es) (global batch "
+                             f"{cfg.batch_size * trained_world}), now {dinfo.world}; a different world size changes "
+                             f"the global batch and the schedule, so launch it with {trained_world} process(es)")
 
     device = resolve_device(cfg.device)
-    if dinfo.world > 1 and not dist.is_initialized():
+    own_group = dinfo.world > 1 and not dist.is_initialized()
+    if own_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             device = torch.device("cuda", dinfo.local_rank)
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
+    try:
+        return _fit(cfg, dinfo, device, resume_ckpt, run_dir, callbacks, wandb_project, progress, epoch_hook)
+    finally:
+        if own_group:  # also when a rank fails or a sweep prunes: never leave the group to the interpreter's exit
+            dist.destroy_process_group()
+
+
+def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: dict | None, run_dir,
+         callbacks, wandb_project, progress, epoch_hook) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -281,7 +305,9 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    run_dir = Path(run_dir) if run_dir else _new_run_dir(cfg.out_dir, cfg.name)
+    if not run_dir:  # rank 0 picks the free name before anyone creates it; every rank must agree on it
+        run_dir = dinfo.broadcast(_new_run_dir(cfg.out_dir, cfg.name) if dinfo.main else None)
+    run_dir = Path(run_dir)
     cfg_dict = cfg.to_dict()
     cbs: list[Callback] = []
     if dinfo.main:
@@ -297,7 +323,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
     if dinfo.main:
         print(f"run {run_dir}: {cfg.model} ({n_params:,} params) on {device}, input {pre.in_channels}x"
               f"{pre.input_size}x{pre.input_size}, train/val/test {len(ytr)}/{len(yva)}/{len(yte)}, "
-              f"{dinfo.world} process(es), epochs {start}..{cfg.epochs}", flush=True)
+              f"{dinfo.world} process(es) x batch {cfg.batch_size} = global batch {cfg.batch_size * dinfo.world}, "
+              f"epochs {start}..{cfg.epochs}", flush=True)
 
     def ckpt_kwargs(epoch, metrics):
         return dict(model=model, model_name=cfg.model, model_args=cfg.model_args, pre=pre, config=cfg_dict,
@@ -308,6 +335,8 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
     t_start, throughput = time.perf_counter(), []
     m = {}
     for epoch in range(start, cfg.epochs + 1):
+        if dinfo.world > 1:  # dropout masks must differ between ranks; per epoch, so a resume draws the same
+            torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dinfo.rank)
         tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
                              progress and dinfo.main)
         va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
@@ -325,7 +354,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
             if improved:  # model selection on the validation (PublicTest) split only
                 save_checkpoint(run_dir / "best.pt", **ckpt_kwargs(epoch, m))
             save_checkpoint(run_dir / "last.pt", **ckpt_kwargs(epoch, m), optimizer=optimizer,
-                            scheduler=scheduler, extra={"rng_state": torch.get_rng_state()})
+                            scheduler=scheduler, extra={"rng_state": torch.get_rng_state(), "world_size": dinfo.world})
         if epoch_hook is not None:
             epoch_hook(epoch, m)
 
@@ -335,21 +364,20 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
                              wall_time_s=time.perf_counter() - t_start, throughput=throughput)
         for cb in cbs:
             cb.on_train_end(summary)
-    if dinfo.world > 1:
-        dist.barrier()
-    return summary
+    return dinfo.broadcast(summary)  # other ranks wait here while rank 0 tests best.pt
 
 
 def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device, n_params, wall_time_s,
                throughput) -> dict:
-    """Evaluate best.pt once on the test split, write summary.json and the plots."""
+    """Evaluate best.pt once on the test split, write summary.json and the plots (rank 0 alone, whole split)."""
     from .checkpoint import model_from_checkpoint
     from .metrics import classification_report
 
     best = load_checkpoint(run_dir / "best.pt")
     model, _ = model_from_checkpoint(best)
     model.to(device)
-    te = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision)
+    alone = DistInfo(env={})  # the other ranks are not evaluating: no collectives here
+    te = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision, alone)
     rep = classification_report(te["probs"], yte)
     summary = {
         "name": run_dir.name, "model": cfg.model, "params": n_params,
@@ -365,9 +393,9 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
     }
     if cfg.tta:
         summary["val_accuracy_tta"] = evaluate(model, xva, yva, pre, device, cfg.eval_batch_size, True,
-                                               cfg.precision)["accuracy"]
+                                               cfg.precision, alone)["accuracy"]
         summary["test_accuracy_tta"] = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, True,
-                                                cfg.precision)["accuracy"]
+                                                cfg.precision, alone)["accuracy"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({cfg.model})")
     plot_confusion(rep["confusion"], CLASSES, run_dir / "confusion_test.png",

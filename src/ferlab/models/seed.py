@@ -28,13 +28,13 @@ def _check_size(input_size: int, pools: int, name: str):
 class SimpleCNN(nn.Module):
     """Iteration 1: two conv + pool stages, one hidden FC layer."""
 
-    def __init__(self, num_classes=7, in_channels=3, input_size=128):
+    def __init__(self, num_classes=7, in_channels=3, input_size=128, dropout=0.2):
         super().__init__()
         _check_size(input_size, 2, "simple_cnn")
         s = input_size // 4
         self.features = nn.Sequential(*_conv(in_channels, 32), nn.MaxPool2d(2), *_conv(32, 64), nn.MaxPool2d(2))
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * s * s, 128), nn.ReLU(inplace=True),
-                                        nn.Dropout(0.2), nn.Linear(128, num_classes))
+                                        nn.Dropout(dropout), nn.Linear(128, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -117,11 +117,12 @@ def improved_cnn(**kw):
     return ImprovedCNN(**kw)
 
 
+# model_args: {dropout: [d1, d2, d3]} overrides the iteration's dropouts (the sweeps search them)
 @register("enhanced_cnn", **SEED_PREPROCESS)
-def enhanced_cnn(**kw):
-    return EnhancedCNN(dropout=(0.25, 0.5, 0.3), **kw)
+def enhanced_cnn(dropout=(0.25, 0.5, 0.3), **kw):
+    return EnhancedCNN(dropout=tuple(dropout), **kw)
 
 
 @register("enhanced_cnn_v2", **SEED_PREPROCESS)
-def enhanced_cnn_v2(**kw):
-    return EnhancedCNN(dropout=(0.35, 0.6, 0.4), **kw)
+def enhanced_cnn_v2(dropout=(0.35, 0.6, 0.4), **kw):
+    return EnhancedCNN(dropout=tuple(dropout), **kw)
