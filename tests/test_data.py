@@ -274,6 +274,7 @@ def _first_pixel(img, value: str) -> str:
 BAD_ROWS = {  # name -> (row, field, value maker, what the message must say)
     "2303 values": (5, "pixels", _drop_one, "2303 values, expected 2304"),
     "non-integer pixel": (7, "pixels", lambda img: _first_pixel(img, "12.5"), "'12.5'"),
+    "superscript digit": (8, "pixels", lambda img: _first_pixel(img, "\u00b2"), "'\u00b2'"),
     "pixel 256": (3, "pixels", lambda img: _first_pixel(img, "256"), "0-255"),
     "label 7": (9, "emotion", lambda img: 7, "'7'"),
     "label x": (4, "emotion", lambda img: "x", "'x'"),
@@ -289,6 +290,15 @@ def test_bad_csv_row_names_file_and_row(case, tmp_path, fer_slice):
         load_fer2013(path)
     msg = str(e.value)
     assert f"fer2013.csv row {row}" in msg and says in msg, msg
+
+
+def test_folder_holding_only_the_archive(tmp_path, fer_slice):
+    # e.g. --data ~/Downloads/fer2013 where the download sits unpacked-once: folder/fer2013.tar.gz
+    _tar_gz(tmp_path / "fer2013.tar.gz", _folder_members(fer_slice))
+    (tmp_path / "README.md").write_text("FER2013 from Kaggle")
+    data = read_fer2013(tmp_path)
+    assert data.form == "folder" and data.source == f"{tmp_path}!fer2013.tar.gz"
+    _assert_same_as_slice(data, fer_slice)
 
 
 def test_bad_row_inside_an_archive_names_archive_member_and_row(tmp_path, fer_slice):

@@ -137,11 +137,19 @@ def _parse_pixels(text: str, where: str) -> np.ndarray:
     try:
         arr = np.array(parts, dtype=np.int64)
     except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise DataError(f"{where}: pixels must be integers 0-255, found {bad!r}") from None
+        raise DataError(f"{where}: pixels must be integers 0-255, found {_first_non_int(parts)!r}") from None
     if arr.min() < 0 or arr.max() > 255:
         raise DataError(f"{where}: pixel value out of range 0-255 (min {arr.min()}, max {arr.max()})")
     return arr.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _first_non_int(parts: list[str]) -> str:
+    for p in parts:  # int(), not str.isdigit(): "²" is a digit to isdigit() yet no integer
+        try:
+            int(p)
+        except ValueError:
+            return p
+    return "?"
 
 
 def _parse_label(text: str, where: str) -> int:
