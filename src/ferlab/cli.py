@@ -34,6 +34,25 @@ def _cmd_serve(a):
     uvicorn.run(app, host=a.host, port=a.port)
 
 
+def _cmd_predict(a):
+    from .inference.output import predict_paths
+    from .inference.predictor import Predictor
+    options = {} if a.margin is None else {"margin": a.margin}
+    predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size, **options)
+    res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=not a.no_progress)
+    if res["errors"] and not a.keep_going:
+        raise RuntimeError(f"{len(res['errors'])} of the inputs could not be read (listed above; the rest "
+                           "were processed); pass --keep-going to exit 0 anyway")
+
+
+def _cmd_export(a):
+    from .inference.onnx import PARITY_TOL, export_onnx
+    rep = export_onnx(a.checkpoint, a.output, data=a.data, opset=a.opset)
+    print(f"wrote {rep['path']} ({rep['bytes'] / 2**20:.1f} MiB, opset {rep['opset']}); ONNX Runtime matches "
+          f"PyTorch on {rep['faces_checked']} real FER2013 faces: max |dp| = {rep['max_abs_diff']:.1e} "
+          f"(<= {PARITY_TOL:.0e})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition on FER2013.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -64,6 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int,
                    help="largest image in pixels, checked before decoding (default: 40 million; larger -> 413)")
     s.set_defaults(fn=_cmd_serve)
+
+    s = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a camera")
+    s.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image, folder (searched recursively), video, or a camera index such as 0")
+    s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
+    s.add_argument("--detector", default="cascade", choices=["cascade", "haar", "none"],
+                   help="cascade (alias haar): find faces; none: each image already is one face crop")
+    s.add_argument("--margin", type=float, default=None,
+                   help="grow each detected box by this share of its size per side (default: 0, as FER2013 crops)")
+    s.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "table"], help="output (default: jsonl)")
+    s.add_argument("--save", metavar="DIR", help="write annotated images / videos (box + label + probability)")
+    s.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default: 64)")
+    s.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th video frame (default: 1)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
+    s.add_argument("--keep-going", action="store_true", help="exit 0 even when some inputs could not be read")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_predict)
+
+    s = sub.add_parser("export", help="export a model to ONNX, verified against PyTorch on real faces")
+    s.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or .pt checkpoint")
+    s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    s.add_argument("-o", "--output", help="output file (default: RUN_DIR/model.onnx or CHECKPOINT.onnx)")
+    s.add_argument("--data", help="FER2013 for the parity check (default: the run's data, else $FERLAB_DATA)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    s.set_defaults(fn=_cmd_export)
     return p
 
 

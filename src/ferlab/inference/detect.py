@@ -1,0 +1,152 @@
+"""Face detection: boxes with scores on a grayscale image.
+
+The detector is the LBP frontal-face cascade that scikit-image ships (OpenCV's cascade format, evaluated
+by scikit-image): it works offline and needs no download. OpenCV 5 no longer bundles Haar cascade files,
+so "haar", the name the first design used, is kept as an alias of "cascade". `detector="none"` treats
+the whole image as one face, for inputs that already are face crops.
+
+A box is [x, y, w, h] in pixels of the input image. Detector boxes are made square and may be grown by
+`margin`, so that a crop frames a face the way FER2013's tight square crops do.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .faces import Face, square_box
+
+DETECTORS = ("cascade", "none")
+_ALIASES = {"haar": "cascade"}
+
+# Measured on FER2013 itself (`python bench/predict_speed.py --fer-margin`): on FER2013 faces padded
+# with their border, the cascade's box has the crop's own side (median ratio 0.99), so no margin.
+FER_MARGIN = 0.0
+
+
+class WholeImage:
+    """The whole image is one face (inputs that are already face crops)."""
+
+    def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
+        return [Face((0, 0, gray.shape[1], gray.shape[0]), 1.0)]
+
+
+class CascadeDetector:
+    """Frontal faces from scikit-image's bundled LBP cascade; score = number of agreeing raw windows.
+
+    The cascade fires on many windows around a real face and on few around a false one, so raw windows
+    are grouped here (instead of inside scikit-image) to keep that count as the detector's confidence,
+    as OpenCV's minNeighbors does. LBP cascades also fire on face-like texture (badges, reflections),
+    so two cheap checks follow: a face must reach `relative` times the strongest face's score, and in a
+    colour picture at least `min_skin` of its central pixels must have skin chrominance (Cr in
+    [133, 173], Cb in [77, 127]; chrominance, not brightness, so it holds across skin tones, but not
+    under strongly coloured light: pass min_skin=0 then). Large images are searched at `max_side`
+    pixels for speed.
+    """
+
+    def __init__(self, margin: float = FER_MARGIN, min_neighbors: int = 4, relative: float = 0.5,
+                 min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 640):
+        try:
+            from skimage.data import lbp_frontal_face_cascade_filename
+            from skimage.feature import Cascade
+        except ImportError as e:  # pragma: no cover - scikit-image is a dependency
+            raise RuntimeError("the cascade face detector needs scikit-image (pip install scikit-image); "
+                               "use detector='none' for images that already are face crops") from e
+        self._cascade = Cascade(lbp_frontal_face_cascade_filename())
+        self.margin, self.min_neighbors, self.relative, self.min_skin = margin, min_neighbors, relative, min_skin
+        self.scale_factor = scale_factor
+        self.min_size, self.max_side = min_size, max_side
+
+    def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
+        """Faces in `gray`; `rgb`, the same picture in colour when there is one, enables the skin check."""
+        h, w = gray.shape
+        scale = min(1.0, self.max_side / max(h, w))
+        small = gray
+        if scale < 1.0:
+            small = np.asarray(Image.fromarray(gray).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
+        side = min(small.shape)
+        if side < self.min_size:
+            return []
+        # threshold above 1 disables scikit-image's own merging: every raw window comes back
+        raw = self._cascade.detect_multi_scale(small, scale_factor=self.scale_factor, step_ratio=1,
+                                               min_size=(self.min_size, self.min_size), max_size=(side, side),
+                                               min_neighbor_number=1, intersection_score_threshold=2.0)
+        boxes = np.array([[d["c"], d["r"], d["width"], d["height"]] for d in raw], dtype=np.float64)
+        groups = [(box / scale, votes) for box, votes in group_windows(boxes, self.min_neighbors)]
+        skin = _skin_mask(rgb) if rgb is not None and self.min_skin > 0 else None
+        if skin is not None:
+            groups = [g for g in groups if _central_share(skin, g[0]) >= self.min_skin]
+        floor = self.relative * max((votes for _, votes in groups), default=0)
+        faces = [Face(square_box(tuple(box), self.margin, w, h), float(votes)) for box, votes in groups
+                 if votes >= floor]
+        return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+
+def group_windows(boxes: np.ndarray, min_votes: int, iou: float = 0.3) -> list[tuple[np.ndarray, int]]:
+    """Cluster overlapping windows (IoU > `iou`); keep clusters of >= `min_votes` as (mean box, votes).
+
+    A kept cluster lying mostly inside a stronger one (an eye or a mouth inside a face) is dropped.
+    """
+    n = len(boxes)
+    if n == 0:
+        return []
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    x2, y2 = x1 + boxes[:, 2], y1 + boxes[:, 3]
+    area = boxes[:, 2] * boxes[:, 3]
+    inter = (np.clip(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0, None)
+             * np.clip(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0, None))
+    linked = inter / (area[:, None] + area - inter) > iou
+    parent = np.arange(n)
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
+        parent[root(i)] = root(j)
+    roots = np.array([root(i) for i in range(n)])
+    groups = [(boxes[roots == r].mean(0), int((roots == r).sum())) for r in np.unique(roots)]
+    groups = sorted((g for g in groups if g[1] >= min_votes), key=lambda g: -g[1])
+    kept: list[tuple[np.ndarray, int]] = []
+    for box, votes in groups:
+        if not any(_inside(box, k) > 0.5 for k, _ in kept):
+            kept.append((box, votes))
+    return kept
+
+
+def _inside(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of box a's area that lies inside box b."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3])
+
+
+def _skin_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """Pixels with skin chrominance, or None for a picture without colour (a gray photo saved as RGB)."""
+    import cv2
+    ycc = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2YCrCb)
+    cr, cb = ycc[..., 1], ycc[..., 2]
+    if max(np.abs(cr.astype(np.int16) - 128).mean(), np.abs(cb.astype(np.int16) - 128).mean()) < 2:
+        return None
+    return (cr >= 133) & (cr <= 173) & (cb >= 77) & (cb <= 127)
+
+
+def _central_share(mask: np.ndarray, box) -> float:
+    """Share of True in the middle 60% of a box (leaves out hair and background at its edges)."""
+    x, y, w, h = (int(round(v)) for v in box)
+    m = max(1, w // 5)
+    region = mask[max(0, y + m):y + h - m, max(0, x + m):x + w - m]
+    return float(region.mean()) if region.size else 0.0
+
+
+def make_detector(name: str = "cascade", **kwargs):
+    """A detector by name: "cascade" (alias "haar") or "none" (the whole image is one face)."""
+    key = _ALIASES.get(name, name)
+    if key == "none":
+        if kwargs:
+            raise ValueError(f"detector 'none' takes no options; got {', '.join(kwargs)}")
+        return WholeImage()
+    if key == "cascade":
+        return CascadeDetector(**kwargs)
+    raise ValueError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)} (or 'haar' = cascade)")

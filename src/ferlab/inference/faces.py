@@ -1,0 +1,68 @@
+"""Crop + grayscale, the half of preprocessing before `to_model_input` (resize + normalise).
+
+Prediction, export checks and serving turn pictures into model input only through `image_to_input`
+(or `crops_to_input` for crops already cut), so they see faces exactly as training-time evaluation does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .preprocess import Preprocess, to_model_input
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[int, int, int, int]  # x, y, w, h in pixels of the input image
+    score: float
+
+
+def to_gray(image) -> np.ndarray:
+    """An image as uint8 (H, W) grayscale: numpy RGB (H, W, 3), RGBA, gray (H, W), or a PIL image.
+
+    Colour goes through PIL's convert("L") (ITU-R 601 luma), the conversion that decoded FER2013's JPEGs.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        return np.ascontiguousarray(a)
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        return np.asarray(Image.fromarray(np.ascontiguousarray(a[..., :3])).convert("L"))
+    raise ValueError(f"expected an image of shape (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {a.shape}")
+
+
+def square_box(box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """Grow `box` by `margin` of its size on every side, make it square about its centre, keep it inside."""
+    x, y, w, h = box
+    side = min(round(max(w, h) * (1 + 2 * margin)), width, height)
+    cx, cy = x + w / 2, y + h / 2
+    nx = int(np.clip(round(cx - side / 2), 0, width - side))
+    ny = int(np.clip(round(cy - side / 2), 0, height - side))
+    return nx, ny, side, side
+
+
+def crop_faces(gray: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+    """The (h, w) uint8 crops of `faces` from a grayscale image, in order (copies: a crop waiting for
+    its batch must not keep a whole video frame alive)."""
+    return [gray[y:y + h, x:x + w].copy() for x, y, w, h in (f.box for f in faces)]
+
+
+def crops_to_input(crops: list[np.ndarray], pre: Preprocess, device=None) -> torch.Tensor:
+    """Face crops of any sizes -> model input (N, C, S, S) through `to_model_input`, one crop at a time
+    (crops differ in size, and each is resized exactly as a single face would be)."""
+    if not crops:
+        return torch.empty(0, pre.in_channels, pre.input_size, pre.input_size, device=device)
+    return torch.cat([to_model_input(c[None], pre, device) for c in crops])
+
+
+def image_to_input(image, faces: list[Face], pre: Preprocess, device=None) -> torch.Tensor:
+    """The one path from a picture to the network: grayscale -> face crops -> resize -> normalise."""
+    return crops_to_input(crop_faces(to_gray(image), faces), pre, device)

@@ -1,0 +1,313 @@
+"""Predictor: faces in photos, folders, videos and cameras -> expression probabilities.
+
+Each face becomes one dict, the contract the CLI and the REST server share:
+    {"source": str | None, "frame": int | None, "time_s": float | None, "box": [x, y, w, h],
+     "score": float, "label": str, "probs": {class_name: float}}
+Frames are streamed and faces batched through the model, so memory stays flat on long videos.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .detect import make_detector
+from .faces import crop_faces, crops_to_input, to_gray
+
+log = logging.getLogger("ferlab.predict")
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+PENDING_FRAMES = 32  # frames held while their faces wait for a full batch (1080p RGB: 6 MB each)
+
+
+@dataclass
+class Frame:
+    """One picture to look at: a still image (frame None) or a video frame."""
+    image: np.ndarray | None   # (H, W, 3) RGB or (H, W) gray, uint8; None once used, unless kept
+    source: str | None = None
+    frame: int | None = None
+    time_s: float | None = None
+    root: Path | None = None   # the folder it was found in, so saved copies keep their relative path
+    fps: float | None = None   # frames per second of the sampled stream (video only)
+
+
+class TorchClassifier:
+    """A checkpoint's network: model input (N, C, S, S) -> probabilities (N, classes)."""
+
+    def __init__(self, ckpt: dict, device: str = "cpu"):
+        from ..engine.checkpoint import model_from_checkpoint
+        self.device = torch.device(device)
+        model, self.pre = model_from_checkpoint(ckpt)
+        self.model = model.to(self.device)
+        self.classes = tuple(ckpt["classes"])
+        self.name = ckpt["model"]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return self.model(x.to(self.device)).float().softmax(1).cpu().numpy()
+
+
+def load_classifier(model: str | Path = "default", device: str = "cpu"):
+    """"default" (the packaged weights), a run folder, a .pt checkpoint, or a .onnx export."""
+    from ..engine.checkpoint import load_checkpoint
+    if str(model) == "default":
+        from ..weights import default_weights
+        model = default_weights()
+    path = Path(model)
+    if path.suffix == ".onnx":
+        if not path.exists():
+            raise FileNotFoundError(f"ONNX model {path} not found")
+        if device != "cpu":
+            raise ValueError(f"ONNX models run on the CPU through ONNX Runtime; got device={device!r}")
+        from .onnx import OnnxClassifier
+        return OnnxClassifier(path)
+    return TorchClassifier(load_checkpoint(path), device)
+
+
+class Predictor:
+    """Detect faces and classify their expressions.
+
+    model: "default", a run folder, a .pt checkpoint or a .onnx export. detector: "cascade" (alias
+    "haar") or "none" (the whole image is one face). Extra keyword arguments go to the detector
+    (margin, min_neighbors, relative, ...).
+    """
+
+    def __init__(self, model: str | Path = "default", detector: str = "cascade", device: str = "cpu",
+                 batch_size: int = 64, **detector_kwargs):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.classifier = load_classifier(model, device)
+        self.detector = make_detector(detector, **detector_kwargs)
+        self.batch_size = batch_size
+        self.device = device if isinstance(self.classifier, TorchClassifier) else "cpu"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.classifier.classes
+
+    @property
+    def preprocess(self):
+        """The model's `Preprocess` (input size, channels, mean/std), read from its checkpoint or ONNX file."""
+        return self.classifier.pre
+
+    def predict(self, source, every: int = 1) -> list[dict]:
+        """Faces in `source`: a path (image, folder searched recursively, video), a list of paths, or an
+        image (numpy (H, W, 3) RGB / (H, W) gray uint8, or PIL). Unreadable files raise."""
+        return [face for _, faces in self.stream(source, every) for face in faces]
+
+    def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Probabilities (N, classes) for grayscale face crops of any size, in batches."""
+        out = [self.classifier(crops_to_input(crops[i:i + self.batch_size], self.preprocess, self.device))
+               for i in range(0, len(crops), self.batch_size)]
+        return np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
+
+    def stream(self, source, every: int = 1, errors: list | None = None, progress: bool = False,
+               keep_images: bool = False) -> Iterator[tuple[Frame, list[dict]]]:
+        """(frame, its faces) in input order. With an `errors` list, unreadable files are appended to it
+        as (path, reason) and skipped; without one they raise. Frames keep their pixels only with
+        `keep_images` (to draw on them); at most PENDING_FRAMES of them wait for a batch."""
+        if isinstance(source, (np.ndarray, Image.Image)):
+            frames: Iterable[Frame] = [Frame(_as_array(source))]
+        else:
+            frames = iter_frames(source, every, errors, progress)
+        pending: list[tuple[Frame, list]] = []
+        crops: list[np.ndarray] = []
+        for fr in frames:
+            gray = to_gray(fr.image)
+            faces = self.detector(gray, fr.image if fr.image.ndim == 3 else None)
+            if not faces and fr.frame is None:
+                log.warning("no face found in %s; for pictures that already are face crops use detector "
+                            "'none'", fr.source or "the image")
+            crops += crop_faces(gray, faces)
+            if not keep_images:
+                fr.image = None
+            pending.append((fr, faces))
+            # bounded by faces and by frames: a long stretch of faceless video frames is not hoarded
+            if len(crops) >= self.batch_size or len(pending) >= min(self.batch_size, PENDING_FRAMES):
+                yield from self._flush(pending, crops)
+                pending, crops = [], []
+        yield from self._flush(pending, crops)
+
+    def _flush(self, pending, crops):
+        probs = self.predict_crops(crops)
+        i = 0
+        for fr, faces in pending:
+            out = []
+            for face in faces:
+                p = probs[i]
+                i += 1
+                out.append({"source": fr.source, "frame": fr.frame, "time_s": fr.time_s,
+                            "box": [int(v) for v in face.box], "score": float(face.score),
+                            "label": self.classes[int(p.argmax())],
+                            "probs": {c: float(v) for c, v in zip(self.classes, p)}})
+            yield fr, out
+
+
+def _as_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    return np.asarray(image)
+
+
+def expand_sources(source) -> list[tuple[str, Path | None]]:
+    """Paths -> (file or camera index, folder it came from); folders searched recursively, sorted."""
+    items = source if isinstance(source, (list, tuple)) else [source]
+    out = []
+    for item in items:
+        s = str(item)
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            if not found:
+                log.warning("no images or videos in folder %s (looked for %s)", p,
+                            ", ".join(sorted(IMAGE_EXTS | VIDEO_EXTS)))
+            out += [(str(f), p) for f in found]
+        else:
+            out.append((s, None))
+    return out
+
+
+def iter_frames(source, every: int = 1, errors: list | None = None, progress: bool = False) -> Iterator[Frame]:
+    """Frames of images, videos (every `every`-th frame) and camera indices, decoded one at a time."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    items = expand_sources(source)
+    bar = _bar(len(items), "files", progress and len(items) > 1)
+    for path, root in items:
+        try:
+            if path.isdigit() and not Path(path).exists():
+                yield from _video_frames(int(path), every, progress)
+            elif Path(path).suffix.lower() in VIDEO_EXTS:
+                yield from _video_frames(path, every, progress, root)
+            else:
+                yield Frame(read_image(path), path, root=root)
+        except (OSError, ValueError) as e:
+            if errors is None:
+                raise
+            errors.append((path, str(e)))
+            log.warning("skipping: %s", e)
+        bar.update()
+    bar.close()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3), upright per the EXIF orientation (phones store photos rotated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read as an image ({e}); expected one of "
+                         f"{', '.join(sorted(IMAGE_EXTS))} or a video ({', '.join(sorted(VIDEO_EXTS))})") from e
+
+
+def _video_frames(source, every: int, progress: bool, root: Path | None = None) -> Iterator[Frame]:
+    import cv2
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        what = f"camera {source}" if isinstance(source, int) else f"{source}: cannot open as a video"
+        raise ValueError(f"{what} (OpenCV could not open it)")
+    name = f"camera:{source}" if isinstance(source, int) else str(source)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    bar = _bar(total or None, "frames", progress and not isinstance(source, int))
+    t0, i = time.monotonic(), 0
+    try:
+        while True:
+            if i % every:
+                if not cap.grab():  # skipped frames are not decoded
+                    break
+            else:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                t = i / fps if fps > 0 and isinstance(source, str) else time.monotonic() - t0
+                yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), name, i, round(t, 6), root,
+                            fps / every if fps > 0 else None)
+            i += 1
+            bar.update()
+    finally:
+        cap.release()
+        bar.close()
+    if i == 0:
+        raise ValueError(f"{name}: no frames could be decoded")
+
+
+def _bar(total, unit: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, unit=unit[:-1] if unit.endswith("s") else unit, disable=not enabled, leave=False,
+                dynamic_ncols=True)
+
+
+def draw_faces(image: np.ndarray, faces: list[dict]) -> np.ndarray:
+    """A copy of `image` (RGB or gray) as RGB with each face's box, label and probability drawn on it."""
+    import cv2
+    out = np.ascontiguousarray(np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]).copy()
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    for f in faces:
+        x, y, w, h = f["box"]
+        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 64, 0), thick)
+        text = f"{f['label']} {f['probs'][f['label']]:.2f}"
+        scale = max(0.4, w / 250)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4  # below the box when no room above
+        cv2.rectangle(out, (x, ty - th - base), (x + tw, ty + base), (255, 64, 0), -1)
+        cv2.putText(out, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
+class AnnotatedWriter:
+    """`--save DIR`: annotated copies of images, and one annotated .mp4 per video (frames as sampled)."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.written: list[Path] = []
+        self._video = None
+        self._video_source = None
+
+    def _target(self, fr: Frame, suffix: str | None = None) -> Path:
+        src = Path(fr.source or "image.png")
+        rel = src.relative_to(fr.root) if fr.root is not None else Path(src.name)
+        if fr.root is not None:
+            rel = Path(fr.root.name) / rel
+        if suffix:
+            rel = rel.with_name(rel.stem + suffix)
+        path = self.out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write(self, fr: Frame, faces: list[dict]):
+        import cv2
+        img = draw_faces(fr.image, faces)
+        if fr.frame is None:
+            self.close_video()
+            path = self._target(fr)
+            if path.suffix.lower() not in IMAGE_EXTS:
+                path = path.with_suffix(".png")
+            Image.fromarray(img).save(path)
+            self.written.append(path)
+            return
+        if fr.source != self._video_source:
+            self.close_video()
+            path = self._target(fr, "_annotated.mp4")
+            h, w = img.shape[:2]
+            self._video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fr.fps or 25.0, (w, h))
+            if not self._video.isOpened():
+                raise RuntimeError(f"cannot write video {path} (OpenCV VideoWriter with mp4v failed)")
+            self._video_source = fr.source
+            self.written.append(path)
+        self._video.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+    def close_video(self):
+        if self._video is not None:
+            self._video.release()
+        self._video, self._video_source = None, None

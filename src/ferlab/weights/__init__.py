@@ -1,0 +1,17 @@
+"""Where the packaged model lives: `ferlab predict --model default` and `Predictor(model="default")`.
+
+The file is shipped as package data (pyproject: `weights/*.pt`) next to this module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "default.pt"
+
+
+def default_weights() -> Path:
+    """Path of the packaged default checkpoint; a clear error while it has not been shipped."""
+    if not DEFAULT_WEIGHTS.exists():
+        raise FileNotFoundError(f"the default model is not packaged yet: expected {DEFAULT_WEIGHTS}. "
+                                "Pass --model RUN_DIR, CHECKPOINT.pt or MODEL.onnx instead")
+    return DEFAULT_WEIGHTS
