@@ -36,8 +36,8 @@ class Face(BaseModel):
     frame: int | None = None
     time_s: float | None = None
     box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
-    score: float = Field(description="probability of the predicted label")
-    label: str
+    score: float = Field(description="face detector confidence (cascade: agreeing windows; 1 with detector none)")
+    label: str = Field(description="the most probable expression")
     probs: dict[str, float] = Field(description="probability of every class")
 
 
@@ -76,7 +76,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
         from ..inference.predictor import Predictor
         predictor = Predictor(model=model, detector=detector, device=device)
     classes = [str(c) for c in predictor.classes]
-    model_name = str(getattr(predictor, "name", model))
+    model_name, detector_name = _describe(predictor, model, detector)
     lock = threading.Lock()  # one inference at a time: torch already uses every core, and cv2 cascades are not shared-safe
 
     app = FastAPI(title="ferlab", version=__version__,
@@ -93,8 +93,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
 
     @app.get("/health", response_model=Health, summary="liveness and model information")
     def health() -> Health:
-        return Health(status="ok", model=model_name, detector=str(getattr(predictor, "detector", detector)),
-                      classes=classes, max_bytes=max_bytes, max_pixels=max_pixels, version=__version__)
+        return Health(status="ok", model=model_name, detector=detector_name, classes=classes, max_bytes=max_bytes, max_pixels=max_pixels, version=__version__)
 
     @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
               responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
@@ -212,6 +211,15 @@ def _face(f: dict) -> Face:
                 time_s=None if f.get("time_s") is None else float(f["time_s"]),
                 box=[int(round(float(v))) for v in f["box"]], score=float(f["score"]), label=str(f["label"]),
                 probs={str(k): float(v) for k, v in f["probs"].items()})
+
+
+def _describe(predictor, model: str, detector: str) -> tuple[str, str]:
+    """(model name, detector name) for /health; an injected predictor may differ from the arguments."""
+    classifier = getattr(predictor, "classifier", None)
+    model_name = getattr(classifier, "name", None) or str(model)
+    det = getattr(predictor, "detector", None)
+    detector_name = {"WholeImage": "none", "CascadeDetector": "cascade"}.get(type(det).__name__, str(detector))
+    return str(model_name), detector_name
 
 
 def _mib(n: int) -> str:

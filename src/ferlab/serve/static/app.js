@@ -80,7 +80,7 @@ function render(data) {
     box.style.width = `${(100 * w) / data.width}%`;
     box.style.height = `${(100 * h) / data.height}%`;
     if (y < data.height * 0.08) box.classList.add("low");  // no room for the tag above the box
-    box.append(el("span", "tag", `${i + 1} · ${face.label} ${pct(face.score)}`));
+    box.append(el("span", "tag", `${i + 1} · ${face.label} ${pct(face.probs[face.label])}`));
     boxes.append(box);
     faces.append(faceCard(face, i, data.classes, color));
   });
@@ -95,7 +95,7 @@ function faceCard(face, i, classes, color) {
   card.dataset.face = i;
   card.style.setProperty("--c", color);
   const title = el("h2");
-  title.append(el("span", "num", `Face ${i + 1}`), el("span", "label", face.label), el("span", "score", pct(face.score)));
+  title.append(el("span", "num", `Face ${i + 1}`), el("span", "label", face.label), el("span", "score", pct(face.probs[face.label])));
   card.append(title);
   for (const name of classes) {
     const p = face.probs[name] ?? 0;

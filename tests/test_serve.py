@@ -1,0 +1,186 @@
+"""The REST API on real inputs: FER2013 faces and a real photo, every kind of bad upload, schema fuzzing.
+
+The model is a small freshly initialised CNN saved as a real ferlab checkpoint: the API's job is to
+carry the Predictor's answer faithfully, which is checked against the Predictor called directly.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import schemathesis
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from PIL import Image
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+from skimage.data import astronaut
+
+from ferlab.data.classes import CLASSES
+from ferlab.engine import save_checkpoint
+from ferlab.inference.predictor import Predictor
+from ferlab.inference.preprocess import Preprocess
+from ferlab.models import create_model
+from ferlab.serve.app import create_app, decode_image
+
+ASTRONAUT_NOSE = (222, 118)  # read off skimage's astronaut photo (512x512): Eileen Collins' nose
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A small freshly built CNN saved as a real ferlab checkpoint (never the shipped default model)."""
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", in_channels=1, input_size=48)
+    path = tmp_path_factory.mktemp("serve-model") / "tiny.pt"
+    save_checkpoint(path, model=model, model_name="simple_cnn", model_args={}, pre=Preprocess(), config={},
+                    epoch=0, best_val_acc=0.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def crops_predictor(tiny_checkpoint):
+    return Predictor(str(tiny_checkpoint), detector="none")
+
+
+@pytest.fixture(scope="module")
+def client(crops_predictor):
+    return TestClient(create_app(crops_predictor, max_bytes=200_000, max_pixels=4_000_000))
+
+
+@pytest.fixture(scope="module")
+def haar_client(tiny_checkpoint):
+    return TestClient(create_app(Predictor(str(tiny_checkpoint), detector="haar")))
+
+
+def encode(array_or_image, fmt="JPEG", **kw) -> bytes:
+    im = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def upload(client, data: bytes, name="photo.jpg", ctype="image/jpeg"):
+    return client.post("/v1/predict", files={"file": (name, data, ctype)})
+
+
+def test_health(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    h = r.json()
+    assert h["status"] == "ok" and h["classes"] == list(CLASSES)
+    assert h["model"] == "simple_cnn" and h["detector"] == "none" and h["max_bytes"] == 200_000 and h["max_pixels"] == 4_000_000
+
+
+def test_fer_faces_match_the_predictor(client, crops_predictor, fer_slice):
+    """One real face of every class: the API answers exactly what the Predictor says on the same pixels."""
+    picks = [int(np.flatnonzero(fer_slice["labels"] == k)[0]) for k in range(len(CLASSES))]
+    for i in picks:
+        raw = fer_slice["jpeg"][i]
+        r = upload(client, raw, name=fer_slice["names"][i])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["width"], body["height"]) == fer_slice["pixels"][i].shape[::-1]
+        assert body["classes"] == list(CLASSES) and body["message"] is None
+        assert body["filename"] == fer_slice["names"][i]
+        [face] = body["faces"]
+        [direct] = crops_predictor.predict(np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
+        assert face["box"] == [0, 0, body["width"], body["height"]]
+        assert set(face["probs"]) == set(CLASSES)
+        assert sum(face["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert face["label"] == max(face["probs"], key=face["probs"].get)
+        assert face["score"] == direct["score"] == 1.0  # detector "none": the whole crop, full confidence
+        assert face["label"] == direct["label"]
+        for c in CLASSES:
+            assert face["probs"][c] == pytest.approx(float(direct["probs"][c]), abs=1e-6)
+
+
+def test_astronaut_photo_has_one_face_on_her_face(haar_client):
+    # PNG keeps the reference pixels exactly: this checks the serving path, not the detector's JPEG tolerance
+    r = upload(haar_client, encode(astronaut(), "PNG"), "astronaut.png", "image/png")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (512, 512)
+    [face] = body["faces"]
+    x, y, w, h = face["box"]
+    assert x <= ASTRONAUT_NOSE[0] <= x + w and y <= ASTRONAUT_NOSE[1] <= y + h, face["box"]
+    assert 60 <= w <= 220 and 60 <= h <= 220, face["box"]
+    assert face["label"] in CLASSES and sum(face["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_no_face_gives_a_message(haar_client):
+    r = upload(haar_client, encode(np.full((240, 320, 3), 128, np.uint8), "PNG"), "grey.png", "image/png")
+    assert r.status_code == 200, r.text
+    assert r.json()["faces"] == [] and "no face" in r.json()["message"]
+
+
+def test_exif_rotation_is_applied():
+    """A phone photo stored sideways with EXIF Orientation=6 is decoded upright (portrait)."""
+    im = Image.fromarray(np.zeros((40, 60, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode_image(encode(im, exif=exif)).shape == (60, 40, 3)
+    assert decode_image(encode(im)).shape == (40, 60, 3)
+
+
+def _multipart(part: bytes) -> bytes:
+    return (b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + part + b"\r\n--xx--\r\n")
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return encode(astronaut(), quality=92)
+
+
+def test_bad_requests_get_clear_4xx(client, photo):
+    big_png = encode(Image.new("L", (2500, 2000)), "PNG")  # 5 MP, a few KB: over the 4 MP limit
+    assert len(big_png) < 200_000
+    cases = {  # what is sent -> (status, a word the message must contain)
+        "json body": (client.post("/v1/predict", json={"file": "x"}), 415, "multipart/form-data"),
+        "text part": (upload(client, b"hello", "a.txt", "text/plain"), 415, "text/plain"),
+        "not an image": (upload(client, b"hello, this is not a photo", "a.jpg"), 415, "JPEG"),
+        "truncated": (upload(client, photo[: len(photo) // 2]), 400, "truncated"),
+        "over size": (upload(client, photo + bytes(200_000)), 413, "limit"),
+        "over size, chunked": (client.post("/v1/predict", headers={"content-type": "multipart/form-data; boundary=xx"},
+                                           content=iter([_multipart(bytes(300_000))])), 413, "limit"),
+        "over pixels": (upload(client, big_png, "big.png", "image/png"), 413, "pixels"),
+        "empty body": (client.post("/v1/predict", headers={"content-type": "multipart/form-data; boundary=xx"},
+                                   content=b""), 400, "empty"),
+        "empty file": (upload(client, b""), 400, "empty"),
+        "missing field": (client.post("/v1/predict", files={"image": ("a.jpg", photo[:1000], "image/jpeg")}), 422, "'file'"),
+    }
+    for what, (r, status, word) in cases.items():
+        assert r.status_code == status, (what, r.status_code, r.text)
+        assert word in r.json()["detail"], (what, r.json())
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # PIL warns above 89 MP and refuses above 179 MP
+def test_decompression_bombs_are_refused_before_decoding(tiny_checkpoint, crops_predictor, side):
+    bomb = encode(Image.new("1", (side, side)), "PNG")
+    assert len(bomb) < 100_000
+    # our own limit set above PIL's, so PIL's DecompressionBomb warning/error is what must turn into a 413
+    c = TestClient(create_app(crops_predictor, max_pixels=10**12))
+    r = upload(c, bomb, "bomb.png", "image/png")
+    assert r.status_code == 413 and "pixels" in r.json()["detail"], r.text
+
+
+def test_fuzzed_requests_never_get_a_5xx(crops_predictor):
+    """Requests generated from the OpenAPI schema, valid and invalid, never get a server error and always
+    get a documented status code and body. (Driven through `as_strategy`, because schemathesis's pytest
+    fixture loader does not run under pytest 9.)"""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(crops_predictor, max_bytes=100_000))
+    cases = schema.as_strategy(GenerationMode.POSITIVE) | schema.as_strategy(GenerationMode.NEGATIVE)
+    seen = set()
+
+    @given(case=cases)
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        response = case.call_and_validate(checks=[not_a_server_error, status_code_conformance,
+                                                  response_schema_conformance])
+        seen.add((case.method, case.path, response.status_code))
+
+    check()
+    assert {(m, p) for m, p, _ in seen} == {("GET", "/health"), ("POST", "/v1/predict")}, seen
