@@ -1,0 +1,157 @@
+"""`ferlab train` under torchrun (2 CPU processes, gloo) on real FER2013 faces.
+
+With identical global batches, DDP's averaged gradient is the big-batch gradient, so a model without
+BatchNorm and without dropout (simple_cnn, dropout 0, augmentation off) must track a single-process run
+with the same global batch and seed up to float summation order.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from ferlab.engine import fit, load_config, load_checkpoint
+
+PER_RANK_BATCH = 8
+EPOCHS = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _rows(run_dir) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def config_file(fer_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    cfg = dict(name="ddp", model="simple_cnn", model_args={"dropout": 0.0}, input_size=48, in_channels=1,
+               mean=[0.0], std=[1.0], data=str(fer_folder), split="official", seed=3, epochs=EPOCHS,
+               batch_size=PER_RANK_BATCH, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant",
+               warmup_epochs=0, augment=dict(hflip=0, rotate=0, scale=0, translate=0, erase=0), tta=False,
+               threads=1, out_dir=str(root / "runs"))
+    path = root / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddp_run(config_file):
+    """`ferlab train` under torchrun with 2 processes: (completed process, runs folder)."""
+    proc = _torchrun(["-m", "ferlab.cli", "train", str(config_file), "--no-progress"], config_file.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, config_file.parent / "runs"
+
+
+@pytest.fixture(scope="module")
+def single_run(config_file, tmp_path_factory):
+    """The same config in this process with the same global batch (2 x per-rank batch): its run folder."""
+    out = tmp_path_factory.mktemp("single")
+    cfg = load_config(config_file, {"batch_size": 2 * PER_RANK_BATCH, "out_dir": str(out)})
+    threads = torch.get_num_threads()
+    try:
+        summary = fit(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)  # fit applies the config's threads=1 to this whole test process
+    return out / summary["name"]
+
+
+def test_run_folder_written_once_and_complete(ddp_run):
+    proc, runs = ddp_run
+    dirs = list(runs.iterdir())
+    assert [d.name for d in dirs] == ["ddp"], f"expected one run folder 'ddp', found {[d.name for d in dirs]}"
+    run = dirs[0]
+    for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "summary.json"):
+        assert (run / name).is_file(), f"{name} missing from {run}: {sorted(p.name for p in run.iterdir())}"
+    assert [int(r["epoch"]) for r in _rows(run)] == list(range(1, EPOCHS + 1))
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert (written["batch_size"], written["world_size"], written["global_batch_size"]) == \
+        (PER_RANK_BATCH, 2, 2 * PER_RANK_BATCH)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["name"] == "ddp" and summary["epochs"] == EPOCHS
+    assert load_checkpoint(run / "last.pt")["world_size"] == 2
+    # rank 0 alone prints: one header line and one summary line, not one per process
+    assert proc.stdout.count("2 process(es) x batch 8 = global batch 16") == 1, proc.stdout
+    assert proc.stdout.count('"test_accuracy"') == 1, proc.stdout
+
+
+# Float summation order (an all-reduce of two half-batch means vs one mean) differs by ~1e-7 per step;
+# after the few dozen Adam steps here the losses agree to ~1e-6. Accuracy may flip by one borderline face
+# of the 168 in each split of the slice.
+LOSS_TOL = 1e-4
+ONE_FACE = 100 / 168 + 1e-9
+
+
+def _assert_same_trajectory(rows: list[dict], reference: list[dict]):
+    assert len(rows) == len(reference) == EPOCHS
+    for r, ref in zip(rows, reference):
+        for key in ("train_loss", "val_loss"):
+            assert abs(float(r[key]) - float(ref[key])) < LOSS_TOL, (r["epoch"], key, r[key], ref[key])
+        for key in ("train_accuracy", "val_accuracy"):
+            assert abs(float(r[key]) - float(ref[key])) <= ONE_FACE, (r["epoch"], key, r[key], ref[key])
+
+
+def test_ddp_matches_single_process_with_same_global_batch(ddp_run, single_run):
+    _, runs = ddp_run
+    rows, reference = _rows(runs / "ddp"), _rows(single_run)
+    _assert_same_trajectory(rows, reference)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]), "the run did not learn at all"
+    ddp_summary = json.loads((runs / "ddp" / "summary.json").read_text())
+    single_summary = json.loads((single_run / "summary.json").read_text())
+    assert abs(ddp_summary["test_accuracy"] - single_summary["test_accuracy"]) <= ONE_FACE
+
+
+STOP_AFTER_FIRST_EPOCH = textwrap.dedent("""
+    import sys
+    from ferlab.engine import fit, load_config
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(epoch, metrics):
+        raise Interrupted
+
+    try:
+        fit(load_config(sys.argv[1], sys.argv[2:]), progress=False, epoch_hook=stop)
+    except Interrupted:
+        pass
+""")
+
+
+def test_distributed_resume_continues_the_same_trajectory(config_file, single_run, tmp_path):
+    script = tmp_path / "interrupted.py"
+    script.write_text(STOP_AFTER_FIRST_EPOCH)
+    out = tmp_path / "runs"
+    proc = _torchrun([str(script), str(config_file), f"out_dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = out / "ddp"
+    assert [int(r["epoch"]) for r in _rows(run)] == [1] and not (run / "summary.json").exists()
+
+    with pytest.raises(ValueError, match="trained by 2 process"):  # one process would change the global batch
+        fit(load_config(config_file), resume=run, progress=False)
+
+    proc = _torchrun(["-m", "ferlab.cli", "train", "--resume", str(run), "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == ["ddp"]
+    assert (run / "summary.json").is_file()
+    _assert_same_trajectory(_rows(run), _rows(single_run))
