@@ -1,0 +1,98 @@
+"""The web page end to end: real server, real headless Chromium, a real photo through the file input."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from PIL import Image
+from skimage.data import astronaut
+from test_serve import tiny_checkpoint  # noqa: F401  (the same tiny real checkpoint)
+
+from ferlab.data.classes import CLASSES
+from ferlab.inference.predictor import Predictor
+from ferlab.serve.app import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(os.environ.get("FERLAB_WEB_SCREENSHOT", "/tmp/ferlab-web-result.png"))
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):  # noqa: F811
+    """The real app under uvicorn on a free port, in a background thread."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Predictor(str(tiny_checkpoint), detector="haar"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start within 30 s")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.errors = errors
+        page.goto(server + "/")
+        yield page
+        browser.close()
+
+
+def test_upload_shows_the_face_box_and_seven_bars(page, tmp_path):
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(photo)
+    page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
+    assert "simple_cnn" in page.inner_text("#model")
+
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#result:not([hidden]) .face", timeout=60_000)
+
+    assert page.locator(".box").count() == 1 and page.locator(".face").count() == 1
+    label = page.text_content(".face .label")
+    assert label in CLASSES
+    bars = page.locator(".face .bar-row")
+    assert [bars.nth(i).get_attribute("data-class") for i in range(bars.count())] == list(CLASSES)
+    values = [float(v) for v in page.locator(".face .bar").evaluate_all("els => els.map(e => e.getAttribute('aria-valuenow'))")]
+    assert sum(values) == pytest.approx(1.0, abs=0.01)
+    assert page.get_attribute(".face .bar-row.top", "data-class") == label
+    assert CLASSES[max(range(len(CLASSES)), key=values.__getitem__)] == label
+
+    # the box sits on her face: the nose (222, 118) of the 512x512 photo is inside it on screen
+    img, box = page.locator("#photo").bounding_box(), page.locator(".box").bounding_box()
+    nose_x = img["x"] + 222 / 512 * img["width"]
+    nose_y = img["y"] + 118 / 512 * img["height"]
+    assert box["x"] < nose_x < box["x"] + box["width"] and box["y"] < nose_y < box["y"] + box["height"]
+    assert "1 face found" in page.inner_text("#status")
+    assert not page.errors, page.errors
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_non_image_shows_the_servers_message(page, tmp_path):
+    junk = tmp_path / "notes.jpg"
+    junk.write_bytes(b"this is not a photo")
+    page.set_input_files("#file", str(junk))
+    page.wait_for_selector("#status.error")
+    assert "Error 415" in page.inner_text("#status") and "not a supported image" in page.inner_text("#status")
+    assert page.locator("#result").is_hidden()
