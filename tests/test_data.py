@@ -46,14 +46,14 @@ def _rows(s: dict, idx=None) -> list[dict]:
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         for name, raw in members.items():
             z.writestr(name, raw)
     return path
 
 
 def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tf:
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
         for name, raw in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(raw)
@@ -81,15 +81,14 @@ FER_CSV_HEADER = ["emotion", "pixels", "Usage"]
 ICML_HEADER = ["emotion", " Usage", " pixels"]
 
 
-def build_form(kind: str, tmp: Path, s: dict, fer_folder: Path) -> Path:
-    """Write the slice as `kind` under tmp and return the path a user would pass."""
+def build_form(kind: str, tmp: Path, s: dict, fer_folder: Path, csv: bytes) -> Path:
+    """Write the slice as `kind` under tmp (csv: the slice as fer2013.csv) and return the path a user would pass."""
     if kind == "folder":
         return fer_folder
     if kind == "folder_zip":
         return _zip(tmp / "fer2013.zip", _folder_members(s))
     if kind == "folder_tar_gz":
         return _tar_gz(tmp / "fer2013.tar.gz", _folder_members(s))
-    csv = _csv(FER_CSV_HEADER, _rows(s))
     if kind == "csv_file":
         (tmp / "fer2013.csv").write_bytes(csv)
         return tmp / "fer2013.csv"
@@ -141,9 +140,14 @@ def _assert_same_as_slice(data, s: dict, rename: dict | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Every form reads back the same faces.
 
+@pytest.fixture(scope="module")
+def fer_csv(fer_slice) -> bytes:
+    return _csv(FER_CSV_HEADER, _rows(fer_slice))
+
+
 @pytest.mark.parametrize("kind", list(FORMS))
-def test_every_form_reads_the_same_faces(kind, tmp_path, fer_slice, fer_folder):
-    path = build_form(kind, tmp_path, fer_slice, fer_folder)
+def test_every_form_reads_the_same_faces(kind, tmp_path, fer_slice, fer_folder, fer_csv):
+    path = build_form(kind, tmp_path, fer_slice, fer_folder, fer_csv)
     data = read_fer2013(path)
     assert data.form == FORMS[kind]
     assert Counter(USAGES[u] for u in data.usage) == Counter(fer_slice["usage"])
