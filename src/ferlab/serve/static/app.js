@@ -87,6 +87,7 @@ function render(data) {
   if (!data.faces.length) faces.append(el("p", "empty", data.message || "No face found."));
   const n = data.faces.length;
   setStatus(n ? `${n} face${n > 1 ? "s" : ""} found in ${data.width}×${data.height} px (${Math.round(data.elapsed_ms)} ms)` : "");
+  $("drop").classList.add("compact");
   $("result").hidden = false;
 }
 
