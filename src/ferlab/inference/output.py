@@ -48,12 +48,13 @@ class _Rows:
 
 
 def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", save: str | Path | None = None,
-                  every: int = 1, progress: bool = True, out: TextIO = sys.stdout,
-                  err: TextIO = sys.stderr) -> dict:
-    """Predict on images, folders, videos and camera indices; write one row per face to `out`.
+                  every: int = 1, progress: bool = True, out: TextIO | None = None,
+                  err: TextIO | None = None) -> dict:
+    """Predict on images, folders, videos and camera indices; write one row per face to `out` (stdout).
 
     Returns counts and the unreadable inputs as [(path, reason)]; processing never stops at one.
     """
+    out, err = out or sys.stdout, err or sys.stderr
     rows = _Rows(fmt, predictor.classes, out)
     writer = AnnotatedWriter(save) if save else None
     errors: list[tuple[str, str]] = []

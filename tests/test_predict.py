@@ -1,0 +1,244 @@
+"""Predict on real inputs: FER2013 face crops, a photo with a face, folders, a video, no-face and broken files."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+import ferlab
+from ferlab.cli import main
+from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, train_one_epoch
+from ferlab.engine.trainer import build_preprocess, make_optimizer, make_scheduler
+from ferlab.inference.faces import Face, image_to_input, square_box, to_gray
+from ferlab.inference.preprocess import to_model_input
+from ferlab.models import create_model
+
+ASTRONAUT_FACE_CENTRE = (225, 115)  # x, y of the face's middle in skimage.data.astronaut() (512 x 512)
+
+
+def tiny_checkpoint(path: Path, fer_slice) -> Path:
+    """A real checkpoint: vgg_s after one epoch of the training loop on the slice's Training faces."""
+    cfg = TrainConfig(model="vgg_s", batch_size=32, lr=0.05, device="cpu")
+    pre = build_preprocess(cfg)
+    torch.manual_seed(0)
+    model = create_model("vgg_s", in_channels=pre.in_channels, input_size=pre.input_size)
+    train = np.array(fer_slice["usage"]) == "Training"
+    images, labels = torch.from_numpy(fer_slice["pixels"][train]), torch.from_numpy(fer_slice["labels"][train])
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer, len(labels) // cfg.batch_size)
+    train_one_epoch(model, images, labels, pre, optimizer, scheduler, cfg, 1, torch.device("cpu"), progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model=model, model_name="vgg_s", model_args={}, pre=pre, config=cfg.to_dict(),
+                    epoch=1, best_val_acc=0.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(fer_slice, tmp_path_factory) -> Path:
+    """A run folder holding best.pt, as training leaves it."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("runs") / "tiny" / "best.pt", fer_slice).parent
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir):
+    return ferlab.Predictor(run_dir, detector="none", batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skdata.astronaut()
+
+
+def _forward(run_dir, pixels: np.ndarray) -> np.ndarray:
+    model, pre = model_from_checkpoint(load_checkpoint(run_dir))
+    with torch.no_grad():
+        return model(to_model_input(pixels, pre)).softmax(1).numpy()
+
+
+@pytest.fixture(scope="module")
+def faces_dir(fer_slice, tmp_path_factory) -> tuple[Path, list[str], np.ndarray]:
+    """Three real FER2013 faces per class, as JPEGs from the archive in nested class folders."""
+    root = tmp_path_factory.mktemp("faces")
+    pick = np.concatenate([np.flatnonzero(fer_slice["labels"] == k)[:3] for k in range(7)])
+    names = [fer_slice["names"][i] for i in pick]
+    for i, name in zip(pick, names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(fer_slice["jpeg"][i])
+    return root, names, fer_slice["pixels"][pick]
+
+
+def test_face_crops_match_a_direct_forward(predictor, run_dir, faces_dir):
+    root, names, pixels = faces_dir
+    res = predictor.predict(root)
+    assert len(res) == len(names)  # every face in the nested class folders
+    by_name = {"/".join(Path(r["source"]).parts[-3:]): r for r in res}
+    want = _forward(run_dir, pixels)
+    got = np.array([[by_name[n]["probs"][c] for c in predictor.classes] for n in names])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for n in names:
+        r = by_name[n]
+        assert r["box"] == [0, 0, 48, 48] and r["score"] == 1.0 and r["frame"] is None and r["time_s"] is None
+        assert r["label"] == max(r["probs"], key=r["probs"].get)
+    assert len(set(np.argmax(want, 1))) > 1, "a trained model should not predict one class for every face"
+
+
+def test_contract_and_image_inputs(predictor, fer_slice):
+    face = fer_slice["pixels"][0]
+    (gray,) = predictor.predict(face)
+    assert set(gray) == {"source", "frame", "time_s", "box", "score", "label", "probs"}
+    assert gray["source"] is None and list(gray["probs"]) == list(predictor.classes)
+    assert abs(sum(gray["probs"].values()) - 1) < 1e-5
+    rgb = np.repeat(face[..., None], 3, -1)
+    for same in (rgb, Image.fromarray(face), Image.fromarray(rgb)):
+        (r,) = predictor.predict(same)
+        assert r["probs"] == pytest.approx(gray["probs"], abs=1e-6)
+    assert predictor.preprocess.input_size == 48 and predictor.classes[3] == "happy"
+
+
+def test_astronaut_photo_yields_one_face_on_the_face(run_dir, astronaut):
+    pred = ferlab.Predictor(run_dir, detector="haar")
+    res = pred.predict(astronaut)
+    assert len(res) == 1, [r["box"] for r in res]
+    x, y, w, h = res[0]["box"]
+    assert w == h and 70 <= w <= 140
+    cx, cy = x + w / 2, y + h / 2
+    assert abs(cx - ASTRONAUT_FACE_CENTRE[0]) < 20 and abs(cy - ASTRONAUT_FACE_CENTRE[1]) < 20
+    assert res[0]["score"] >= 4
+    # the shared path: the reported probabilities are the model's on that crop through the one preprocess
+    model, pre = model_from_checkpoint(load_checkpoint(run_dir))
+    with torch.no_grad():
+        p = model(image_to_input(astronaut, [Face(tuple(res[0]["box"]), 1.0)], pre)).softmax(1)[0]
+    assert [res[0]["probs"][c] for c in pred.classes] == pytest.approx(p.tolist(), abs=1e-6)
+
+
+def test_square_box_stays_inside_the_image():
+    assert square_box((10, 20, 30, 40), 0.0, 100, 100) == (5, 20, 40, 40)
+    assert square_box((90, 90, 20, 20), 0.5, 100, 100) == (60, 60, 40, 40)  # pushed back inside
+    assert square_box((0, 0, 300, 200), 0.0, 120, 80) == (40, 0, 80, 80)
+
+
+def test_no_face_gives_empty_result_and_message(run_dir, caplog, tmp_path, capsys):
+    pred = ferlab.Predictor(run_dir)
+    blank = np.full((240, 320, 3), 200, np.uint8)
+    with caplog.at_level(logging.WARNING, logger="ferlab.predict"):
+        assert pred.predict(blank) == []
+    assert "no face found" in caplog.text
+    Image.fromarray(blank).save(tmp_path / "blank.png")
+    assert main(["predict", str(tmp_path / "blank.png"), "--model", str(run_dir), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "0 face(s) in 1 image(s)/frame(s); 1 without a face" in err
+
+
+def _video(path: Path, image: np.ndarray, n: int, fps: float, dx: int) -> None:
+    h, w = image.shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert vw.isOpened()
+    for i in range(n):
+        vw.write(cv2.cvtColor(np.roll(image, dx * i, axis=1), cv2.COLOR_RGB2BGR))
+    vw.release()
+
+
+@pytest.fixture(scope="module")
+def video(astronaut, tmp_path_factory) -> Path:
+    """6 frames at 5 fps: the astronaut (at 256 px) moving right by 6 px a frame."""
+    small = np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.BILINEAR))
+    path = tmp_path_factory.mktemp("video") / "astronaut.mp4"
+    _video(path, small, n=6, fps=5.0, dx=6)
+    return path
+
+
+def test_video_frames_timestamps_and_every(run_dir, video):
+    pred = ferlab.Predictor(run_dir, batch_size=4)  # batches span frames
+    res = pred.predict(video)
+    best = {}
+    for r in res:
+        if r["frame"] not in best or r["score"] > best[r["frame"]]["score"]:
+            best[r["frame"]] = r
+    assert sorted(best) == list(range(6))
+    for i, r in best.items():
+        assert r["source"] == str(video) and r["time_s"] == pytest.approx(i / 5.0)
+    xs = [best[i]["box"][0] + best[i]["box"][2] / 2 for i in range(6)]
+    assert abs((xs[-1] - xs[0]) / 5 - 6) < 3, xs  # the box follows the face
+    sampled = pred.predict(video, every=2)
+    assert sorted({r["frame"] for r in sampled}) == [0, 2, 4]
+    assert sorted({r["time_s"] for r in sampled}) == pytest.approx([0.0, 0.4, 0.8])
+    for r in sampled:  # the same frames give the same answers when sampled
+        assert any(r["box"] == q["box"] and r["probs"] == pytest.approx(q["probs"], abs=1e-6) for q in res)
+
+
+def test_unreadable_file_is_listed_others_still_processed(run_dir, fer_slice, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(fer_slice["pixels"][0]).save(folder / "a.png")
+    Image.fromarray(fer_slice["pixels"][1]).save(folder / "sub" / "b.jpg")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    args = ["predict", str(folder), "--model", str(run_dir), "--detector", "none", "--no-progress"]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted(Path(r["source"]).name for r in rows) == ["a.png", "b.jpg"]
+    assert "broken.jpg" in err and "--keep-going" in err
+    assert main(args + ["--keep-going"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["predict", str(tmp_path / "missing.png"), "--model", str(run_dir), "--keep-going",
+                 "--no-progress"]) == 0
+    assert "missing.png" in capsys.readouterr().err
+
+
+def test_csv_and_table_formats(run_dir, fer_slice, tmp_path, capsys):
+    for i in range(3):
+        Image.fromarray(fer_slice["pixels"][i]).save(tmp_path / f"{i}.png")
+    base = ["predict", str(tmp_path), "--model", str(run_dir), "--detector", "none", "--no-progress"]
+    assert main(base + ["--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 3 and rows[0]["w"] == "48"
+    assert rows[0]["label"] == max(ferlab.Predictor(run_dir, detector="none").classes, key=lambda c: float(rows[0][c]))
+    assert main(base + ["--format", "table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["source", "frame", "time_s"] and len(lines) == 2 + 3
+
+
+def test_save_writes_annotated_image_and_video(run_dir, astronaut, video, tmp_path, capsys):
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "astronaut.png"), str(video), "--model", str(run_dir), "--every", "3",
+                 "--save", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    drawn = np.asarray(Image.open(out / "astronaut.png"))
+    assert drawn.shape == astronaut.shape and (drawn != astronaut).any()
+    cap = cv2.VideoCapture(str(out / "astronaut_annotated.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2  # frames 0 and 3
+    cap.release()
+
+
+def test_default_model_missing_names_the_path(monkeypatch, tmp_path):
+    import ferlab.weights as weights
+    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", tmp_path / "default.pt")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "default.pt")):
+        ferlab.Predictor("default")
+    assert main(["predict", str(tmp_path), "--model", "default"]) == 2
+
+
+def test_bad_arguments_are_clear(run_dir):
+    with pytest.raises(ValueError, match="expected one of cascade, none"):
+        ferlab.Predictor(run_dir, detector="yolo")
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        ferlab.Predictor(run_dir, detector="none").predict(run_dir, every=0)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        to_gray(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_import_ferlab_stays_light():
+    code = "import sys, ferlab; assert 'torch' not in sys.modules and 'cv2' not in sys.modules; ferlab.Predictor"
+    subprocess.run([sys.executable, "-c", code], check=True)
