@@ -59,10 +59,13 @@ def test_model_defaults_carry_preprocessing(name):
     assert model_defaults(name)["input_size"] != -1
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if re.search(r"~[\d.]+M params", _REGISTRY[n].__doc__ or "")])
+DOCUMENTED_SIZE = re.compile(r"~([\d.]+)M params")
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if DOCUMENTED_SIZE.search(_REGISTRY[n].__doc__ or "")])
 def test_documented_param_count_is_right(name):
     d = model_defaults(name)
-    doc = float(re.search(r"~([\d.]+)M params", _REGISTRY[name].__doc__).group(1)) * 1e6
+    doc = float(DOCUMENTED_SIZE.search(_REGISTRY[name].__doc__).group(1)) * 1e6
     n = count_params(create_model(name, in_channels=d["in_channels"], input_size=d["input_size"]))
     assert abs(n - doc) / n < 0.05, f"{name}: docstring says ~{doc / 1e6:.1f}M, model has {n / 1e6:.2f}M"
 
