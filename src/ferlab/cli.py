@@ -24,6 +24,17 @@ def _cmd_train(a):
     fit(cfg, resume=a.resume, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress)
 
 
+def _cmd_sweep(a):
+    from .engine.sweep import run_sweep
+    overrides = list(a.overrides)
+    if a.data:
+        overrides.append(f"data={a.data}")
+    if a.device:
+        overrides.append(f"device={a.device}")
+    run_sweep(a.sweep, trials=a.trials, timeout=a.timeout, storage=a.storage, study_name=a.study,
+              overrides=overrides)
+
+
 def _cmd_serve(a):
     import uvicorn
 
@@ -73,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb-project", default="ferlab", help="W&B project name (default: ferlab)")
     s.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("sweep", help="hyper-parameter search with Optuna; each trial is a run folder")
+    s.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
+    s.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial, e.g. epochs=3")
+    s.add_argument("--trials", type=int, help="trials this worker runs (default: the sweep's 'trials')")
+    s.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
+    s.add_argument("--storage", metavar="URL", help="Optuna storage shared by workers, e.g. "
+                   "postgresql://user@host/db (default: sqlite study.db in the sweep folder)")
+    s.add_argument("--study", help="study name (default: the sweep's 'name'); workers with the same one share it")
+    s.add_argument("--data", help="FER2013 location (default: the config's, else $FERLAB_DATA)")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    s.set_defaults(fn=_cmd_sweep)
     s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
     s.add_argument("--detector", default="haar", help="face detector: haar (= cascade) or none (whole image is one face)")

@@ -1,0 +1,264 @@
+"""Hyper-parameter sweeps with Optuna: a search space in YAML, every trial a normal ferlab run folder.
+
+A sweep YAML names a base training config, fixed overrides, and a space over config keys (dotted keys
+reach nested ones: augment.rotate, model_args.dropout). TPE samples the trials, a pruner stops bad ones
+from their validation accuracy after each epoch, and the study lives in SQLite in the sweep folder or in
+any database Optuna supports, so workers on several machines can share one study. Trials are chosen on
+validation accuracy only; the test split is never consulted.
+
+    name: seed_regularisation            # study name and folder: <out_dir>/<name>
+    base: ../seed/iter5_enhanced_cnn_v2.yaml   # relative to this file
+    fixed: {epochs: 15}                  # overrides applied to every trial
+    space:
+      lr: {float: [1.0e-5, 2.0e-4], log: true}
+      batch_size: {choices: [32, 64]}
+      model_args.dropout: [{float: [0.2, 0.5]}, {float: [0.4, 0.7]}, 0.4]   # a list: one parameter each
+    trials: 20                           # per worker; --trials overrides
+    pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 3}
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import yaml
+
+from .config import TrainConfig, load_config
+from .trainer import fit
+
+SPEC_KEYS = ("name", "base", "fixed", "space", "trials", "timeout", "out_dir", "sampler", "pruner")
+KINDS = ("float", "int", "choices")
+PRUNERS = ("median", "threshold", "none")
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: Path
+    space: dict                      # config key -> parameter, or a list of parameters / constants
+    fixed: dict = field(default_factory=dict)
+    trials: int = 20
+    timeout: float | None = None
+    out_dir: str = "runs/sweeps"
+    sampler: dict = field(default_factory=dict)   # TPE: seed, n_startup_trials
+    pruner: dict = field(default_factory=lambda: {"type": "median"})
+
+
+def _param(key: str, p) -> dict:
+    """Check one parameter declaration: {float: [lo, hi], log?, step?} | {int: [lo, hi], ...} | {choices: [...]}."""
+    form = "{float: [low, high]}, {int: [low, high]} or {choices: [a, b, ...]} (optional log: true, step: x)"
+    if not isinstance(p, dict):
+        raise ValueError(f"space.{key}: expected {form}, got {p!r}")
+    kinds = [k for k in KINDS if k in p]
+    extra = set(p) - set(KINDS) - {"log", "step"}
+    if len(kinds) != 1 or extra:
+        raise ValueError(f"space.{key}: expected {form}, got {p!r}")
+    kind = kinds[0]
+    if kind == "choices":
+        if not isinstance(p["choices"], list) or not p["choices"]:
+            raise ValueError(f"space.{key}.choices: expected a non-empty list, got {p['choices']!r}")
+        return {"kind": kind, "choices": p["choices"]}
+    bounds = p[kind]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise ValueError(f"space.{key}.{kind}: expected [low, high], got {bounds!r}")
+    cast = float if kind == "float" else int
+    try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+        low, high = cast(float(bounds[0])), cast(float(bounds[1]))
+        step = None if p.get("step") is None else cast(float(p["step"]))
+    except (TypeError, ValueError):
+        raise ValueError(f"space.{key}.{kind}: expected numbers, got {bounds!r} step {p.get('step')!r}") from None
+    log = bool(p.get("log", False))
+    if not low < high or (log and low <= 0) or (log and step is not None):
+        raise ValueError(f"space.{key}: need low < high, low > 0 for log, and no step with log; got {p!r}")
+    return {"kind": kind, "low": low, "high": high, "log": log, "step": step}
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and check a sweep YAML; `base` is resolved relative to the sweep file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} not found")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    for k in values:
+        if k not in SPEC_KEYS:
+            close = difflib.get_close_matches(k, SPEC_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ValueError(f"{path}: unknown sweep key {k!r}{hint} Valid keys: {', '.join(SPEC_KEYS)}")
+    for k in ("base", "space"):
+        if k not in values:
+            raise ValueError(f"{path}: missing {k!r} (the base training config and the search space)")
+    if not isinstance(values["space"], dict) or not values["space"]:
+        raise ValueError(f"{path}: space must map config keys to parameters, got {values['space']!r}")
+    space = {}
+    for key, p in values["space"].items():
+        if isinstance(p, list):  # a list-valued key: each element a parameter or a constant
+            space[key] = [_param(f"{key}.{i}", e) if isinstance(e, dict) else e for i, e in enumerate(p)]
+        else:
+            space[key] = _param(key, p)
+    base = Path(os.path.normpath(path.parent / values["base"]))
+    if not base.is_file():
+        raise FileNotFoundError(f"{path}: base config {values['base']!r} not found (looked for {base})")
+    pruner = {"type": "median", **(values.get("pruner") or {})}
+    if pruner["type"] not in PRUNERS:
+        raise ValueError(f"{path}: pruner.type {pruner['type']!r} is not one of {', '.join(PRUNERS)}")
+    spec = SweepSpec(name=values.get("name") or path.stem, base=base, space=space, fixed=values.get("fixed") or {},
+                     trials=int(values.get("trials", 20)),
+                     timeout=None if values.get("timeout") is None else float(values["timeout"]),
+                     out_dir=values.get("out_dir", "runs/sweeps"), sampler=values.get("sampler") or {},
+                     pruner=pruner)
+    trial_config(spec, _pick_first, name="check", out_dir=".")  # unknown keys fail now, not in trial 0
+    return spec
+
+
+def _pick_first(name: str, p: dict):
+    return p["choices"][0] if p["kind"] == "choices" else p["low"]
+
+
+def _suggest(trial: optuna.Trial):
+    def pick(name: str, p: dict):
+        if p["kind"] == "float":
+            return trial.suggest_float(name, p["low"], p["high"], log=p["log"], step=p["step"])
+        if p["kind"] == "int":
+            return trial.suggest_int(name, p["low"], p["high"], log=p["log"], step=p["step"] or 1)
+        return trial.suggest_categorical(name, p["choices"])
+    return pick
+
+
+def trial_values(spec: SweepSpec, pick) -> dict:
+    """Config key -> value, one `pick(param_name, param)` per parameter (param_name is key or key.i)."""
+    out = {}
+    for key, p in spec.space.items():
+        if isinstance(p, list):
+            out[key] = [pick(f"{key}.{i}", e) if isinstance(e, dict) else e for i, e in enumerate(p)]
+        else:
+            out[key] = pick(key, p)
+    return out
+
+
+def _yaml_text(value) -> str:
+    # load_config parses override text as YAML: dump so that 1e-05 comes back a float, not a string
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).removesuffix("...\n").strip()
+
+
+def trial_config(spec: SweepSpec, pick, name: str, out_dir: str | Path | None = None,
+                 overrides: list[str] | None = None) -> TrainConfig:
+    """The base config <- fixed <- sampled values <- `overrides` (key=value, e.g. from --data)."""
+    items = [f"{k}={_yaml_text(v)}" for k, v in {**spec.fixed, **trial_values(spec, pick)}.items()]
+    items.append(f"name={name}")
+    if out_dir is not None:
+        items.append(f"out_dir={out_dir}")
+    return load_config(spec.base, items + list(overrides or []))
+
+
+def open_study(spec: SweepSpec, storage: str | None = None, study_name: str | None = None) -> optuna.Study:
+    """Create or join the study: SQLite in the sweep folder by default, else any Optuna storage URL."""
+    study_name = study_name or spec.name
+    if storage is None:
+        folder = Path(spec.out_dir) / study_name
+        folder.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(folder / 'study.db').resolve()}"
+    if storage.startswith("sqlite"):  # several workers on one file: wait for the lock instead of failing
+        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    sampler = optuna.samplers.TPESampler(seed=spec.sampler.get("seed"),
+                                         n_startup_trials=int(spec.sampler.get("n_startup_trials", 10)))
+    kind, args = spec.pruner["type"], {k: v for k, v in spec.pruner.items() if k != "type"}
+    cls = {"median": optuna.pruners.MedianPruner, "threshold": optuna.pruners.ThresholdPruner,
+           "none": optuna.pruners.NopPruner}[kind]
+    try:
+        pruner = cls(**args)
+    except TypeError as e:
+        raise ValueError(f"pruner {kind!r}: bad arguments {args} ({e}); see optuna.pruners.{cls.__name__}") from None
+    return optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler,
+                               pruner=pruner, load_if_exists=True)
+
+
+def run_sweep(path: str | Path, trials: int | None = None, timeout: float | None = None, storage: str | None = None,
+              study_name: str | None = None, overrides: list[str] | None = None) -> optuna.Study:
+    """Run `trials` trials of the sweep in this process (joining the study if it exists), then report."""
+    spec = load_sweep(path)
+    study = open_study(spec, storage, study_name)
+    folder = Path(spec.out_dir) / study.study_name
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial: optuna.Trial) -> float:
+        run_dir = folder / "trials" / f"trial-{trial.number:04d}"  # numbers are unique across workers
+        cfg = trial_config(spec, _suggest(trial), run_dir.name, run_dir.parent, overrides)
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("worker", worker)
+
+        def hook(epoch: int, metrics: dict):
+            trial.report(metrics["val_accuracy"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val accuracy {metrics['val_accuracy']:.2f}% at epoch {epoch}")
+
+        summary = fit(cfg, progress=False, run_dir=run_dir, epoch_hook=hook)
+        trial.set_user_attr("best_epoch", summary["best_epoch"])
+        return summary["val_accuracy"]
+
+    # a diverged trial (NaN loss) is recorded as failed and the sweep goes on
+    study.optimize(objective, n_trials=trials if trials is not None else spec.trials,
+                   timeout=timeout if timeout is not None else spec.timeout, catch=(FloatingPointError,))
+    report(study, spec, folder, overrides)
+    return study
+
+
+def best_table(study: optuna.Study, top: int = 5) -> str:
+    """The best completed trials by validation accuracy, as a text table."""
+    states = optuna.trial.TrialState
+    done = sorted((t for t in study.trials if t.state == states.COMPLETE), key=lambda t: t.value, reverse=True)
+    counts = {s.name.lower(): sum(t.state == s for t in study.trials)
+              for s in (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)}
+    lines = [f"study {study.study_name}: {len(study.trials)} trials ("
+             + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"]
+    if not done:
+        return "\n".join(lines + ["no completed trial yet"])
+    names = sorted({k for t in done for k in t.params})
+    head = ["trial", "val_acc", "epoch", *names, "run"]
+    rows = [[str(t.number), f"{t.value:.2f}", str(t.user_attrs.get("best_epoch", "")),
+             *[_fmt(t.params.get(n)) for n in names], Path(t.user_attrs.get("run_dir", "")).name]
+            for t in done[:top]]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[str] | None = None) -> None:
+    """Print the best trials, write best.yaml (ready for `ferlab train`) and the Optuna plots into `folder`."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    print(best_table(study), flush=True)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        print(f"no completed trial: no best.yaml or plots written to {folder}", flush=True)
+        return
+    best = study.best_trial
+    cfg = trial_config(spec, lambda name, p: best.params[name], f"{study.study_name}_best", overrides=overrides)
+    header = (f"# Best trial of study {study.study_name!r}: trial {best.number}, validation accuracy "
+              f"{best.value:.2f}% at epoch {best.user_attrs.get('best_epoch')}\n# run: {best.user_attrs.get('run_dir')}"
+              f"\n# train it: ferlab train {folder / 'best.yaml'}\n")
+    (folder / "best.yaml").write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    # importance is fitted over completed trials: it needs at least two
+    plots = [("history.png", ovm.plot_optimization_history, 1), ("importance.png", ovm.plot_param_importances, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot, needed in plots:
+            if len(done) < needed:
+                print(f"{name}: needs {needed} completed trials, have {len(done)}; skipped", flush=True)
+                continue
+            ax = plot(study)
+            ax.figure.savefig(folder / name, dpi=110, bbox_inches="tight")
+            plt.close(ax.figure)
+    print(f"best config: {folder / 'best.yaml'}; plots in {folder}", flush=True)
