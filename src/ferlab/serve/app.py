@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +71,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
     `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each upload."""
     if max_bytes < 1 or max_pixels < 1:
         raise ValueError(f"max_bytes and max_pixels must be positive, got {max_bytes} and {max_pixels}")
+    max_pixels = pixel_limit(max_pixels)
     if predictor is None:
         from ..inference.predictor import Predictor
         predictor = Predictor(model=model, detector=detector, device=device)
@@ -128,28 +128,27 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     The pixel count is read from the header and checked before decoding, so a small file that expands
     to gigabytes (a decompression bomb) is refused without allocating its pixels.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data), formats=FORMATS)
-        except Image.UnidentifiedImageError:
-            raise HTTPException(415, f"not a supported image: expected one of {', '.join(FORMATS)} "
-                                     f"(file starts with {data[:8]!r})") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise HTTPException(413, f"image has too many pixels: {e}") from None
-        except Exception as e:  # any header parser failure on untrusted bytes is the client's bad file
-            raise HTTPException(400, f"corrupt image header: {e}") from None
-        w, h = im.size
-        if w * h > max_pixels:
-            raise HTTPException(413, f"image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
-        if w < 1 or h < 1:
-            raise HTTPException(400, f"image has no pixels ({w}x{h})")
-        try:
-            im.load()
-            # phones store portrait photos sideways plus an EXIF rotation; faces must be upright
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-        except Exception as e:  # truncated data, bad chunk CRCs, unsupported modes: all the file's fault
-            raise HTTPException(400, f"could not decode the {im.format} image (truncated or corrupt?): {e}") from None
+    try:
+        im = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.UnidentifiedImageError:
+        raise HTTPException(415, f"not a supported image: expected one of {', '.join(FORMATS)} "
+                                 f"(file starts with {data[:8]!r})") from None
+    except Image.DecompressionBombError as e:
+        raise HTTPException(413, f"image has too many pixels: {e}") from None
+    except Exception as e:  # any header parser failure on untrusted bytes is the client's bad file
+        raise HTTPException(400, f"corrupt image header: {e}") from None
+    w, h = im.size
+    limit = pixel_limit(max_pixels)
+    if w * h > limit:
+        raise HTTPException(413, f"image is {w}x{h} = {w * h:,} pixels; the limit is {limit:,}")
+    if w < 1 or h < 1:
+        raise HTTPException(400, f"image has no pixels ({w}x{h})")
+    try:
+        im.load()
+        # phones store portrait photos sideways plus an EXIF rotation; faces must be upright
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except Exception as e:  # truncated data, bad chunk CRCs, unsupported modes: all the file's fault
+        raise HTTPException(400, f"could not decode the {im.format} image (truncated or corrupt?): {e}") from None
     return np.asarray(rgb)
 
 
@@ -178,6 +177,12 @@ class UploadLimit:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+def pixel_limit(max_pixels: int) -> int:
+    """The pixel limit in force: `max_pixels`, capped by PIL's own bomb threshold (`Image.MAX_IMAGE_PIXELS`),
+    so nothing PIL would flag as a decompression bomb is ever decoded."""
+    return min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
 
 
 def _check_request(request: Request, limit: int) -> JSONResponse | None:
