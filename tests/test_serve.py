@@ -71,7 +71,8 @@ def test_health(client):
     assert r.status_code == 200
     h = r.json()
     assert h["status"] == "ok" and h["classes"] == list(CLASSES)
-    assert h["model"] == "simple_cnn" and h["detector"] == "none" and h["max_bytes"] == 200_000 and h["max_pixels"] == 4_000_000
+    assert h["model"] == "simple_cnn" and h["detector"] == "none"
+    assert h["max_bytes"] == 200_000 and h["max_pixels"] == 4_000_000
 
 
 def test_fer_faces_match_the_predictor(client, crops_predictor, fer_slice):
@@ -150,7 +151,8 @@ def test_bad_requests_get_clear_4xx(client, photo):
         "empty body": (client.post("/v1/predict", headers={"content-type": "multipart/form-data; boundary=xx"},
                                    content=b""), 400, "empty"),
         "empty file": (upload(client, b""), 400, "empty"),
-        "missing field": (client.post("/v1/predict", files={"image": ("a.jpg", photo[:1000], "image/jpeg")}), 422, "'file'"),
+        "missing field": (client.post("/v1/predict", files={"image": ("a.jpg", photo[:1000], "image/jpeg")}),
+                          422, "'file'"),
     }
     for what, (r, status, word) in cases.items():
         assert r.status_code == status, (what, r.status_code, r.text)

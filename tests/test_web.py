@@ -74,7 +74,8 @@ def test_upload_shows_the_face_box_and_seven_bars(page, tmp_path):
     assert label in CLASSES
     bars = page.locator(".face .bar-row")
     assert [bars.nth(i).get_attribute("data-class") for i in range(bars.count())] == list(CLASSES)
-    values = [float(v) for v in page.locator(".face .bar").evaluate_all("els => els.map(e => e.getAttribute('aria-valuenow'))")]
+    meters = page.locator(".face .bar").evaluate_all("els => els.map(e => e.getAttribute('aria-valuenow'))")
+    values = [float(v) for v in meters]
     assert sum(values) == pytest.approx(1.0, abs=0.01)
     assert page.get_attribute(".face .bar-row.top", "data-class") == label
     assert CLASSES[max(range(len(CLASSES)), key=values.__getitem__)] == label

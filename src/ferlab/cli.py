@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_sweep)
     s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
-    s.add_argument("--detector", default="haar", help="face detector: haar (= cascade) or none (whole image is one face)")
+    s.add_argument("--detector", default="haar", help="face detector: haar (= cascade) or none (image is one face)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
     s.add_argument("--port", type=int, default=8000)

@@ -77,7 +77,8 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
         predictor = Predictor(model=model, detector=detector, device=device)
     classes = [str(c) for c in predictor.classes]
     model_name, detector_name = _describe(predictor, model, detector)
-    lock = threading.Lock()  # one inference at a time: torch already uses every core, and cv2 cascades are not shared-safe
+    # one inference at a time: torch already uses every core, and the detector is not known to be thread-safe
+    lock = threading.Lock()
 
     app = FastAPI(title="ferlab", version=__version__,
                   description="Facial expression recognition: upload a photo, get each face's emotion.")
@@ -93,7 +94,8 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
 
     @app.get("/health", response_model=Health, summary="liveness and model information")
     def health() -> Health:
-        return Health(status="ok", model=model_name, detector=detector_name, classes=classes, max_bytes=max_bytes, max_pixels=max_pixels, version=__version__)
+        return Health(status="ok", model=model_name, detector=detector_name, classes=classes, max_bytes=max_bytes,
+                      max_pixels=max_pixels, version=__version__)
 
     @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
               responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
@@ -173,7 +175,8 @@ class UploadLimit:
             seen += len(message.get("body", b""))
             if seen > self.max_body:
                 # raised inside body parsing, so FastAPI's exception handling turns it into the 413
-                raise HTTPException(413, f"request body passed the upload limit of {_mib(self.max_body - MULTIPART_SLACK)}")
+                limit = _mib(self.max_body - MULTIPART_SLACK)
+                raise HTTPException(413, f"request body passed the upload limit of {limit}")
             return message
 
         await self.app(scope, counted_receive, send)
@@ -190,7 +193,8 @@ def _check_request(request: Request, limit: int) -> JSONResponse | None:
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         return JSONResponse(status_code=415, content={
-            "detail": f"expected multipart/form-data with the image in field 'file', got {ctype or 'no content type'!r}"})
+            "detail": "expected multipart/form-data with the image in field 'file', "
+                      f"got {ctype or 'no content type'!r}"})
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -200,7 +204,8 @@ def _check_request(request: Request, limit: int) -> JSONResponse | None:
                 "detail": "empty request body; expected multipart/form-data with the image in field 'file'"})
         if int(length) > limit:
             return JSONResponse(status_code=413, content={
-                "detail": f"request body is {int(length):,} bytes; the upload limit is {_mib(limit - MULTIPART_SLACK)}"})
+                "detail": f"request body is {int(length):,} bytes; "
+                          f"the upload limit is {_mib(limit - MULTIPART_SLACK)}"})
     return None
 
 
