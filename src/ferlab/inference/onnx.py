@@ -7,6 +7,7 @@ the `ferlab.preprocess` metadata, so ONNX Runtime sees the same pixels as PyTorc
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
     faces = real_faces(data or ckpt["config"].get("data"), n_check)  # fail before writing anything
 
     x = to_model_input(faces[:2], pre)
-    torch.onnx.export(_WithSoftmax(model), (x,), str(out), dynamo=False, opset_version=opset,
-                      input_names=[INPUT], output_names=[OUTPUT],
-                      dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    with warnings.catch_warnings():
+        # the TorchScript exporter: the torch.export one needs onnxscript, which ferlab does not depend on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(_WithSoftmax(model), (x,), str(out), dynamo=False, opset_version=opset,
+                          input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
     import onnx
     proto = onnx.load(str(out))
     meta = {"ferlab.preprocess": json.dumps(pre.to_dict()), "ferlab.classes": json.dumps(list(ckpt["classes"])),
