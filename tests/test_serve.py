@@ -19,6 +19,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from skimage.data import astronaut
 
+from ferlab.cli import main
 from ferlab.data.classes import CLASSES
 from ferlab.engine import save_checkpoint
 from ferlab.inference.predictor import Predictor
@@ -188,3 +189,8 @@ def test_fuzzed_requests_never_get_a_5xx(crops_predictor):
 
     check()
     assert {(m, p) for m, p, _ in seen} == {("GET", "/health"), ("POST", "/v1/predict")}, seen
+
+
+def test_cli_serve_refuses_a_missing_model(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt" in capsys.readouterr().err

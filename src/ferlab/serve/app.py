@@ -82,8 +82,6 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
 
     app = FastAPI(title="ferlab", version=__version__,
                   description="Facial expression recognition: upload a photo, get each face's emotion.")
-    app.state.predictor = predictor
-
     app.add_middleware(UploadLimit, path="/v1/predict", max_body=max_bytes + MULTIPART_SLACK)
 
     @app.exception_handler(RequestValidationError)
