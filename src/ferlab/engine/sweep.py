@@ -99,6 +99,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     space = {}
     for key, p in values["space"].items():
         if isinstance(p, list):  # a list-valued key: each element a parameter or a constant
+            if not any(isinstance(e, dict) for e in p):
+                raise ValueError(f"space.{key}: expected a parameter, got the constant list {p!r}; to choose "
+                                 f"among values write {{choices: {p!r}}}")
             space[key] = [_param(f"{key}.{i}", e) if isinstance(e, dict) else e for i, e in enumerate(p)]
         else:
             space[key] = _param(key, p)

@@ -1,0 +1,126 @@
+"""`ferlab sweep`: tiny Optuna studies of simple_cnn on real FER2013 faces, stored in SQLite."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch.nn as nn
+import yaml
+
+from ferlab.cli import main
+from ferlab.engine import load_config
+from ferlab.engine.sweep import load_sweep, report, run_sweep, trial_config
+from ferlab.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = dict(model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0], optimizer="adam",
+            schedule="constant", warmup_epochs=0, batch_size=8, augment=dict(hflip=0, rotate=0, scale=0,
+            translate=0, erase=0), tta=False, threads=1, fraction=0.5)
+
+
+def _write_sweep(folder: Path, fer_folder: Path, epochs: int, **spec) -> Path:
+    (folder / "base.yaml").write_text(yaml.safe_dump({**BASE, "data": str(fer_folder), "epochs": epochs}))
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": "base.yaml", "out_dir": str(folder / "sweeps"), **spec}))
+    return path
+
+
+def _storage(path: Path) -> str:
+    return f"sqlite:///{path.parent / 'sweeps' / 'tiny' / 'study.db'}"
+
+
+def test_two_workers_share_one_sqlite_study(fer_folder, tmp_path, capsys):
+    path = _write_sweep(tmp_path, fer_folder, epochs=1, pruner={"type": "none"},
+                        space={"lr": {"float": ["1e-4", 3e-3], "log": True},
+                               "model_args.dropout": {"float": [0.0, 0.5]}, "batch_size": {"choices": [8, 16]}})
+    # the second worker is a separate `ferlab sweep` process on the same study, running alongside this one
+    other = subprocess.Popen([sys.executable, "-m", "ferlab.cli", "sweep", str(path), "--trials", "2"], cwd=tmp_path,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        run_sweep(path, trials=2)
+    finally:
+        out, _ = other.communicate(timeout=300)
+    assert other.returncode == 0, out[-3000:]
+
+    study = optuna.load_study(study_name="tiny", storage=_storage(path))
+    trials = study.trials
+    assert len(trials) == 4 and {t.number for t in trials} == {0, 1, 2, 3}
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    workers = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials}
+    assert workers == {str(os.getpid()), str(other.pid)}
+    for t in trials:  # every trial is a normal run folder trained with the sampled values
+        run = Path(t.user_attrs["run_dir"])
+        assert (run / "summary.json").is_file() and (run / "best.pt").is_file()
+        written = yaml.safe_load((run / "config.yaml").read_text())
+        assert written["lr"] == pytest.approx(t.params["lr"]) and written["batch_size"] == t.params["batch_size"]
+        assert written["model_args"] == {"dropout": pytest.approx(t.params["model_args.dropout"])}
+        with (run / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert t.value == pytest.approx(max(float(r["val_accuracy"]) for r in rows), abs=1e-4)
+
+    capsys.readouterr()
+    folder = tmp_path / "sweeps" / "tiny"
+    report(study, load_sweep(path), folder)
+    table = capsys.readouterr().out
+    assert "4 trials (4 complete, 0 pruned" in table
+    best = study.best_trial
+    assert f"{best.value:.2f}" in table
+    cfg = load_config(folder / "best.yaml")  # ready for `ferlab train`
+    assert (cfg.lr, cfg.batch_size, cfg.model_args["dropout"]) == \
+        (pytest.approx(best.params["lr"]), best.params["batch_size"], pytest.approx(best.params["model_args.dropout"]))
+    assert cfg.epochs == 1 and cfg.fraction == 0.5 and cfg.name == "tiny_best"
+    assert (folder / "history.png").stat().st_size > 0 and (folder / "importance.png").stat().st_size > 0
+
+
+def test_trial_below_threshold_is_pruned_after_warmup(fer_folder, tmp_path, capsys):
+    # no accuracy reaches 101%: the pruner must stop the trial at the first epoch after its warm-up
+    path = _write_sweep(tmp_path, fer_folder, epochs=3, space={"lr": {"float": [1e-4, 1e-3]}},
+                        pruner={"type": "threshold", "lower": 101.0, "n_warmup_steps": 2})
+    assert main(["sweep", str(path), "--trials", "1"]) == 0
+    out = capsys.readouterr().out
+    (trial,) = optuna.load_study(study_name="tiny", storage=_storage(path)).trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert sorted(trial.intermediate_values) == [1, 2]
+    run = Path(trial.user_attrs["run_dir"])
+    with (run / "metrics.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    assert not (run / "summary.json").exists()
+    assert "no completed trial" in out and not (tmp_path / "sweeps" / "tiny" / "best.yaml").exists()
+
+
+def test_shipped_regularisation_sweep_sets_enhanced_cnn_v2_dropouts():
+    spec = load_sweep(REPO / "configs" / "sweeps" / "seed_regularisation.yaml")
+    seed_cfg = load_config(REPO / "configs" / "seed" / "iter5_enhanced_cnn_v2.yaml")
+    picked = {"lr": 1e-4, "weight_decay": 2e-3, "model_args.dropout.0": 0.2, "model_args.dropout.1": 0.7,
+              "model_args.dropout.2": 0.25}
+    cfg = trial_config(spec, lambda name, p: picked[name], "t")
+    assert (cfg.model, cfg.lr, cfg.weight_decay) == ("enhanced_cnn_v2", 1e-4, 2e-3)
+    assert (cfg.batch_size, cfg.epochs, cfg.optimizer) == (seed_cfg.batch_size, seed_cfg.epochs, seed_cfg.optimizer)
+    model = create_model(cfg.model, in_channels=1, input_size=48, **cfg.model_args)
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.2, 0.7, 0.25]
+    seed_lr, seed_wd = seed_cfg.lr, seed_cfg.weight_decay  # the search brackets the seed's own values
+    assert spec.space["lr"]["low"] < seed_lr < spec.space["lr"]["high"]
+    assert spec.space["weight_decay"]["low"] < seed_wd < spec.space["weight_decay"]["high"]
+    for p, seed_p in zip(spec.space["model_args.dropout"], (0.35, 0.6, 0.4)):
+        assert p["low"] < seed_p < p["high"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trails": 3}, "did you mean 'trials'"),
+    ({"space": {"lr": {"float": [1e-2, 1e-3]}}}, "low < high"),
+    ({"space": {"lr": [1e-3, 1e-2]}}, "expected"),
+    ({"space": {"weight_decy": {"float": [1e-4, 1e-3]}}}, "did you mean 'weight_decay'"),
+    ({"pruner": {"type": "hyperband"}}, "median, threshold, none"),
+])
+def test_bad_sweep_files_name_the_problem(fer_folder, tmp_path, capsys, change, message):
+    spec = {"space": {"lr": {"float": [1e-4, 1e-3]}}, **change}
+    path = _write_sweep(tmp_path, fer_folder, epochs=1, **spec)
+    assert main(["sweep", str(path), "--trials", "1"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
