@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from PIL import Image
+from playwright.sync_api import expect, sync_playwright
 from skimage.data import astronaut
 from test_serve import tiny_checkpoint  # noqa: F401  (the same tiny real checkpoint)
 
@@ -47,9 +48,10 @@ def server(tiny_checkpoint):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        # a fake camera (Chromium's test pattern) stands in for the webcam, permission granted without a prompt
+        fake_camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + fake_camera, headless=True)
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -63,8 +65,7 @@ def page(server):
 def test_upload_shows_the_face_box_and_seven_bars(page, tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut()).save(photo)
-    page.wait_for_function("document.getElementById('model').textContent.startsWith('model ')")
-    assert "simple_cnn" in page.inner_text("#model")
+    expect(page.locator("#model")).to_contain_text("model simple_cnn")
 
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#result:not([hidden]) .face", timeout=60_000)
@@ -97,3 +98,20 @@ def test_non_image_shows_the_servers_message(page, tmp_path):
     page.wait_for_selector("#status.error")
     assert "Error 415" in page.inner_text("#status") and "not a supported image" in page.inner_text("#status")
     assert page.locator("#result").is_hidden()
+
+
+def test_webcam_photo_is_sent_and_answered(page):
+    """Webcam -> take photo -> upload: the fake camera's test pattern has no face, so the server's message shows."""
+    page.click("#webcam")
+    # polled from Python: wait_for_function evaluates strings with eval, which the page's CSP forbids
+    deadline = time.monotonic() + 20
+    while not page.evaluate("document.getElementById('video').videoWidth"):
+        assert time.monotonic() < deadline, "the fake camera never delivered a frame"
+        time.sleep(0.1)
+    assert page.locator("#camera").is_visible() and page.locator("#drop").is_hidden()
+    with page.expect_response("**/v1/predict") as answer:
+        page.click("#capture")
+    assert answer.value.status == 200 and answer.value.json()["filename"] == "webcam.jpg"
+    page.wait_for_selector("#result:not([hidden]) .empty")
+    assert "no face" in page.inner_text("#faces")
+    assert page.locator("#camera").is_hidden() and page.locator(".box").count() == 0
