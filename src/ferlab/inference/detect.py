@@ -40,11 +40,12 @@ class CascadeDetector:
     colour picture at least `min_skin` of its central pixels must have skin chrominance (Cr in
     [133, 173], Cb in [77, 127]; chrominance, not brightness, so it holds across skin tones, but not
     under strongly coloured light: pass min_skin=0 then). Large images are searched at `max_side`
-    pixels for speed.
+    pixels for speed, so the smallest face found is min_size/max_side (1/20) of the longer side;
+    raise max_side for small faces in large group photos.
     """
 
     def __init__(self, margin: float = FER_MARGIN, min_neighbors: int = 4, relative: float = 0.5,
-                 min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 640):
+                 min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 480):
         try:
             from skimage.data import lbp_frontal_face_cascade_filename
             from skimage.feature import Cascade

@@ -1,0 +1,143 @@
+"""Prediction speed: end-to-end `predict` on a folder, and classifier-only latency, PyTorch vs ONNX Runtime.
+
+    python bench/predict_speed.py --data /path/to/fer2013 [--model RUN_OR_CHECKPOINT] [--folder PHOTOS]
+
+End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
+skimage's public-domain astronaut photo, 512x512, made at run time) with the cascade detector, and over
+real FER2013 face crops with --detector none. Classifier only = model input ready, per face, at batch 1
+and 64, on real FER2013 faces. --fer-margin measures how a cascade box relates to a FER2013 crop.
+Prints Markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ferlab.data import load_fer2013
+from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
+from ferlab.engine.trainer import build_preprocess
+from ferlab.inference.detect import CascadeDetector
+from ferlab.inference.onnx import OnnxClassifier, export_onnx, real_faces
+from ferlab.inference.predictor import Predictor, expand_sources
+from ferlab.inference.preprocess import to_model_input
+from ferlab.models import create_model
+
+
+def astronaut_folder(root: Path, n: int = 16) -> Path:
+    from skimage import data
+    img = data.astronaut()
+    for i in range(n):
+        shifted = np.roll(img, (5 * i, -7 * i), axis=(0, 1))
+        Image.fromarray(shifted[:, ::-1] if i % 2 else shifted).save(root / f"astronaut_{i:02d}.jpg", quality=92)
+    return root
+
+
+def faces_folder(root: Path, faces: np.ndarray) -> Path:
+    for i, f in enumerate(faces):
+        Image.fromarray(f).save(root / f"face_{i:03d}.png")
+    return root
+
+
+def end_to_end(model: str, folder: Path, detector: str, batch_size: int) -> dict:
+    pred = Predictor(model, detector=detector, batch_size=batch_size)
+    pred.predict(expand_sources(folder)[0][0])  # warm-up
+    n_images = n_faces = 0
+    t = time.perf_counter()
+    for _, faces in pred.stream(folder):
+        n_images += 1
+        n_faces += len(faces)
+    return {"images": n_images, "faces": n_faces, "s": time.perf_counter() - t}
+
+
+def latency(fn, x: torch.Tensor, repeats: int) -> float:
+    """Median seconds per call of fn(x) after one warm-up call."""
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def fer_margin(data: str | None, n: int = 400) -> None:
+    """Median side of the cascade's box on FER2013 faces (upscaled 2x, border-padded), relative to the crop."""
+    import cv2
+    det = CascadeDetector(margin=0.0, min_neighbors=3, relative=0.0)
+    ratios = []
+    for f in real_faces(data, n):
+        big = cv2.resize(f, (96, 96), interpolation=cv2.INTER_CUBIC)
+        found = [x for x in det(cv2.copyMakeBorder(big, 48, 48, 48, 48, cv2.BORDER_REPLICATE))
+                 if abs(x.box[0] + x.box[2] / 2 - 96) < 24 and abs(x.box[1] + x.box[3] / 2 - 96) < 24]
+        if found:
+            ratios.append(max(found, key=lambda x: x.score).box[2] / 96)
+    q = np.percentile(ratios, [25, 50, 75])
+    print(f"cascade box / FER2013 crop side on {len(ratios)} of {n} faces found: quartiles {q.round(3).tolist()}; "
+          f"margin that reproduces the crop: {(1 / q[1] - 1) / 2:.3f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="FER2013 (default: $FERLAB_DATA): real faces for the timings and the ONNX check")
+    ap.add_argument("--model", help="run folder or .pt (default: an untrained vgg_s; speed does not depend on weights)")
+    ap.add_argument("--folder", help="photos for the end-to-end timing (default: astronaut variants)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--fer-margin", action="store_true", help="only measure the cascade box vs FER2013 crops")
+    a = ap.parse_args()
+    if a.fer_margin:
+        fer_margin(a.data)
+        return
+    torch.set_num_threads(a.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="ferlab-bench-"))
+    model = a.model
+    if model is None:
+        cfg = TrainConfig(model="vgg_s")
+        pre = build_preprocess(cfg)
+        net = create_model("vgg_s", in_channels=pre.in_channels, input_size=pre.input_size)
+        model = str(tmp / "vgg_s.pt")
+        save_checkpoint(model, model=net, model_name="vgg_s", model_args={}, pre=pre, config=cfg.to_dict(),
+                        epoch=0, best_val_acc=0.0)
+    ckpt = load_checkpoint(model)
+    net, pre = model_from_checkpoint(ckpt)
+    onnx_path = tmp / "model.onnx"
+    export_onnx(model, onnx_path, data=a.data)
+    faces = load_fer2013(a.data).images[:256]
+
+    if a.folder:
+        photos = Path(a.folder)
+    else:
+        (tmp / "photos").mkdir()
+        photos = astronaut_folder(tmp / "photos")
+    crops = faces_folder(Path(tempfile.mkdtemp(dir=tmp)), faces[:128])
+    print(f"model {ckpt['model']} ({sum(p.numel() for p in net.parameters()):,} params), "
+          f"{a.threads} thread(s), torch {torch.__version__}\n")
+    print("| end to end (`Predictor.predict(folder)`) | model | images | faces | images/s | faces/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for what, folder, det in (("photos 512x512, cascade detector", photos, "cascade"),
+                              ("FER2013 crops 48x48, --detector none", crops, "none")):
+        for name, m in (("PyTorch", model), ("ONNX Runtime", str(onnx_path))):
+            r = end_to_end(m, folder, det, 64)
+            print(f"| {what} | {name} | {r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | "
+                  f"{r['faces'] / r['s']:.1f} |", flush=True)
+
+    ort_model = OnnxClassifier(onnx_path, threads=a.threads)
+    with torch.no_grad():
+        backends = {"PyTorch": lambda x: net(x).softmax(1), "ONNX Runtime": ort_model}
+        print("\n| classifier only, per face | batch 1 (ms) | batch 64 (ms/face) |")
+        print("|---|---:|---:|")
+        for name, fn in backends.items():
+            one = latency(fn, to_model_input(faces[:1], pre), a.repeats)
+            many = latency(fn, to_model_input(faces[:64], pre), max(3, a.repeats // 5))
+            print(f"| {name} | {1000 * one:.2f} | {1000 * many / 64:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
