@@ -1,7 +1,7 @@
 """The REST API on real inputs: FER2013 faces and a real photo, every kind of bad upload, schema fuzzing.
 
-The model is a small freshly initialised CNN saved as a real ferlab checkpoint: the API's job is to
-carry the Predictor's answer faithfully, which is checked against the Predictor called directly.
+The model is a small CNN trained for one epoch on the slice (test_predict's `tiny_checkpoint`): the API's
+job is to carry the Predictor's answer faithfully, which is checked against the Predictor called directly.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import io
 import numpy as np
 import pytest
 import schemathesis
-import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
@@ -18,32 +17,27 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from skimage.data import astronaut
+from test_predict import tiny_checkpoint
 
 from ferlab.cli import main
 from ferlab.data.classes import CLASSES
-from ferlab.engine import save_checkpoint
 from ferlab.inference.predictor import Predictor
-from ferlab.inference.preprocess import Preprocess
-from ferlab.models import create_model
 from ferlab.serve.app import create_app, decode_image
 
 ASTRONAUT_NOSE = (222, 118)  # read off skimage's astronaut photo (512x512): Eileen Collins' nose
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """A small freshly built CNN saved as a real ferlab checkpoint (never the shipped default model)."""
-    torch.manual_seed(0)
-    model = create_model("simple_cnn", in_channels=1, input_size=48)
-    path = tmp_path_factory.mktemp("serve-model") / "tiny.pt"
-    save_checkpoint(path, model=model, model_name="simple_cnn", model_args={}, pre=Preprocess(), config={},
-                    epoch=0, best_val_acc=0.0)
-    return path
+def checkpoint(fer_slice, tmp_path_factory):
+    """A small real checkpoint trained for one epoch on the slice (never the shipped default model).
+    Kept at a fixed place in the session's temp folder, so test_web reuses it instead of training again."""
+    path = tmp_path_factory.getbasetemp() / "serve-model" / "tiny.pt"
+    return path if path.exists() else tiny_checkpoint(path, fer_slice)
 
 
 @pytest.fixture(scope="module")
-def crops_predictor(tiny_checkpoint):
-    return Predictor(str(tiny_checkpoint), detector="none")
+def crops_predictor(checkpoint):
+    return Predictor(str(checkpoint), detector="none")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +46,8 @@ def client(crops_predictor):
 
 
 @pytest.fixture(scope="module")
-def haar_client(tiny_checkpoint):
-    return TestClient(create_app(Predictor(str(tiny_checkpoint), detector="haar")))
+def haar_client(checkpoint):
+    return TestClient(create_app(Predictor(str(checkpoint), detector="haar")))
 
 
 def encode(array_or_image, fmt="JPEG", **kw) -> bytes:
@@ -72,7 +66,7 @@ def test_health(client):
     assert r.status_code == 200
     h = r.json()
     assert h["status"] == "ok" and h["classes"] == list(CLASSES)
-    assert h["model"] == "simple_cnn" and h["detector"] == "none"
+    assert h["model"] == "vgg_s" and h["detector"] == "none"
     assert h["max_bytes"] == 200_000 and h["max_pixels"] == 4_000_000
 
 

@@ -12,7 +12,7 @@ import uvicorn
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from skimage.data import astronaut
-from test_serve import tiny_checkpoint  # noqa: F401  (the same tiny real checkpoint)
+from test_serve import checkpoint  # noqa: F401  (the same small real checkpoint, trained once)
 
 from ferlab.data.classes import CLASSES
 from ferlab.inference.predictor import Predictor
@@ -27,12 +27,12 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/ch
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint):  # noqa: F811
-    """The real app under uvicorn on a free port, in a background thread."""
+def server(checkpoint):  # noqa: F811
+    """The real app (a small real checkpoint, cascade detector) under uvicorn on a free port, in a thread."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(Predictor(str(tiny_checkpoint), detector="haar"))
+    app = create_app(Predictor(str(checkpoint), detector="haar"))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -65,7 +65,7 @@ def page(server):
 def test_upload_shows_the_face_box_and_seven_bars(page, tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut()).save(photo)
-    expect(page.locator("#model")).to_contain_text("model simple_cnn")
+    expect(page.locator("#model")).to_contain_text("model vgg_s")
 
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#result:not([hidden]) .face", timeout=60_000)
