@@ -20,7 +20,7 @@ from ferlab.models import create_model
 REPO = Path(__file__).resolve().parents[1]
 BASE = dict(model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0], optimizer="adam",
             schedule="constant", warmup_epochs=0, batch_size=8, augment=dict(hflip=0, rotate=0, scale=0,
-            translate=0, erase=0), tta=False, threads=1, fraction=0.5)
+            translate=0, erase=0), tta=False, threads=1, fraction=0.5, device="cpu")
 
 
 def _write_sweep(folder: Path, fer_folder: Path, epochs: int, **spec) -> Path:

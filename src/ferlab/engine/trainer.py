@@ -85,6 +85,13 @@ class DistInfo:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    @torch.no_grad()
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank."""
+        if self.world > 1:
+            for b in module.buffers():
+                dist.broadcast(b, src=0)
+
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     # No weight decay on norms and biases: decaying BatchNorm scales only fights the normalisation.
@@ -302,6 +309,9 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
         start, best = resume_ckpt["epoch"] + 1, resume_ckpt["best_val_acc"]
     train_model = model
     if dinfo.world > 1:
+        # BatchNorm stays per rank (no SyncBatchNorm): per-rank batches of 32+ give sound statistics, SyncBN
+        # would add an all-reduce per BN layer and step and does not run on CPU/gloo. DDP broadcasts rank 0's
+        # running statistics at every forward; the checkpoints are rank 0's.
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -339,6 +349,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dinfo.rank)
         tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
                              progress and dinfo.main)
+        dinfo.sync_buffers(eval_model)  # each rank's last batch moved its own BN statistics: judge rank 0's model
         va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
                       cfg.channels_last)
         throughput.append(tr["images_per_s"])
