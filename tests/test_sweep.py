@@ -124,3 +124,9 @@ def test_bad_sweep_files_name_the_problem(fer_folder, tmp_path, capsys, change, 
     assert main(["sweep", str(path), "--trials", "1"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_unusable_storage_url_is_a_clear_error(fer_folder, tmp_path, capsys):
+    path = _write_sweep(tmp_path, fer_folder, epochs=1, space={"lr": {"float": [1e-4, 1e-3]}})
+    assert main(["sweep", str(path), "--trials", "1", "--storage", "nosuchdb://host/study"]) == 2
+    assert "cannot open storage 'nosuchdb://host/study'" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import yaml
 
 from .config import TrainConfig, load_config
@@ -167,8 +168,14 @@ def open_study(spec: SweepSpec, storage: str | None = None, study_name: str | No
         folder = Path(spec.out_dir) / study_name
         folder.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(folder / 'study.db').resolve()}"
-    if storage.startswith("sqlite"):  # several workers on one file: wait for the lock instead of failing
-        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    # several workers on one SQLite file: wait for the lock instead of failing
+    engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
+    try:
+        storage = optuna.storages.RDBStorage(storage, engine_kwargs=engine)
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise ValueError(f"cannot open storage {storage!r}: {str(e).rstrip('.')}. Expected a database URL such "
+                         "as sqlite:///study.db or postgresql://user:password@host/db (with its driver installed)"
+                         ) from None
     sampler = optuna.samplers.TPESampler(seed=spec.sampler.get("seed"),
                                          n_startup_trials=int(spec.sampler.get("n_startup_trials", 10)))
     kind, args = spec.pruner["type"], {k: v for k, v in spec.pruner.items() if k != "type"}
