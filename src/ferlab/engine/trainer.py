@@ -272,7 +272,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
     try:
         return _fit(cfg, dinfo, device, resume_ckpt, run_dir, callbacks, wandb_project, progress, epoch_hook)
     finally:
-        if own_group:  # also when a rank fails or a sweep prunes: never leave the group to the interpreter's exit
+        if own_group:  # also when fit raises here (an error, a pruned trial): not left to interpreter exit
             dist.destroy_process_group()
 
 
