@@ -30,7 +30,8 @@ class _Rows:
             print(self._line(["-" * w for w in self.widths]), file=out)
 
     def _line(self, cells) -> str:
-        return "  ".join(f"{c:<{w}}" if i in (0, 8) else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, self.widths)))
+        left = (0, 8)  # source and label read better left-aligned; numbers right-aligned
+        return "  ".join(f"{c:<{w}}" if i in left else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, self.widths)))
 
     def write(self, face: dict):
         if self.fmt == "jsonl":

@@ -36,6 +36,7 @@ class Frame:
     time_s: float | None = None
     root: Path | None = None   # the folder it was found in, so saved copies keep their relative path
     fps: float | None = None   # frames per second of the sampled stream (video only)
+    live: bool = False         # a camera: answer every frame at once instead of filling a batch
 
 
 class TorchClassifier:
@@ -121,7 +122,8 @@ class Predictor:
         crops: list[np.ndarray] = []
         for fr in frames:
             gray = to_gray(fr.image)
-            faces = self.detector(gray, fr.image if fr.image.ndim == 3 else None)
+            colour = fr.image.ndim == 3 and fr.image.shape[2] >= 3
+            faces = self.detector(gray, fr.image if colour else None)
             if not faces and fr.frame is None:
                 log.warning("no face found in %s; for pictures that already are face crops use detector "
                             "'none'", fr.source or "the image")
@@ -130,7 +132,7 @@ class Predictor:
                 fr.image = None
             pending.append((fr, faces))
             # bounded by faces and by frames: a long stretch of faceless video frames is not hoarded
-            if len(crops) >= self.batch_size or len(pending) >= min(self.batch_size, PENDING_FRAMES):
+            if fr.live or len(crops) >= self.batch_size or len(pending) >= min(self.batch_size, PENDING_FRAMES):
                 yield from self._flush(pending, crops)
                 pending, crops = [], []
         yield from self._flush(pending, crops)
@@ -179,7 +181,7 @@ def iter_frames(source, every: int = 1, errors: list | None = None, progress: bo
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     items = expand_sources(source)
-    bar = _bar(len(items), "files", progress and len(items) > 1)
+    bar = _bar(len(items), "file", progress and len(items) > 1)
     for path, root in items:
         try:
             if path.isdigit() and not Path(path).exists():
@@ -219,7 +221,7 @@ def _video_frames(source, every: int, progress: bool, root: Path | None = None) 
     name = f"camera:{source}" if isinstance(source, int) else str(source)
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    bar = _bar(total or None, "frames", progress and not isinstance(source, int))
+    bar = _bar(total or None, "frame", progress and not isinstance(source, int))
     t0, i = time.monotonic(), 0
     try:
         while True:
@@ -232,7 +234,7 @@ def _video_frames(source, every: int, progress: bool, root: Path | None = None) 
                     break
                 t = i / fps if fps > 0 and isinstance(source, str) else time.monotonic() - t0
                 yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), name, i, round(t, 6), root,
-                            fps / every if fps > 0 else None)
+                            fps / every if fps > 0 else None, live=isinstance(source, int))
             i += 1
             bar.update()
     finally:
@@ -244,8 +246,7 @@ def _video_frames(source, every: int, progress: bool, root: Path | None = None) 
 
 def _bar(total, unit: str, enabled: bool):
     from tqdm import tqdm
-    return tqdm(total=total, unit=unit[:-1] if unit.endswith("s") else unit, disable=not enabled, leave=False,
-                dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
 def draw_faces(image: np.ndarray, faces: list[dict]) -> np.ndarray:
