@@ -109,3 +109,10 @@ def test_onnx_without_ferlab_metadata_is_refused(tmp_path):
     torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
     with pytest.raises(ValueError, match="not a ferlab ONNX export"):
         ferlab.Predictor(path)
+
+
+def test_export_default_names_the_missing_weights(monkeypatch, tmp_path, capsys):
+    import ferlab.weights as weights
+    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", tmp_path / "default.pt")
+    assert main(["export", "default"]) == 2
+    assert str(tmp_path / "default.pt") in capsys.readouterr().err

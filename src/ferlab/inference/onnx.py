@@ -15,6 +15,7 @@ import torch
 
 from ..data import load_fer2013
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..weights import resolve_model
 from .preprocess import Preprocess, to_model_input
 
 PARITY_TOL = 1e-4
@@ -41,15 +42,15 @@ def real_faces(data: str | Path | None, n: int = 64) -> np.ndarray:
 
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str | Path | None = None,
                 opset: int = 17, n_check: int = 64) -> dict:
-    """Write `checkpoint` (run folder or .pt) as ONNX and verify it; returns a report dict.
+    """Write `checkpoint` (run folder, .pt or "default") as ONNX and verify it; returns a report dict.
 
     The check runs `n_check` real faces (from `data`, else the run's data, else $FERLAB_DATA) through
     both runtimes at batch 1 and at full batch; if any probability differs by more than PARITY_TOL the
     file is removed and RuntimeError raised.
     """
-    ckpt = load_checkpoint(checkpoint)
+    src = resolve_model(checkpoint)
+    ckpt = load_checkpoint(src)
     model, pre = model_from_checkpoint(ckpt)
-    src = Path(checkpoint)
     out = Path(out) if out else (src / "model.onnx" if src.is_dir() else src.with_suffix(".onnx"))
     faces = real_faces(data or ckpt["config"].get("data"), n_check)  # fail before writing anything
 

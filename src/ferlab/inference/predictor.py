@@ -44,7 +44,8 @@ class TorchClassifier:
 
     def __init__(self, ckpt: dict, device: str = "cpu"):
         from ..engine.checkpoint import model_from_checkpoint
-        self.device = torch.device(device)
+        from ..engine.trainer import resolve_device
+        self.device = resolve_device(device)
         model, self.pre = model_from_checkpoint(ckpt)
         self.model = model.to(self.device)
         self.classes = tuple(ckpt["classes"])
@@ -58,14 +59,12 @@ class TorchClassifier:
 def load_classifier(model: str | Path = "default", device: str = "cpu"):
     """"default" (the packaged weights), a run folder, a .pt checkpoint, or a .onnx export."""
     from ..engine.checkpoint import load_checkpoint
-    if str(model) == "default":
-        from ..weights import default_weights
-        model = default_weights()
-    path = Path(model)
+    from ..weights import resolve_model
+    path = resolve_model(model)
     if path.suffix == ".onnx":
         if not path.exists():
             raise FileNotFoundError(f"ONNX model {path} not found")
-        if device != "cpu":
+        if device not in ("cpu", "auto"):
             raise ValueError(f"ONNX models run on the CPU through ONNX Runtime; got device={device!r}")
         from .onnx import OnnxClassifier
         return OnnxClassifier(path)
@@ -87,7 +86,7 @@ class Predictor:
         self.classifier = load_classifier(model, device)
         self.detector = make_detector(detector, **detector_kwargs)
         self.batch_size = batch_size
-        self.device = device if isinstance(self.classifier, TorchClassifier) else "cpu"
+        self.device = self.classifier.device if isinstance(self.classifier, TorchClassifier) else "cpu"
 
     @property
     def classes(self) -> tuple[str, ...]:

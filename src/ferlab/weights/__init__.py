@@ -15,3 +15,8 @@ def default_weights() -> Path:
         raise FileNotFoundError(f"the default model is not packaged yet: expected {DEFAULT_WEIGHTS}. "
                                 "Pass --model RUN_DIR, CHECKPOINT.pt or MODEL.onnx instead")
     return DEFAULT_WEIGHTS
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """A --model argument as a path: "default" is the packaged checkpoint, anything else a path as given."""
+    return default_weights() if str(spec) == "default" else Path(spec)
