@@ -171,7 +171,11 @@ def open_study(spec: SweepSpec, storage: str | None = None, study_name: str | No
     # several workers on one SQLite file: wait for the lock instead of failing
     engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
     try:
-        storage = optuna.storages.RDBStorage(storage, engine_kwargs=engine)
+        # heartbeats: a trial whose worker died (machine lost, killed) is marked failed instead of running forever
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=60,
+                                                 grace_period=180)
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
         raise ValueError(f"cannot open storage {storage!r}: {str(e).rstrip('.')}. Expected a database URL such "
                          "as sqlite:///study.db or postgresql://user:password@host/db (with its driver installed)"
