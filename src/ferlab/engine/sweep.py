@@ -27,6 +27,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+import torch
 import yaml
 
 from .config import TrainConfig, load_config
@@ -197,6 +198,8 @@ def run_sweep(path: str | Path, trials: int | None = None, timeout: float | None
               study_name: str | None = None, overrides: list[str] | None = None) -> optuna.Study:
     """Run `trials` trials of the sweep in this process (joining the study if it exists), then report."""
     spec = load_sweep(path)
+    if overrides:
+        trial_config(spec, _pick_first, "check", ".", overrides)  # a bad override fails before trial 0 exists
     study = open_study(spec, storage, study_name)
     folder = Path(spec.out_dir) / study.study_name
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -216,9 +219,10 @@ def run_sweep(path: str | Path, trials: int | None = None, timeout: float | None
         trial.set_user_attr("best_epoch", summary["best_epoch"])
         return summary["val_accuracy"]
 
-    # a diverged trial (NaN loss) is recorded as failed and the sweep goes on
+    # a diverged trial (NaN loss) or one too big for the GPU is recorded as failed and the sweep goes on
     study.optimize(objective, n_trials=trials if trials is not None else spec.trials,
-                   timeout=timeout if timeout is not None else spec.timeout, catch=(FloatingPointError,))
+                   timeout=timeout if timeout is not None else spec.timeout,
+                   catch=(FloatingPointError, torch.OutOfMemoryError))
     report(study, spec, folder, overrides)
     return study
 
