@@ -20,6 +20,7 @@ import ferlab
 from ferlab.cli import main
 from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, train_one_epoch
 from ferlab.engine.trainer import build_preprocess, make_optimizer, make_scheduler
+from ferlab.inference.detect import group_windows
 from ferlab.inference.faces import Face, image_to_input, square_box, to_gray
 from ferlab.inference.preprocess import to_model_input
 from ferlab.models import create_model
@@ -126,6 +127,17 @@ def test_square_box_stays_inside_the_image():
     assert square_box((10, 20, 30, 40), 0.0, 100, 100) == (5, 20, 40, 40)
     assert square_box((90, 90, 20, 20), 0.5, 100, 100) == (60, 60, 40, 40)  # pushed back inside
     assert square_box((0, 0, 300, 200), 0.0, 120, 80) == (40, 0, 80, 80)
+
+
+def test_group_windows_counts_agreeing_windows_and_drops_nested_ones():
+    rng = np.random.default_rng(0)
+    face = np.array([100, 100, 60, 60]) + rng.integers(-3, 4, (6, 4))
+    eye = np.array([[110, 110, 20, 20], [111, 110, 20, 20], [110, 111, 21, 21], [112, 111, 20, 20]])
+    stray = np.array([[300, 40, 30, 30], [302, 41, 30, 30]])
+    (box, votes), = group_windows(np.concatenate([face, eye, stray]).astype(float), min_votes=3)
+    assert votes == 6 and np.allclose(box, face.mean(0))
+    assert len(group_windows(np.concatenate([face, eye, stray]).astype(float), min_votes=2)) == 2  # + stray
+    assert group_windows(np.empty((0, 4)), 1) == []
 
 
 def test_no_face_gives_empty_result_and_message(run_dir, caplog, tmp_path, capsys):

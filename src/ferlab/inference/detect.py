@@ -37,9 +37,10 @@ class CascadeDetector:
     are grouped here (instead of inside scikit-image) to keep that count as the detector's confidence,
     as OpenCV's minNeighbors does. LBP cascades also fire on face-like texture (badges, reflections),
     so two cheap checks follow: a face must reach `relative` times the strongest face's score, and in a
-    colour picture at least `min_skin` of its central pixels must have skin chrominance (Cr in
-    [133, 173], Cb in [77, 127]; chrominance, not brightness, so it holds across skin tones, but not
-    under strongly coloured light: pass min_skin=0 then). Large images are searched at `max_side`
+    colour picture at least `min_skin` of its central pixels must have skin chrominance (the classic
+    Cr in [133, 173], Cb in [77, 127] rule: chrominance rather than brightness, so it is meant to hold
+    across skin tones; it fails under strongly coloured light: pass min_skin=0 then, or when faces are
+    missed in colour photos that grayscale copies find). Large images are searched at `max_side`
     pixels for speed, so the smallest face found is min_size/max_side (1/20) of the longer side;
     raise max_side for small faces in large group photos.
     """
