@@ -18,7 +18,7 @@ from ferlab.data import DataError
 from ferlab.engine import load_checkpoint, model_from_checkpoint
 from ferlab.inference import onnx as ferlab_onnx
 from ferlab.inference.onnx import OnnxClassifier, export_onnx
-from ferlab.inference.preprocess import to_model_input
+from ferlab.inference.preprocess import Preprocess, to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +51,12 @@ def test_metadata_carries_preprocessing_and_classes(exported, ckpt):
     path, _ = exported
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     c = load_checkpoint(ckpt)
-    assert json.loads(meta["ferlab.preprocess"]) == c["preprocess"]
+    assert Preprocess.from_dict(json.loads(meta["ferlab.preprocess"])) == Preprocess.from_dict(c["preprocess"])
     assert json.loads(meta["ferlab.classes"]) == c["classes"] and meta["ferlab.model"] == "vgg_s"
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, 48, 48]
     clf = OnnxClassifier(path)
-    assert clf.pre.to_dict() == c["preprocess"] and list(clf.classes) == c["classes"]
+    assert clf.pre == Preprocess.from_dict(c["preprocess"]) and list(clf.classes) == c["classes"]
 
 
 def test_predictor_on_onnx_equals_pytorch(exported, ckpt, fer_slice):
