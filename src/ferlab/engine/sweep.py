@@ -181,8 +181,10 @@ def open_study(spec: SweepSpec, storage: str | None = None, study_name: str | No
         raise ValueError(f"cannot open storage {storage!r}: {str(e).rstrip('.')}. Expected a database URL such "
                          "as sqlite:///study.db or postgresql://user:password@host/db (with its driver installed)"
                          ) from None
-    sampler = optuna.samplers.TPESampler(seed=spec.sampler.get("seed"),
-                                         n_startup_trials=int(spec.sampler.get("n_startup_trials", 10)))
+    with warnings.catch_warnings():  # constant_liar: parallel workers do not all pick the same promising point
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=spec.sampler.get("seed"), constant_liar=True,
+                                             n_startup_trials=int(spec.sampler.get("n_startup_trials", 10)))
     kind, args = spec.pruner["type"], {k: v for k, v in spec.pruner.items() if k != "type"}
     cls = {"median": optuna.pruners.MedianPruner, "threshold": optuna.pruners.ThresholdPruner,
            "none": optuna.pruners.NopPruner}[kind]
@@ -222,7 +224,7 @@ def run_sweep(path: str | Path, trials: int | None = None, timeout: float | None
     # a diverged trial (NaN loss) or one too big for the GPU is recorded as failed and the sweep goes on
     study.optimize(objective, n_trials=trials if trials is not None else spec.trials,
                    timeout=timeout if timeout is not None else spec.timeout,
-                   catch=(FloatingPointError, torch.OutOfMemoryError))
+                   catch=(FloatingPointError, torch.cuda.OutOfMemoryError))
     report(study, spec, folder, overrides)
     return study
 
@@ -276,7 +278,11 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
             if len(done) < needed:
                 print(f"{name}: needs {needed} completed trials, have {len(done)}; skipped", flush=True)
                 continue
-            ax = plot(study)
+            try:
+                ax = plot(study)
+            except ImportError as e:  # older Optuna's default importance evaluator needs scikit-learn
+                print(f"{name}: skipped ({e})", flush=True)
+                continue
             ax.figure.savefig(folder / name, dpi=110, bbox_inches="tight")
             plt.close(ax.figure)
     print(f"best config: {folder / 'best.yaml'}; plots in {folder}", flush=True)
