@@ -130,3 +130,16 @@ def test_unusable_storage_url_is_a_clear_error(fer_folder, tmp_path, capsys):
     path = _write_sweep(tmp_path, fer_folder, epochs=1, space={"lr": {"float": [1e-4, 1e-3]}})
     assert main(["sweep", str(path), "--trials", "1", "--storage", "nosuchdb://host/study"]) == 2
     assert "cannot open storage 'nosuchdb://host/study'" in capsys.readouterr().err
+
+
+def test_report_with_one_completed_trial_skips_importance(fer_folder, tmp_path, capsys):
+    spec = load_sweep(_write_sweep(tmp_path, fer_folder, epochs=1, space={"lr": {"float": [1e-4, 1e-3]}}))
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-3)
+    study.tell(trial, 30.0)
+    report(study, spec, tmp_path / "out")
+    out = capsys.readouterr().out
+    assert "importance.png: needs 2 completed trials, have 1; skipped" in out
+    assert (tmp_path / "out" / "history.png").is_file() and not (tmp_path / "out" / "importance.png").exists()
+    assert load_config(tmp_path / "out" / "best.yaml").lr == pytest.approx(trial.params["lr"])
