@@ -10,7 +10,7 @@ from ferlab.data.augment import AugmentConfig
 from ferlab.engine.config import OPTIMIZERS, SCHEDULES, TrainConfig, load_config
 from ferlab.models import list_models
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:

@@ -16,6 +16,9 @@ def _cmd_data(a):
 def _cmd_train(a):
     from .engine import fit, load_config
     overrides = list(a.overrides)
+    if a.config and "=" in a.config and not a.config.endswith((".yaml", ".yml")):
+        overrides.insert(0, a.config)  # no config file: the defaults plus key=value overrides
+        a.config = None
     if a.data:
         overrides.append(f"data={a.data}")
     if a.device:
@@ -43,6 +46,38 @@ def _cmd_serve(a):
                      max_pixels=a.max_pixels or MAX_PIXELS)
     print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
     uvicorn.run(app, host=a.host, port=a.port)
+
+
+def _cmd_eval(a):
+    from pathlib import Path
+
+    from .engine.evaluation import evaluate_checkpoints, write_confusion
+    from .engine.metrics import format_report
+    res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device)
+    what = a.runs[0] if len(a.runs) == 1 else f"ensemble of {len(a.runs)} models"
+    print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces)\n")
+    print("plain:\n" + format_report(res["plain"]))
+    if "tta" in res:
+        print("\nhorizontal-flip TTA:\n" + format_report(res["tta"]))
+    if a.out:
+        out = Path(a.out)
+    elif len(a.runs) == 1 and Path(a.runs[0]).is_dir():
+        out = Path(a.runs[0]) / f"confusion_{a.split}.png"
+    else:
+        out = Path(f"confusion_{a.split}.png")
+    print(f"\nconfusion matrix: {write_confusion(res, out)}")
+
+
+def _cmd_report(a):
+    from pathlib import Path
+
+    from .engine.report import find_runs, report_plot, report_table
+    runs = find_runs(a.runs)
+    table = report_table(runs)
+    print(table)
+    if a.markdown:
+        Path(a.markdown).write_text(table + "\n")
+    print(f"\ncomparison plot: {report_plot(runs, Path(a.plot))}")
 
 
 def _cmd_predict(a):
@@ -96,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="FER2013 location (default: the config's, else $FERLAB_DATA)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(fn=_cmd_sweep)
+
+    s = sub.add_parser("eval", help="accuracy, per-class precision/recall/F1 and confusion matrix of a model")
+    s.add_argument("runs", nargs="+", metavar="RUN_OR_CHECKPOINT",
+                   help="run folder(s), .pt file(s) or 'default'; several = an ensemble (probabilities averaged)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--data", help="FER2013 location (default: the run's, else $FERLAB_DATA)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-tta", action="store_true", help="skip the horizontal-flip TTA evaluation")
+    s.add_argument("--out", help="confusion matrix PNG (default: in the run folder)")
+    s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("report", help="the seed's iteration table for a set of runs, plus a comparison plot")
+    s.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    s.add_argument("--markdown", help="also write the table to this file")
+    s.add_argument("--plot", default="report.png", help="comparison plot path (default: report.png)")
+    s.set_defaults(fn=_cmd_report)
+
     s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
     s.add_argument("--detector", default="haar", help="face detector: haar (= cascade) or none (image is one face)")

@@ -21,10 +21,11 @@ class AugmentConfig:
     translate: float = 0.1      # max shift, fraction of the image side (random crop with padding)
     erase: float = 0.25         # probability of random erasing
     erase_area: tuple[float, float] = (0.02, 0.2)
+    noise: float = 0.0          # max std of additive Gaussian pixel noise (in normalised units)
 
     @property
     def enabled(self) -> bool:
-        return any((self.hflip, self.rotate, self.scale, self.translate, self.erase))
+        return any((self.hflip, self.rotate, self.scale, self.translate, self.erase, self.noise))
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -46,6 +47,10 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | No
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
+    if cfg.noise > 0:  # each image gets its own noise level in [0, noise]
+        sigma = u(0, cfg.noise).view(-1, 1, 1, 1)
+        x = x + sigma * torch.randn(x.shape, generator=generator, device=generator.device if generator else "cpu"
+                                    ).to(dev, x.dtype)
     if cfg.erase > 0:
         h, w = x.shape[-2:]
         area = u(*cfg.erase_area) * h * w

@@ -25,6 +25,8 @@ class TrainConfig:
     in_channels: int | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    standardize: bool | None = None                  # per-face standardisation; None: the model's default
+    blur: float = 0.0                                # Gaussian sigma applied to every input face
     # data
     data: str | None = None                          # None: $FERLAB_DATA
     split: str = "official"

@@ -6,6 +6,7 @@ epoch permutation and takes its own slice of it; metrics are summed across ranks
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -48,7 +49,9 @@ def build_preprocess(cfg: TrainConfig) -> Preprocess:
     std = cfg.std or list(d.get("std", (1.0,)))
     if len(mean) != channels:  # one grey statistic serves every copied channel
         mean, std = [mean[0]] * channels, [std[0]] * channels
-    return Preprocess(cfg.input_size or d.get("input_size", 48), channels, tuple(mean), tuple(std))
+    standardize = d.get("standardize", False) if cfg.standardize is None else cfg.standardize
+    return Preprocess(cfg.input_size or d.get("input_size", 48), channels, tuple(mean), tuple(std),
+                      bool(standardize), float(cfg.blur))
 
 
 def autocast(device: torch.device, precision: str):
@@ -122,7 +125,11 @@ def make_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
 
 
 class EMA:
-    """Exponential moving average of the weights (BatchNorm statistics are copied, not averaged)."""
+    """Exponential moving average of the weights and of the BatchNorm statistics.
+
+    The running statistics are averaged with the same decay: statistics copied from the live model would
+    describe activations of weights the averaged model does not have.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay, self.module = decay, copy.deepcopy(model).eval()
@@ -134,7 +141,10 @@ class EMA:
         for e, p in zip(self.module.parameters(), model.parameters()):
             e.lerp_(p.detach(), 1 - self.decay)
         for e, b in zip(self.module.buffers(), model.buffers()):
-            e.copy_(b)
+            if e.dtype.is_floating_point:
+                e.lerp_(b, 1 - self.decay)
+            else:
+                e.copy_(b)
 
 
 # ----------------------------------------------------------------------------------------------- loop
@@ -145,6 +155,8 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
     """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s."""
     dinfo = dinfo or DistInfo()
     model.train()
+    # FER2013 Training faces already carry the blur that `pre.blur` gives every other face; don't add more.
+    train_pre = dataclasses.replace(pre, blur=0.0)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same on every rank, resumable
     perm = torch.randperm(len(labels), generator=gen)
     per_step = cfg.batch_size * dinfo.world
@@ -156,7 +168,7 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
                dynamic_ncols=True)
     for step in bar:
         idx = perm[step * per_step:(step + 1) * per_step][dinfo.rank::dinfo.world]
-        x = to_model_input(images[idx], pre, device)
+        x = to_model_input(images[idx], train_pre, device)
         x = augment(x, cfg.augment, aug_gen)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

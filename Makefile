@@ -1,0 +1,36 @@
+# ferlab: one command to install, one to test, one per job. `make help` lists them.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of PyTorch 2.13 (on a CUDA machine: make install TORCH=torch).
+TORCH  ?= torch==2.13.0
+DATA   ?= $(FERLAB_DATA)
+
+.PHONY: help install test eval-default seed-study train-cpu report
+
+help:
+	@echo "make install                      create $(VENV) and install ferlab (+ test tools)"
+	@echo "make test                         install, then run the test suite"
+	@echo "make eval-default DATA=PATH       install, then score the shipped model on PrivateTest"
+	@echo "make seed-study DATA=PATH         install, then train the seed's five iterations + report"
+	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (configs/vgg_s_cpu.yaml)"
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(VENV)/bin/pytest -q
+
+eval-default: install
+	$(VENV)/bin/ferlab eval default --split test --data "$(DATA)"
+
+seed-study: install
+	for c in configs/seed/iter*.yaml; do $(VENV)/bin/ferlab train $$c --data "$(DATA)" --no-progress || exit 1; done
+	$(VENV)/bin/ferlab report runs/seed_iter* --markdown runs/seed_report.md --plot runs/seed_report.png
+
+train-cpu: install
+	$(VENV)/bin/ferlab train configs/vgg_s_cpu.yaml --data "$(DATA)"
