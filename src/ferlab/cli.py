@@ -9,6 +9,10 @@ def _cmd_data(a):
     from .data import load_fer2013
     data = load_fer2013(a.path, skip_bad=a.skip_bad, cache=not a.no_cache)
     print(data.summary())
+    if a.stats:
+        from .data import make_splits
+        from .data.stats import split_stats
+        print("\n" + split_stats(make_splits(data, a.split)))
     if data.skipped:
         print(f"\n{len(data.skipped)} bad rows skipped, first few:", *data.skipped[:5], sep="\n  ")
 
@@ -53,7 +57,7 @@ def _cmd_eval(a):
 
     from .engine.evaluation import evaluate_checkpoints, write_confusion
     from .engine.metrics import format_report
-    res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device)
+    res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device, blur=a.blur)
     what = a.runs[0] if len(a.runs) == 1 else f"ensemble of {len(a.runs)} models"
     print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces)\n")
     print("plain:\n" + format_report(res["plain"]))
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", nargs="?", help="folder, .zip/.tar.gz, or CSV (default: $FERLAB_DATA)")
     s.add_argument("--skip-bad", action="store_true", help="drop bad rows/files and report how many")
     s.add_argument("--no-cache", action="store_true", help="decode again instead of using the array cache")
+    s.add_argument("--stats", action="store_true",
+                   help="per-split brightness, contrast and sharpness (reveals train/test shifts)")
+    s.add_argument("--split", default="official", help="split protocol for --stats (official or seed)")
     s.set_defaults(fn=_cmd_data)
 
     s = sub.add_parser("train", help="train one model from a YAML config")
@@ -140,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--no-tta", action="store_true", help="skip the horizontal-flip TTA evaluation")
     s.add_argument("--out", help="confusion matrix PNG (default: in the run folder)")
+    s.add_argument("--blur", type=float, help="override the models' evaluation blur sigma (tune on --split val)")
     s.set_defaults(fn=_cmd_eval)
 
     s = sub.add_parser("report", help="the seed's iteration table for a set of runs, plus a comparison plot")

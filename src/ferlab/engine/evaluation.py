@@ -1,6 +1,7 @@
 """`ferlab eval`: score one checkpoint or an ensemble (averaged probabilities) on a split."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -13,11 +14,12 @@ from .trainer import predict_probs, resolve_device
 
 
 def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None = None, tta: bool = True,
-                         device: str = "auto", batch_size: int = 256) -> dict:
+                         device: str = "auto", batch_size: int = 256, blur: float | None = None) -> dict:
     """Evaluate checkpoints (run folders, .pt files or 'default') on `split`, averaging their probabilities.
 
     The split protocol (official / seed and its seed) comes from the first checkpoint's config, so a model
     is scored on the same held-out rows it was trained without. Returns the plain and flip-TTA reports.
+    `blur` overrides the checkpoints' evaluation blur (to tune it on the validation split).
     """
     if not specs:
         raise ValueError("give at least one run folder or checkpoint to evaluate")
@@ -36,6 +38,8 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
     flipped = torch.zeros_like(plain)
     for c in ckpts:
         model, pre = model_from_checkpoint(c)
+        if blur is not None:
+            pre = dataclasses.replace(pre, blur=blur)
         model.to(dev)
         plain += predict_probs(model, images, pre, dev, batch_size) / len(ckpts)
         if tta:
