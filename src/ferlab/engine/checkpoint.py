@@ -35,7 +35,9 @@ def save_checkpoint(path: str | Path, *, model, model_name: str, model_args: dic
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    path = Path(path)
+    """Load a ferlab checkpoint: a .pt file, a run folder (its best.pt) or "default"."""
+    from ..weights import resolve_model
+    path = resolve_model(path)  # "default" is the packaged model
     if path.is_dir():
         for cand in (path / "best.pt", path / "weights" / "best.pt"):
             if cand.exists():
