@@ -1,0 +1,356 @@
+"""The training engine on real FER2013 faces: learning, run folders, checkpoints, resume, eval, report, CLI.
+
+Every run is tiny (one thread, a small seed CNN, 48 px, a few epochs) so the file runs in well under a minute.
+"""
+from __future__ import annotations
+
+import builtins
+import csv
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ferlab.cli import main
+from ferlab.data import CLASSES, load_fer2013, make_splits
+from ferlab.engine import TrainConfig, evaluate, fit, load_checkpoint, model_from_checkpoint, predict_probs
+from ferlab.engine.callbacks import METRIC_KEYS
+from ferlab.engine.evaluation import evaluate_checkpoints
+from ferlab.engine.metrics import classification_report
+from ferlab.engine.report import COLUMNS
+from ferlab.engine.trainer import build_preprocess
+from ferlab.models import count_params
+
+SEED_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "train_val_acc_gap")
+NO_AUGMENT = dict(hflip=0.0, rotate=0.0, scale=0.0, translate=0.0, erase=0.0)
+TIMING = ("epoch_time_s", "images_per_s")  # the only columns allowed to differ between identical runs
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """fit applies the config's threads=1 to the whole test process; give the next test its threads back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(data, out_dir, **over) -> TrainConfig:
+    """Two quick epochs of simple_cnn at 1x48x48 on half of the 7-class slice (84 faces per split)."""
+    values = dict(name="tiny", model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0],
+                  standardize=True, blur=2.5, data=data and str(data), split="official", fraction=0.5, seed=1, epochs=2,
+                  batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant",
+                  warmup_epochs=0, augment=dict(hflip=0.5, rotate=5.0, scale=0.05, translate=0.05, erase=0.25),
+                  threads=1, device="cpu", tta=True, out_dir=str(out_dir))
+    return TrainConfig(**{**values, **over})
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _is_png(path: Path) -> bool:
+    with Image.open(path) as im:
+        return im.format == "PNG" and min(im.size) > 100
+
+
+@pytest.fixture(scope="module")
+def runs(fer_folder, tmp_path_factory):
+    """Two finished tiny runs under the same name (different seeds): the second must land in tiny-2."""
+    out = tmp_path_factory.mktemp("runs")
+    first = fit(tiny_config(fer_folder, out), progress=False)
+    second = fit(tiny_config(fer_folder, out, seed=2), progress=False)
+    return out / first["name"], out / second["name"]
+
+
+# ----------------------------------------------------------------------------------------------- learning
+
+@pytest.fixture(scope="module")
+def two_class_folder(fer_archive, tmp_path_factory) -> Path:
+    """happy vs surprise in the Kaggle folder layout: 200 Training faces per class, 60 PublicTest and 60
+    PrivateTest. fer_slice's 24 faces per class are too few to tell learning from luck, so this reads more
+    real faces from the same archive."""
+    root = tmp_path_factory.mktemp("two-class") / "fer2013"
+    want = {"Training": 200, "PublicTest": 60, "PrivateTest": 60}
+    taken: dict = {}
+    with tarfile.open(fer_archive) as tf:
+        for m in tf:
+            parts = Path(m.name).parts
+            if not m.isfile() or not m.name.endswith(".jpg") or parts[-2] not in ("happy", "surprise"):
+                continue
+            key = (parts[-1].split("_")[0], parts[-2])
+            if taken.get(key, 0) >= want.get(key[0], 0):
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            p = root.joinpath(*parts[-3:])
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(tf.extractfile(m).read())
+    assert len(taken) == 6 and min(taken.values()) == 60, taken
+    return root
+
+
+def _learn(data, out, lr) -> dict:
+    cfg = tiny_config(data, out, name=f"two-lr{lr}", fraction=1.0, epochs=6, batch_size=32, lr=lr,
+                      augment=dict(NO_AUGMENT, hflip=0.5), tta=False)
+    return fit(cfg, progress=False)
+
+
+def test_short_training_learns_happy_vs_surprise(two_class_folder, tmp_path):
+    """Chance is 50% on this two-class split (and a model that never learns scores far below, spreading its
+    guesses over 7 classes). Six epochs reach ~75% on PublicTest for seeds 1-4; lr=0 must not."""
+    learned = _learn(two_class_folder, tmp_path, 1e-3)
+    assert learned["val_accuracy"] >= 70.0, learned
+    assert learned["test_accuracy"] >= 62.0, learned  # best.pt on PrivateTest, never used for any choice
+    frozen = _learn(two_class_folder, tmp_path, 0.0)
+    assert frozen["val_accuracy"] < 60.0, frozen
+
+
+# ----------------------------------------------------------------------------------------------- run folder
+
+def test_run_folder_contents(runs, fer_folder):
+    run, _ = runs
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"] == "simple_cnn" and cfg["epochs"] == 2 and cfg["blur"] == 2.5
+    assert cfg["augment"]["erase"] == 0.25 and cfg["data"] == str(fer_folder)
+    assert cfg["weight_decay"] == 0.0 and cfg["momentum"] == TrainConfig.momentum  # resolved: defaults too
+    assert cfg["world_size"] == 1 and cfg["global_batch_size"] == 16
+
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(SEED_COLUMNS) <= set(rows[0]) and tuple(rows[0]) == METRIC_KEYS
+    for r in rows:
+        gap = float(r["train_accuracy"]) - float(r["val_accuracy"])
+        assert float(r["train_val_acc_gap"]) == pytest.approx(gap, abs=1e-4)
+        assert 0 <= float(r["val_accuracy"]) <= 100 and float(r["train_loss"]) > 0
+
+    s = json.loads((run / "summary.json").read_text())
+    for key in ("params", "epochs", "train_accuracy", "val_accuracy", "test_accuracy", "gap", "wall_time_s",
+                "images_per_s", "val_accuracy_tta", "test_accuracy_tta", "best_epoch"):
+        assert s[key] is not None, key
+    assert s["epochs"] == 2 and s["name"] == run.name and s["input"] == "1x48x48"
+    assert s["gap"] == pytest.approx(s["train_accuracy"] - s["val_accuracy"])
+    best_row = rows[s["best_epoch"] - 1]
+    assert s["val_accuracy"] == pytest.approx(float(best_row["val_accuracy"]), abs=1e-4)
+    assert s["val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows), abs=1e-4)
+    assert s["wall_time_s"] > 0 and s["images_per_s"] > 0
+    for png in ("curves.png", "confusion_test.png"):
+        assert _is_png(run / png), png
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    assert not list(run.glob("*.tmp"))  # checkpoints are written atomically
+
+
+def test_same_name_never_overwrites(runs):
+    first, second = runs
+    assert first.name == "tiny" and second.name == "tiny-2"
+    assert yaml.safe_load((first / "config.yaml").read_text())["seed"] == 1
+    assert yaml.safe_load((second / "config.yaml").read_text())["seed"] == 2
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+def test_checkpoints_describe_themselves(runs):
+    run, _ = runs
+    pre = build_preprocess(tiny_config("x", "y"))
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert ckpt["model"] == "simple_cnn" and ckpt["model_args"] == {}
+        assert ckpt["preprocess"] == {"input_size": 48, "in_channels": 1, "mean": [0.0], "std": [1.0],
+                                      "standardize": True, "blur": 2.5} == pre.to_dict()
+        assert ckpt["classes"] == list(CLASSES)
+        assert ckpt["config"]["lr"] == 1e-3 and ckpt["config"]["seed"] == 1
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and last["optimizer"]["state"] and last["scheduler"] is not None
+
+
+def test_model_from_checkpoint_reproduces_the_run(runs, fer_folder):
+    """The rebuilt best.pt scores exactly what training recorded on val and what summary.json says on test."""
+    run, _ = runs
+    ckpt = load_checkpoint(run)  # a run folder means its best.pt
+    model, pre = model_from_checkpoint(ckpt)
+    assert not model.training and count_params(model) == json.loads((run / "summary.json").read_text())["params"]
+    splits = make_splits(load_fer2013(fer_folder), "official", seed=1, fraction=0.5)
+    dev = torch.device("cpu")
+    xva, yva = torch.from_numpy(splits["val"].images), torch.from_numpy(splits["val"].labels)
+    xte, yte = torch.from_numpy(splits["test"].images), torch.from_numpy(splits["test"].labels)
+    assert evaluate(model, xva, yva, pre, dev)["accuracy"] == pytest.approx(ckpt["best_val_acc"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert evaluate(model, xte, yte, pre, dev)["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert evaluate(model, xte, yte, pre, dev, tta=True)["accuracy"] == pytest.approx(summary["test_accuracy_tta"])
+
+    again, _ = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    p1, p2 = predict_probs(model, xte, pre, dev), predict_probs(again, xte, pre, dev)
+    assert torch.equal(p1, p2)
+    assert not torch.allclose(p1, p1.mean(0, keepdim=True))  # a real, input-dependent model
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+def test_resume_matches_uninterrupted_run(fer_folder, tmp_path):
+    """Stopped after epoch 1 of 2 and resumed, a run ends where the uninterrupted run ends (EMA, dropout,
+    augmentation and the optimizer state included)."""
+    kw = dict(ema=0.9, augment=dict(hflip=0.5, rotate=5.0, erase=0.5), epochs=2)
+    straight = tmp_path / "straight" / fit(tiny_config(fer_folder, tmp_path / "straight", **kw),
+                                           progress=False)["name"]
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(fer_folder, tmp_path / "cut", **kw), progress=False, epoch_hook=stop_after_first)
+    cut = tmp_path / "cut" / "tiny"
+    assert [r["epoch"] for r in _rows(cut)] == ["1"] and not (cut / "summary.json").exists()
+    summary = fit(tiny_config(None, tmp_path / "elsewhere"), resume=cut, progress=False)
+    assert summary["name"] == "tiny" and not (tmp_path / "elsewhere").exists()  # the run's own config
+
+    a, b = _rows(straight), _rows(cut)
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for k in METRIC_KEYS:
+            if k not in TIMING:
+                assert float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-4), (k, ra, rb)
+    la, lb = (torch.load(p / "last.pt", weights_only=True) for p in (straight, cut))
+    for part in ("state_dict", "ema_state_dict"):
+        for k, v in la[part].items():
+            torch.testing.assert_close(v, lb[part][k], rtol=1e-4, atol=1e-5, msg=f"{part} {k}")
+    assert json.loads((straight / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_resume_without_last_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        fit(TrainConfig(), resume=tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+def test_eval_cli_prints_report_and_writes_confusion(runs, fer_folder, capsys):
+    run, _ = runs
+    assert main(["eval", str(run), "--split", "val", "--data", str(fer_folder), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "plain:" in out and "horizontal-flip TTA:" in out and "(official split, 168 faces)" in out
+    assert out.count("precision") == 2 and all(out.count(c) >= 2 for c in CLASSES)
+    assert _is_png(run / "confusion_val.png")
+    res = evaluate_checkpoints([str(run)], "val", str(fer_folder), device="cpu")
+    for kind in ("plain", "tta"):
+        assert f"accuracy {res[kind]['accuracy']:.2f}%" in out
+        assert res[kind]["confusion"].sum() == 168
+
+    target = run.parent / "elsewhere" / "cm.png"
+    target.parent.mkdir()
+    assert main(["eval", str(run / "best.pt"), "--data", str(fer_folder), "--no-tta", "--out", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "horizontal-flip TTA" not in out and _is_png(target)
+
+
+def test_ensemble_averages_probabilities(runs, fer_folder):
+    res = evaluate_checkpoints([str(r) for r in runs], "test", str(fer_folder), device="cpu")
+    test = make_splits(load_fer2013(fer_folder), "official", seed=1)["test"]
+    x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+    members = []
+    for r in runs:
+        model, pre = model_from_checkpoint(load_checkpoint(r))
+        members.append((predict_probs(model, x, pre, torch.device("cpu")),
+                        predict_probs(model, x, pre, torch.device("cpu"), tta=True)))
+    assert not torch.allclose(members[0][0], members[1][0])  # two different models
+    for i, kind in enumerate(("plain", "tta")):
+        manual = classification_report((members[0][i] + members[1][i]) / 2, y)
+        assert res[kind]["accuracy"] == pytest.approx(manual["accuracy"])
+        np.testing.assert_array_equal(res[kind]["confusion"], manual["confusion"])
+        assert res[kind]["f1"] == manual["f1"]
+
+
+@pytest.mark.parametrize("argv", [["eval", "no/such/run"], ["eval", "RUN", "--split", "private"]])
+def test_eval_bad_input_exits_2(argv, runs, capsys):
+    argv = [str(runs[0]) if a == "RUN" else a for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse rejects an unknown --split choice itself
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no/such/run" in err or "invalid choice: 'private'" in err
+
+
+def test_evaluate_checkpoints_rejects_bad_split(runs):
+    with pytest.raises(ValueError, match="train, val, test"):
+        evaluate_checkpoints([str(runs[0])], "holdout")
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+def test_report_cli_table_and_plot(runs, tmp_path, capsys):
+    plot, md = tmp_path / "report.png", tmp_path / "report.md"
+    assert main(["report", *map(str, runs), "--plot", str(plot), "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+    assert lines[0] == "| " + " | ".join(COLUMNS) + " |" and len(lines) == 4
+    for run, line in zip(runs, lines[2:]):
+        s = json.loads((run / "summary.json").read_text())
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == run.name and cells[1] == "simple_cnn" and cells[3] == f"{s['params']:,}"
+        assert cells[6] == f"{s['test_accuracy']:.2f}" and cells[7] == f"{s['test_accuracy_tta']:.2f}"
+        assert cells[8] == f"{s['gap']:+.2f}" and cells[9] == f"{s['best_epoch']}/2"
+    assert md.read_text().strip() == "\n".join(lines) and _is_png(plot)
+    assert main(["report", str(tmp_path / "none")]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- W&B
+
+def test_wandb_missing_only_warns(fer_folder, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb" or name.startswith("wandb."):
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(fer_folder, tmp_path / "runs", epochs=1, tta=False).to_dict()))
+    with pytest.warns(UserWarning, match="wandb is not installed"):
+        assert main(["train", str(cfg), "--wandb", "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "tiny" / "summary.json").exists()
+
+
+def test_wandb_offline_logs_seed_keys(fer_folder, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logged = []
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", lambda self, d, step=None, **kw: logged.append(d))
+    fit(tiny_config(fer_folder, tmp_path, epochs=1, tta=False), wandb_project="ferlab-test", progress=False)
+    assert logged and set(logged[0]) == set(SEED_COLUMNS)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def test_cli_train_with_overrides(fer_folder, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config("/not/here", tmp_path / "runs", epochs=3).to_dict()))
+    argv = ["train", str(cfg), "epochs=1", "augment.erase=0", "name=cli", "--data", str(fer_folder),
+            "--no-progress", "tta=false"]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "cli"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["augment"]["erase"] == 0 and saved["data"] == str(fer_folder)
+    assert saved["tta"] is False and len(_rows(run)) == 1
+    assert '"test_accuracy"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("epoch=1", "did you mean 'epochs'"),
+    ("augment.eras=0", "did you mean 'augment.erase'"),
+    ("lr=fast", "lr: expected a number, got 'fast'"),
+    ("epochs", "must look like key=value"),
+    ("optimizer=adamm", "optimizer: 'adamm' is not one of adam, adamw, sgd"),
+])
+def test_cli_train_bad_override_exits_2(override, expected, fer_folder, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(fer_folder, tmp_path / "runs").to_dict()))
+    assert main(["train", str(cfg), override]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
