@@ -1,0 +1,139 @@
+"""Batched augmentation on real FER2013 faces: each op does what it says, seeded, and never at evaluation."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import ferlab.engine.trainer as trainer
+from ferlab.data.augment import AugmentConfig, augment
+from ferlab.engine import TrainConfig
+from ferlab.engine.trainer import build_preprocess, evaluate, make_optimizer, make_scheduler, predict_probs
+from ferlab.inference.preprocess import Preprocess, to_model_input
+from ferlab.models import create_model
+
+OFF = dict(hflip=0.0, rotate=0.0, scale=0.0, translate=0.0, erase=0.0, noise=0.0)
+
+
+def only(**on) -> AugmentConfig:
+    return AugmentConfig(**{**OFF, **on})
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def batch(fer_slice) -> torch.Tensor:
+    """64 real faces as the model sees them: (64, 1, 48, 48), FER2013-normalised float32."""
+    return to_model_input(fer_slice["pixels"][::5][:64], Preprocess())
+
+
+def test_shape_dtype_and_range_kept(batch):
+    rgb = batch.expand(-1, 3, -1, -1).contiguous()
+    for x in (batch, rgb, batch[:1]):
+        out = augment(x, AugmentConfig(), gen(0))
+        assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all()
+    # bilinear sampling with border padding interpolates between pixels; erasing writes 0 (mean grey)
+    out = augment(batch, AugmentConfig(), gen(0))
+    lo, hi = min(batch.min().item(), 0.0), max(batch.max().item(), 0.0)
+    assert lo - 1e-4 <= out.min().item() and out.max().item() <= hi + 1e-4
+    assert (out - batch).abs().amax((1, 2, 3)).gt(1e-3).float().mean() > 0.9  # nearly every face changed
+
+
+def test_seeded_generator_is_deterministic(batch):
+    cfg = AugmentConfig(noise=0.1)
+    a, b = augment(batch, cfg, gen(7)), augment(batch, cfg, gen(7))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, augment(batch, cfg, gen(8)))
+
+
+def test_disabled_config_returns_the_input(batch):
+    cfg = only()
+    assert not cfg.enabled and augment(batch, cfg, gen(0)) is batch
+    assert AugmentConfig().enabled and only(noise=0.1).enabled
+
+
+def test_hflip_alone_mirrors(batch):
+    torch.testing.assert_close(augment(batch, only(hflip=1.0), gen(0)), batch.flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(augment(batch, only(hflip=1e-9), gen(0)), batch, atol=1e-5, rtol=0)
+
+
+def test_erase_zeroes_one_rectangle(batch):
+    cfg = only(erase=1.0, erase_area=(0.05, 0.15))
+    out = augment(batch, cfg, gen(3))
+    h, w = batch.shape[-2:]
+    for x, y in zip(batch[:, 0], out[:, 0]):
+        zero = (y == 0) & (x != 0)
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert len(rows) and len(cols), "erase=1 must erase every face"
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        assert (y[r0:r1, c0:c1] == 0).all()  # the erased pixels fill their bounding box: a rectangle
+        assert 0.02 <= (r1 - r0) * (c1 - c0) / (h * w) <= 0.25
+        keep = torch.ones_like(zero)
+        keep[r0:r1, c0:c1] = False
+        torch.testing.assert_close(y[keep], x[keep], atol=1e-5, rtol=0)  # nothing else moves
+    assert not torch.equal(out, augment(batch, only(erase=0.5, erase_area=(0.05, 0.15)), gen(3)))
+
+
+def test_noise_has_the_configured_scale(batch):
+    diff = augment(batch, only(noise=0.4), gen(5)) - batch
+    per_face = diff.std((1, 2, 3))  # each face draws its own sigma in [0, 0.4]
+    assert per_face.max() <= 0.4 * 1.1 and per_face.max() > 0.3 and per_face.min() < 0.1
+    assert per_face.mean().item() == pytest.approx(0.2, abs=0.06)
+    assert diff.mean().abs() < 0.02
+
+
+def test_geometry_ops():
+    """On an odd-sized column ramp: rotation and zoom fix the centre pixel, a shift moves every pixel by at most
+    translate x width, and a zoom in [0.8, 1.2] moves a pixel at distance d by at most d x (1/0.8 - 1)."""
+    n = 49
+    ramp = torch.arange(n, dtype=torch.float32).expand(8, 1, n, n).contiguous()
+    inner = (slice(None), 0, slice(8, -8), slice(8, -8))  # away from the border padding
+    for cfg in (only(rotate=10.0), only(scale=0.2)):
+        out = augment(ramp, cfg, gen(1))
+        torch.testing.assert_close(out[:, 0, n // 2, n // 2], ramp[:, 0, n // 2, n // 2], atol=1e-3, rtol=0)
+        assert (out - ramp).abs().amax() > 0.5
+    shifted = augment(ramp, only(translate=0.1), gen(1))
+    moved = (shifted - ramp)[inner]
+    assert moved.abs().max() <= 0.1 * n + 1e-3 and moved.abs().amax((1, 2)).gt(0.5).any()
+    assert torch.allclose(moved, moved[:, :1, :1], atol=1e-3)  # a shift moves the whole face alike
+    zoomed = (augment(ramp, only(scale=0.2), gen(1)) - ramp)[inner]
+    assert zoomed.abs().max() <= (1 / 0.8 - 1) * (n // 2 - 8) + 1e-3
+
+
+def test_evaluation_never_augments(fer_slice, monkeypatch):
+    """evaluate/predict_probs take no augmentation config and never call augment; train_one_epoch does, once
+    per step, on the unblurred training faces."""
+    images = torch.from_numpy(fer_slice["pixels"][:48])
+    labels = torch.from_numpy(fer_slice["labels"][:48])
+    cfg = TrainConfig(model="simple_cnn", input_size=48, in_channels=1, standardize=True, blur=2.5, batch_size=16,
+                      epochs=1, optimizer="adam", lr=1e-3, schedule="constant", warmup_epochs=0, device="cpu")
+    pre = build_preprocess(cfg)
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", in_channels=1, input_size=48).eval()
+    dev = torch.device("cpu")
+    before = predict_probs(model, images, pre, dev)
+
+    seen = []
+
+    def spy(x, aug_cfg, generator=None):
+        seen.append((x.clone(), aug_cfg))
+        return x.flip(-1)
+
+    monkeypatch.setattr(trainer, "augment", spy)
+    torch.testing.assert_close(predict_probs(model, images, pre, dev), before, atol=0, rtol=0)
+    evaluate(model, images, labels, pre, dev, tta=True)
+    assert seen == []
+
+    opt = make_optimizer(cfg, model)
+    trainer.train_one_epoch(model, images, labels, pre, opt, make_scheduler(cfg, opt, 3), cfg, 1, dev,
+                            progress=False)
+    assert len(seen) == 3 and all(a is cfg.augment for _, a in seen)
+    sharp = to_model_input(images, dataclasses.replace(pre, blur=0.0)).flatten(1)
+    blurred = to_model_input(images, pre).flatten(1)
+    exact = "donot_use_mm_for_euclid_dist"
+    for x, _ in seen:  # every training face is one of the inputs, preprocessed without the evaluation blur
+        assert torch.cdist(x.flatten(1), sharp, compute_mode=exact).min(1).values.max() < 1e-4
+        assert torch.cdist(x.flatten(1), blurred, compute_mode=exact).min(1).values.min() > 1.0
