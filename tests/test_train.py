@@ -90,6 +90,8 @@ def two_class_folder(fer_archive, tmp_path_factory) -> Path:
             p = root.joinpath(*parts[-3:])
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(tf.extractfile(m).read())
+            if sum(taken.values()) == 2 * sum(want.values()):
+                break
     assert len(taken) == 6 and min(taken.values()) == 60, taken
     return root
 
@@ -102,7 +104,8 @@ def _learn(data, out, lr) -> dict:
 
 def test_short_training_learns_happy_vs_surprise(two_class_folder, tmp_path):
     """Chance is 50% on this two-class split (and a model that never learns scores far below, spreading its
-    guesses over 7 classes). Six epochs reach ~75% on PublicTest for seeds 1-4; lr=0 must not."""
+    guesses over 7 classes). Six epochs reach 73-76% on PublicTest (67-77% on PrivateTest) for seeds 1, 2, 3
+    and 5; lr=0 stays below 35%."""
     learned = _learn(two_class_folder, tmp_path, 1e-3)
     assert learned["val_accuracy"] >= 70.0, learned
     assert learned["test_accuracy"] >= 62.0, learned  # best.pt on PrivateTest, never used for any choice
