@@ -31,9 +31,9 @@ NO_AUGMENT = dict(hflip=0.0, rotate=0.0, scale=0.0, translate=0.0, erase=0.0)
 TIMING = ("epoch_time_s", "images_per_s")  # the only columns allowed to differ between identical runs
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _restore_threads():
-    """fit applies the config's threads=1 to the whole test process; give the next test its threads back."""
+    """fit applies the config's threads=1 to the whole test process; give later test files their threads back."""
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
