@@ -103,16 +103,20 @@ def _parse_value(text: str):
     return yaml.safe_load(text)  # "1e-3" -> float, "true" -> bool, "[1, 2]" -> list
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file that must hold a mapping (a config, a sweep); clear errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} not found")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of {what} keys, got {type(values).__name__}")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
     """Defaults <- YAML file <- overrides ("key=value" strings, dotted keys for nested: augment.erase=0)."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    values = read_yaml_mapping(path, "config") if path is not None else {}
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
     for item in overrides or []:

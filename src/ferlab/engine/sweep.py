@@ -30,7 +30,7 @@ import sqlalchemy
 import torch
 import yaml
 
-from .config import TrainConfig, load_config
+from .config import TrainConfig, load_config, read_yaml_mapping
 from .trainer import fit
 
 SPEC_KEYS = ("name", "base", "fixed", "space", "trials", "timeout", "out_dir", "sampler", "pruner")
@@ -83,11 +83,7 @@ def _param(key: str, p) -> dict:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and check a sweep YAML; `base` is resolved relative to the sweep file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file {path} not found")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    values = read_yaml_mapping(path, "sweep")
     for k in values:
         if k not in SPEC_KEYS:
             close = difflib.get_close_matches(k, SPEC_KEYS, n=1)

@@ -1,0 +1,54 @@
+"""The model shipped inside the package: loads offline, describes itself, and gets real faces right."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ferlab.data.classes import CLASSES
+from ferlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ferlab.engine.trainer import predict_probs
+from ferlab.models import list_models
+from ferlab.weights import DEFAULT_WEIGHTS
+
+
+def _private_test(fer_slice):
+    sel = np.array([u == "PrivateTest" for u in fer_slice["usage"]])
+    return torch.from_numpy(fer_slice["pixels"][sel]), torch.from_numpy(fer_slice["labels"][sel])
+
+
+def test_default_model_is_packaged_small_and_self_describing():
+    assert DEFAULT_WEIGHTS.exists(), f"the shipped model is missing: {DEFAULT_WEIGHTS}"
+    assert DEFAULT_WEIGHTS.stat().st_size < 20 * 2**20
+    raw = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)  # no pickled code inside
+    ckpt = load_checkpoint("default")
+    assert raw.keys() == ckpt.keys()
+    assert ckpt["model"] in list_models()
+    assert ckpt["classes"] == list(CLASSES)
+    pre = ckpt["preprocess"]
+    assert {"input_size", "in_channels", "mean", "std", "standardize", "blur"} <= pre.keys()
+    assert ckpt["config"]["split"] == "official"  # selected on PublicTest, never on PrivateTest
+    assert ckpt["optimizer"] is None  # weights only: the training state stays in the run folder
+
+
+def test_default_model_classifies_real_private_test_faces(fer_slice):
+    faces, labels = _private_test(fer_slice)  # 24 faces per class: a balanced sample
+    model, pre = model_from_checkpoint(load_checkpoint("default"))
+    probs = predict_probs(model, faces, pre, torch.device("cpu"))
+    assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5)
+    pred = probs.argmax(1)
+    acc = (pred == labels).float().mean().item()
+    assert acc >= 0.45, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
+    happy = labels == CLASSES.index("happy")
+    assert (pred[happy] == labels[happy]).float().mean() >= 0.7  # the easiest class must be right
+
+
+def test_predictor_default_matches_the_checkpoint(fer_slice):
+    from ferlab import Predictor
+    faces, labels = _private_test(fer_slice)
+    p = Predictor(model="default", detector="none")
+    out = [p.predict(face.numpy())[0] for face in faces[:10]]
+    model, pre = model_from_checkpoint(load_checkpoint("default"))
+    ref = predict_probs(model, faces[:10], pre, torch.device("cpu"))
+    for row, r in zip(out, ref):
+        assert row["label"] == CLASSES[int(r.argmax())]
+        assert abs(row["probs"][row["label"]] - float(r.max())) < 1e-4
