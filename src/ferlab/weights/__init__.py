@@ -20,3 +20,22 @@ def default_weights() -> Path:
 def resolve_model(spec: str | Path) -> Path:
     """A --model argument as a path: "default" is the packaged checkpoint, anything else a path as given."""
     return default_weights() if str(spec) == "default" else Path(spec)
+
+
+def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, blur: float | None = None) -> Path:
+    """Write a run's best checkpoint as a shippable model: weights and metadata, no optimizer state.
+
+    `blur` replaces the evaluation blur (chosen on the validation split with `ferlab eval --split val --blur`).
+    """
+    import torch
+
+    from ..engine.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(run)
+    ckpt = {**ckpt, "optimizer": None, "scheduler": None}
+    if blur is not None:
+        ckpt["preprocess"] = {**ckpt["preprocess"], "blur": float(blur)}
+    ckpt["source_run"] = str(run)
+    out = Path(out)
+    torch.save(ckpt, out)
+    return out
+
