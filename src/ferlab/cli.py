@@ -17,29 +17,24 @@ def _cmd_data(a):
         print(f"\n{len(data.skipped)} bad rows skipped, first few:", *data.skipped[:5], sep="\n  ")
 
 
+def _overrides(a) -> list[str]:
+    """key=value overrides, with --data and --device folded in (they win over the config file)."""
+    return list(a.overrides) + [f"{k}={v}" for k, v in (("data", a.data), ("device", a.device)) if v]
+
+
 def _cmd_train(a):
     from .engine import fit, load_config
-    overrides = list(a.overrides)
     if a.config and "=" in a.config and not a.config.endswith((".yaml", ".yml")):
-        overrides.insert(0, a.config)  # no config file: the defaults plus key=value overrides
+        a.overrides = [a.config, *a.overrides]  # no config file: the defaults plus key=value overrides
         a.config = None
-    if a.data:
-        overrides.append(f"data={a.data}")
-    if a.device:
-        overrides.append(f"device={a.device}")
-    cfg = load_config(a.config, overrides)
+    cfg = load_config(a.config, _overrides(a))
     fit(cfg, resume=a.resume, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress)
 
 
 def _cmd_sweep(a):
     from .engine.sweep import run_sweep
-    overrides = list(a.overrides)
-    if a.data:
-        overrides.append(f"data={a.data}")
-    if a.device:
-        overrides.append(f"device={a.device}")
     run_sweep(a.sweep, trials=a.trials, timeout=a.timeout, storage=a.storage, study_name=a.study,
-              overrides=overrides)
+              overrides=_overrides(a))
 
 
 def _cmd_serve(a):
