@@ -19,6 +19,7 @@ from PIL import Image
 from ferlab.cli import main
 from ferlab.data import CLASSES, load_fer2013, make_splits
 from ferlab.engine import TrainConfig, evaluate, fit, load_checkpoint, model_from_checkpoint, predict_probs
+from ferlab.engine.trainer import predict_probs_tta, tta_views
 from ferlab.engine.callbacks import METRIC_KEYS
 from ferlab.engine.evaluation import evaluate_checkpoints
 from ferlab.engine.metrics import classification_report
@@ -265,6 +266,44 @@ def test_ensemble_averages_probabilities(runs, fer_folder):
         assert res[kind]["accuracy"] == pytest.approx(manual["accuracy"])
         np.testing.assert_array_equal(res[kind]["confusion"], manual["confusion"])
         assert res[kind]["f1"] == manual["f1"]
+
+
+def test_tta_views_are_the_face_its_mirror_and_ten_crops():
+    x = torch.arange(2 * 32 * 32, dtype=torch.float32).view(2, 1, 32, 32)
+    none, flip, ten = (tta_views(x, m) for m in ("none", "flip", "tencrop"))
+    assert len(none) == 1 and len(flip) == 2 and len(ten) == 10
+    assert torch.equal(none[0], x) and torch.equal(flip[1], x.flip(-1)) and torch.equal(ten[1], x.flip(-1))
+    assert all(v.shape == x.shape for v in ten)
+    d = round(0.06 * 32)
+    # the top-left crop of the border-padded face is the face shifted by d down and right
+    torch.testing.assert_close(ten[2][..., d:, d:], x[..., :-d, :-d])
+    torch.testing.assert_close(ten[5][..., :-d, :-d], x[..., d:, d:])  # bottom-right: shifted up and left
+    torch.testing.assert_close(ten[6], ten[2].flip(-1))
+    assert len({v.sum().item() for v in ten[2:6]}) == 4  # four different shifts
+    with pytest.raises(ValueError, match="tta must be one of none, flip, tencrop"):
+        tta_views(x, "five-crop")
+
+
+def test_ten_crop_eval_shares_passes_with_plain_and_flip(runs, fer_folder, capsys):
+    run, _ = runs
+    model, pre = model_from_checkpoint(load_checkpoint(run))
+    test = make_splits(load_fer2013(fer_folder), "official", seed=1)["test"]
+    x = torch.from_numpy(test.images)
+    cpu = torch.device("cpu")
+    both = predict_probs_tta(model, x, pre, cpu, 64, ("none", "flip", "tencrop"))
+    torch.testing.assert_close(both["none"], predict_probs(model, x, pre, cpu))
+    torch.testing.assert_close(both["flip"], predict_probs(model, x, pre, cpu, tta=True))
+    torch.testing.assert_close(both["tencrop"], predict_probs(model, x, pre, cpu, tta="tencrop"))
+    assert not torch.allclose(both["tencrop"], both["flip"])
+    torch.testing.assert_close(both["tencrop"].sum(1), torch.ones(len(x)))
+
+    assert main(["eval", str(run), "--data", str(fer_folder), "--device", "cpu", "--ten-crop"]) == 0
+    out = capsys.readouterr().out
+    assert "ten-crop TTA" in out and out.count("precision") == 3
+    res = evaluate_checkpoints([str(run)], "test", str(fer_folder), device="cpu", tencrop=True)
+    assert f"accuracy {res['tencrop']['accuracy']:.2f}%" in out
+    assert res["tencrop"]["accuracy"] == pytest.approx(
+        100 * (both["tencrop"].argmax(1) == torch.from_numpy(test.labels)).float().mean().item())
 
 
 @pytest.mark.parametrize("argv", [["eval", "no/such/run"], ["eval", "RUN", "--split", "private"]])

@@ -52,12 +52,16 @@ def _cmd_eval(a):
 
     from .engine.evaluation import evaluate_checkpoints, write_confusion
     from .engine.metrics import format_report
-    res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device, blur=a.blur)
+    res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device, blur=a.blur,
+                               tencrop=a.ten_crop)
     what = a.runs[0] if len(a.runs) == 1 else f"ensemble of {len(a.runs)} models"
     print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces)\n")
     print("plain:\n" + format_report(res["plain"]))
     if "tta" in res:
         print("\nhorizontal-flip TTA:\n" + format_report(res["tta"]))
+    if "tencrop" in res:
+        print("\nten-crop TTA (centre + 4 corners of the face padded by 6%, each mirrored):\n"
+              + format_report(res["tencrop"]))
     if a.out:
         out = Path(a.out)
     elif len(a.runs) == 1 and Path(a.runs[0]).is_dir():
@@ -141,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="FER2013 location (default: the run's, else $FERLAB_DATA)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-tta", action="store_true", help="skip the horizontal-flip TTA evaluation")
+    s.add_argument("--ten-crop", action="store_true",
+                   help="also report ten-crop TTA, for models trained with random crops / shifts")
     s.add_argument("--out", help="confusion matrix PNG (default: in the run folder)")
     s.add_argument("--blur", type=float, help="override the models' evaluation blur sigma (tune on --split val)")
     s.set_defaults(fn=_cmd_eval)

@@ -10,15 +10,17 @@ from ..data import CLASSES, load_fer2013, make_splits
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .metrics import classification_report
 from .plots import plot_confusion
-from .trainer import predict_probs, resolve_device
+from .trainer import predict_probs_tta, resolve_device
 
 
 def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None = None, tta: bool = True,
-                         device: str = "auto", batch_size: int = 256, blur: float | None = None) -> dict:
+                         device: str = "auto", batch_size: int = 256, blur: float | None = None,
+                         tencrop: bool = False) -> dict:
     """Evaluate checkpoints (run folders, .pt files or 'default') on `split`, averaging their probabilities.
 
     The split protocol (official / seed and its seed) comes from the first checkpoint's config, so a model
-    is scored on the same held-out rows it was trained without. Returns the plain and flip-TTA reports.
+    is scored on the same held-out rows it was trained without. Returns the plain, flip-TTA ("tta") and,
+    with `tencrop`, ten-crop-TTA ("tencrop") reports; the modes share their forward passes.
     `blur` overrides the checkpoints' evaluation blur (to tune it on the validation split).
     """
     if not specs:
@@ -34,26 +36,25 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
     fer = load_fer2013(data or cfg.get("data"))
     part = make_splits(fer, cfg.get("split", "official"), seed=cfg.get("seed", 42))[split]
     images, labels = torch.from_numpy(part.images), torch.from_numpy(part.labels)
-    plain = torch.zeros(len(labels), len(CLASSES))
-    flipped = torch.zeros_like(plain)
+    modes = ("none",) + (("flip",) if tta else ()) + (("tencrop",) if tencrop else ())
+    summed = {m: torch.zeros(len(labels), len(CLASSES)) for m in modes}
     for c in ckpts:
         model, pre = model_from_checkpoint(c)
         if blur is not None:
             pre = dataclasses.replace(pre, blur=blur)
         model.to(dev)
-        plain += predict_probs(model, images, pre, dev, batch_size) / len(ckpts)
-        if tta:
-            flipped += predict_probs(model, images, pre, dev, batch_size, tta=True) / len(ckpts)
-    out = {"split": split, "protocol": cfg.get("split", "official"), "n": len(labels), "models": specs,
-           "plain": classification_report(plain, labels)}
-    if tta:
-        out["tta"] = classification_report(flipped, labels)
+        for m, p in predict_probs_tta(model, images, pre, dev, batch_size, modes).items():
+            summed[m] += p / len(ckpts)
+    out = {"split": split, "protocol": cfg.get("split", "official"), "n": len(labels), "models": specs}
+    for m, key in (("none", "plain"), ("flip", "tta"), ("tencrop", "tencrop")):
+        if m in summed:
+            out[key] = classification_report(summed[m], labels)
     return out
 
 
 def write_confusion(result: dict, out: Path) -> Path:
-    rep = result["tta"] if "tta" in result else result["plain"]
-    kind = "flip TTA" if "tta" in result else "plain"
+    key = next(k for k in ("tencrop", "tta", "plain") if k in result)
+    rep, kind = result[key], {"tencrop": "ten-crop TTA", "tta": "flip TTA", "plain": "plain"}[key]
     plot_confusion(rep["confusion"], CLASSES, out,
                    f"{result['split']} ({kind}): accuracy {rep['accuracy']:.2f}% over {result['n']} faces")
     return out

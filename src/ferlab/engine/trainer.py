@@ -200,22 +200,61 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
             "images_per_s": seen / elapsed, "time_s": elapsed}
 
 
+TTA_MODES = ("none", "flip", "tencrop")
+
+
+def tta_views(x: torch.Tensor, mode: str, shift: float = 0.06) -> list[torch.Tensor]:
+    """The views a TTA mode averages over, for a normalised batch (N, C, S, S).
+
+    "none": the face; "flip": it and its mirror; "tencrop": ten-crop of the face padded by `shift` of its
+    side (border pixels, as the training augmentation pads): centre and four corners, each also mirrored,
+    i.e. the centre plus the four diagonal shifts a model trained on random crops with padding has seen.
+    The list starts with the face and its mirror, so the modes nest: none < flip < tencrop.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+    views = [x] if mode == "none" else [x, x.flip(-1)]
+    if mode == "tencrop":
+        s = x.shape[-1]
+        d = max(1, round(shift * s))
+        padded = F.pad(x, (d, d, d, d), mode="replicate")
+        corners = [padded[..., i:i + s, j:j + s] for i in (0, 2 * d) for j in (0, 2 * d)]
+        views += corners + [c.flip(-1) for c in corners]
+    return views
+
+
+def _tta_mode(tta: bool | str) -> str:
+    return {True: "flip", False: "none"}.get(tta, tta)
+
+
 @torch.no_grad()
-def predict_probs(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
-                  tta: bool = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
-    """Softmax probabilities (N, classes) for uint8 faces; tta averages with the mirrored face."""
+def predict_probs_tta(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
+                      modes: tuple[str, ...] = ("none",), precision: str = "fp32",
+                      channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """Softmax probabilities (N, classes) for uint8 faces under each TTA mode, sharing forward passes."""
+    modes = tuple(_tta_mode(m) for m in modes)
+    widest = max(modes, key=TTA_MODES.index)
+    counts = {"none": 1, "flip": 2, "tencrop": 10}
     model.eval()
-    out = []
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
     for i in range(0, len(images), batch_size):
         x = to_model_input(images[i:i + batch_size], pre, device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            p = model(x).float().softmax(1)
-            if tta:
-                p = (p + model(x.flip(-1)).float().softmax(1)) / 2
-        out.append(p.cpu())
-    return torch.cat(out) if out else torch.empty(0, len(CLASSES))
+        probs = []
+        for v in tta_views(x, widest):
+            if channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                probs.append(model(v).float().softmax(1).cpu())
+        for m in modes:
+            out[m].append(torch.stack(probs[:counts[m]]).mean(0))
+    return {m: torch.cat(v) if v else torch.empty(0, len(CLASSES)) for m, v in out.items()}
+
+
+def predict_probs(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
+                  tta: bool | str = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, classes) for uint8 faces; tta: False/"none", True/"flip" or "tencrop"."""
+    mode = _tta_mode(tta)
+    return predict_probs_tta(model, images, pre, device, batch_size, (mode,), precision, channels_last)[mode]
 
 
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, device: torch.device,
