@@ -3,9 +3,10 @@
     python bench/predict_speed.py --data /path/to/fer2013 [--model RUN_OR_CHECKPOINT] [--folder PHOTOS]
 
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
-skimage's public-domain astronaut photo, 512x512, made at run time) with the cascade detector, and over
-real FER2013 face crops with --detector none. Classifier only = model input ready, per face, at batch 1
-and 64, on real FER2013 faces. --fer-margin measures how a cascade box relates to a FER2013 crop.
+skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (OpenCV's
+Haar cascade, scikit-image's LBP cascade), and over real FER2013 face crops with --detector none.
+Classifier only = model input ready, per face, at batch 1 and 64, on real FER2013 faces. --fer-margin
+measures how each detector's box relates to a FER2013 crop.
 Prints Markdown tables.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image
 from ferlab.data import load_fer2013
 from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
 from ferlab.engine.trainer import build_preprocess
-from ferlab.inference.detect import CascadeDetector
+from ferlab.inference.detect import make_detector
 from ferlab.inference.onnx import OnnxClassifier, export_onnx, real_faces
 from ferlab.inference.predictor import Predictor, expand_sources
 from ferlab.inference.preprocess import to_model_input
@@ -68,9 +69,13 @@ def latency(fn, x: torch.Tensor, repeats: int) -> float:
 
 
 def fer_margin(data: str | None, n: int = 400) -> None:
-    """Median side of the cascade's box on FER2013 faces (upscaled 2x, border-padded), relative to the crop."""
+    """Median side of each detector's box on FER2013 faces (upscaled 2x, border-padded), relative to the crop."""
+    for name in ("haar", "lbp"):
+        _fer_margin(make_detector(name, margin=0.0, min_neighbors=3, relative=0.0), name, data, n)
+
+
+def _fer_margin(det, name: str, data: str | None, n: int) -> None:
     import cv2
-    det = CascadeDetector(margin=0.0, min_neighbors=3, relative=0.0)
     ratios = []
     for f in real_faces(data, n):
         big = cv2.resize(f, (96, 96), interpolation=cv2.INTER_CUBIC)
@@ -79,7 +84,7 @@ def fer_margin(data: str | None, n: int = 400) -> None:
         if found:
             ratios.append(max(found, key=lambda x: x.score).box[2] / 96)
     q = np.percentile(ratios, [25, 50, 75])
-    print(f"cascade box / FER2013 crop side on {len(ratios)} of {n} faces found: quartiles {q.round(3).tolist()}; "
+    print(f"{name} box / FER2013 crop side on {len(ratios)} of {n} faces found: quartiles {q.round(3).tolist()}; "
           f"margin that reproduces the crop: {(1 / q[1] - 1) / 2:.3f}")
 
 
@@ -121,9 +126,13 @@ def main():
           f"{a.threads} thread(s), torch {torch.__version__}\n")
     print("| end to end (`Predictor.predict(folder)`) | model | images | faces | images/s | faces/s |")
     print("|---|---|---:|---:|---:|---:|")
-    for what, folder, det in (("photos 512x512, cascade detector", photos, "cascade"),
-                              ("FER2013 crops 48x48, --detector none", crops, "none")):
+    for what, folder, det, backends in (
+            ("photos 512x512, haar detector (default)", photos, "haar", ("PyTorch", "ONNX Runtime")),
+            ("photos 512x512, lbp detector", photos, "lbp", ("PyTorch",)),
+            ("FER2013 crops 48x48, --detector none", crops, "none", ("PyTorch", "ONNX Runtime"))):
         for name, m in (("PyTorch", model), ("ONNX Runtime", str(onnx_path))):
+            if name not in backends:
+                continue
             r = end_to_end(m, folder, det, 64)
             print(f"| {what} | {name} | {r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | "
                   f"{r['faces'] / r['s']:.1f} |", flush=True)

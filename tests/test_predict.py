@@ -20,7 +20,7 @@ import ferlab
 from ferlab.cli import main
 from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, train_one_epoch
 from ferlab.engine.trainer import build_preprocess, make_optimizer, make_scheduler
-from ferlab.inference.detect import group_windows
+from ferlab.inference.detect import group_windows, make_detector
 from ferlab.inference.faces import Face, image_to_input, square_box, to_gray
 from ferlab.inference.preprocess import to_model_input
 from ferlab.models import create_model
@@ -107,8 +107,9 @@ def test_contract_and_image_inputs(predictor, fer_slice):
     assert predictor.preprocess.input_size == 48 and predictor.classes[3] == "happy"
 
 
-def test_astronaut_photo_yields_one_face_on_the_face(run_dir, astronaut):
-    pred = ferlab.Predictor(run_dir, detector="haar")
+@pytest.mark.parametrize("detector", ["haar", "lbp"])
+def test_astronaut_photo_yields_one_face_on_the_face(run_dir, astronaut, detector):
+    pred = ferlab.Predictor(run_dir, detector=detector)
     res = pred.predict(astronaut)
     assert len(res) == 1, [r["box"] for r in res]
     x, y, w, h = res[0]["box"]
@@ -121,6 +122,13 @@ def test_astronaut_photo_yields_one_face_on_the_face(run_dir, astronaut):
     with torch.no_grad():
         p = model(image_to_input(astronaut, [Face(tuple(res[0]["box"]), 1.0)], pre)).softmax(1)[0]
     assert [res[0]["probs"][c] for c in pred.classes] == pytest.approx(p.tolist(), abs=1e-6)
+
+
+def test_haar_detector_without_opencv_cascades_says_what_to_do(monkeypatch, astronaut):
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    with pytest.raises(RuntimeError, match="opencv-python-headless<5.*detector='lbp'"):
+        make_detector("haar")
+    assert make_detector("lbp")(astronaut[..., 0], astronaut)  # the fallback still finds her
 
 
 def test_square_box_stays_inside_the_image():
@@ -243,7 +251,7 @@ def test_default_model_missing_names_the_path(monkeypatch, tmp_path):
 
 
 def test_bad_arguments_are_clear(run_dir):
-    with pytest.raises(ValueError, match="expected one of cascade, none"):
+    with pytest.raises(ValueError, match="expected one of haar, lbp, none"):
         ferlab.Predictor(run_dir, detector="yolo")
     with pytest.raises(ValueError, match="every must be >= 1"):
         ferlab.Predictor(run_dir, detector="none").predict(run_dir, every=0)

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
-    s.add_argument("--detector", default="haar", help="face detector: haar (= cascade) or none (image is one face)")
+    s.add_argument("--detector", default="haar", choices=["haar", "cascade", "lbp", "none"],
+                   help="face detector: haar (OpenCV, default; alias cascade), lbp (scikit-image) or none")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
     s.add_argument("--port", type=int, default=8000)
@@ -172,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", metavar="PATH",
                    help="image, folder (searched recursively), video, or a camera index such as 0")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
-    s.add_argument("--detector", default="cascade", choices=["cascade", "haar", "none"],
-                   help="cascade (alias haar): find faces; none: each image already is one face crop")
+    s.add_argument("--detector", default="haar", choices=["haar", "cascade", "lbp", "none"],
+                   help="haar (OpenCV's cascade, default; alias cascade) or lbp (scikit-image's): find faces; "
+                        "none: each image already is one face crop")
     s.add_argument("--margin", type=float, default=None,
                    help="grow each detected box by this share of its size per side (default: 0, as FER2013 crops)")
     s.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "table"], help="output (default: jsonl)")

@@ -1,22 +1,26 @@
 """Face detection: boxes with scores on a grayscale image.
 
-The detector is the LBP frontal-face cascade that scikit-image ships (OpenCV's cascade format, evaluated
-by scikit-image): it works offline and needs no download. OpenCV 5 no longer bundles Haar cascade files,
-so "haar", the name the first design used, is kept as an alias of "cascade". `detector="none"` treats
-the whole image as one face, for inputs that already are face crops.
+Two offline detectors, both shipped inside PyPI packages, so nothing is downloaded:
+- "haar" (the default; alias "cascade"): OpenCV 4's bundled Haar frontal-face cascade, run by OpenCV.
+  Measured on the 512x512 astronaut photo, detector alone, one core: 0.19 s against 1.09 s for "lbp".
+- "lbp": the LBP frontal-face cascade that scikit-image ships, evaluated by scikit-image. It needs no
+  OpenCV cascade support (OpenCV 5 removed it) and is the fallback there.
+`detector="none"` treats the whole image as one face, for inputs that already are face crops.
 
 A box is [x, y, w, h] in pixels of the input image. Detector boxes are made square and may be grown by
 `margin`, so that a crop frames a face the way FER2013's tight square crops do.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
 from .faces import Face, square_box
 
-DETECTORS = ("cascade", "none")
-_ALIASES = {"haar": "cascade"}
+DETECTORS = ("haar", "lbp", "none")
+_ALIASES = {"cascade": "haar"}
 
 # Measured on FER2013 itself (`python bench/predict_speed.py --fer-margin`): on 400 FER2013 faces padded
 # with their border, the cascade's box has about the crop's own side (median ratio 0.97, margin 0.016).
@@ -28,6 +32,58 @@ class WholeImage:
 
     def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
         return [Face((0, 0, gray.shape[1], gray.shape[0]), 1.0)]
+
+
+def _filter_faces(groups, gray_shape, rgb, margin: float, relative: float, min_skin: float) -> list[Face]:
+    """Skin check (colour pictures), the relative-score floor, squaring; faces sorted left to right."""
+    h, w = gray_shape
+    skin = _skin_mask(rgb) if rgb is not None and min_skin > 0 else None
+    if skin is not None:
+        groups = [g for g in groups if _central_share(skin, g[0]) >= min_skin]
+    floor = relative * max((votes for _, votes in groups), default=0)
+    faces = [Face(square_box(tuple(box), margin, w, h), float(votes)) for box, votes in groups if votes >= floor]
+    return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+
+def _downscale(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    h, w = gray.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        gray = np.asarray(Image.fromarray(gray).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
+    return gray, scale
+
+
+class HaarDetector:
+    """Frontal faces from OpenCV's bundled Haar cascade; score = number of agreeing windows (minNeighbors).
+
+    The picture is histogram-equalised (the cascade was trained on equalised faces) and searched at
+    `max_side` pixels at most; then the same skin and relative-score checks as `CascadeDetector` follow.
+    """
+
+    def __init__(self, margin: float = FER_MARGIN, min_neighbors: int = 5, relative: float = 0.5,
+                 min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 640,
+                 cascade: str = "haarcascade_frontalface_default.xml"):
+        import cv2
+        if not hasattr(cv2, "CascadeClassifier"):
+            raise RuntimeError(f"OpenCV {cv2.__version__} has no cascade detector (OpenCV 5 removed it); install "
+                               "opencv-python-headless<5 (as ferlab's pyproject asks) or use detector='lbp'")
+        path = Path(cv2.data.haarcascades) / cascade
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise RuntimeError(f"could not load the Haar cascade {path}")
+        self._cv2 = cv2
+        self.margin, self.min_neighbors, self.relative, self.min_skin = margin, min_neighbors, relative, min_skin
+        self.scale_factor, self.min_size, self.max_side = scale_factor, min_size, max_side
+
+    def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
+        small, scale = _downscale(gray, self.max_side)
+        if min(small.shape) < self.min_size:
+            return []
+        boxes, votes = self._cascade.detectMultiScale2(
+            self._cv2.equalizeHist(small), scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size))
+        groups = [(np.asarray(b, np.float64) / scale, int(v)) for b, v in zip(boxes, np.ravel(votes))]
+        return _filter_faces(groups, gray.shape, rgb, self.margin, self.relative, self.min_skin)
 
 
 class CascadeDetector:
@@ -60,11 +116,7 @@ class CascadeDetector:
 
     def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
         """Faces in `gray`; `rgb`, the same picture in colour when there is one, enables the skin check."""
-        h, w = gray.shape
-        scale = min(1.0, self.max_side / max(h, w))
-        small = gray
-        if scale < 1.0:
-            small = np.asarray(Image.fromarray(gray).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
+        small, scale = _downscale(gray, self.max_side)
         side = min(small.shape)
         if side < self.min_size:
             return []
@@ -74,13 +126,7 @@ class CascadeDetector:
                                                min_neighbor_number=1, intersection_score_threshold=2.0)
         boxes = np.array([[d["c"], d["r"], d["width"], d["height"]] for d in raw], dtype=np.float64)
         groups = [(box / scale, votes) for box, votes in group_windows(boxes, self.min_neighbors)]
-        skin = _skin_mask(rgb) if rgb is not None and self.min_skin > 0 else None
-        if skin is not None:
-            groups = [g for g in groups if _central_share(skin, g[0]) >= self.min_skin]
-        floor = self.relative * max((votes for _, votes in groups), default=0)
-        faces = [Face(square_box(tuple(box), self.margin, w, h), float(votes)) for box, votes in groups
-                 if votes >= floor]
-        return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+        return _filter_faces(groups, gray.shape, rgb, self.margin, self.relative, self.min_skin)
 
 
 def group_windows(boxes: np.ndarray, min_votes: int, iou: float = 0.3) -> list[tuple[np.ndarray, int]]:
@@ -142,13 +188,15 @@ def _central_share(mask: np.ndarray, box) -> float:
     return float(region.mean()) if region.size else 0.0
 
 
-def make_detector(name: str = "cascade", **kwargs):
-    """A detector by name: "cascade" (alias "haar") or "none" (the whole image is one face)."""
+def make_detector(name: str = "haar", **kwargs):
+    """A detector by name: "haar" (alias "cascade"), "lbp", or "none" (the whole image is one face)."""
     key = _ALIASES.get(name, name)
     if key == "none":
         if kwargs:
             raise ValueError(f"detector 'none' takes no options; got {', '.join(kwargs)}")
         return WholeImage()
-    if key == "cascade":
+    if key == "haar":
+        return HaarDetector(**kwargs)
+    if key == "lbp":
         return CascadeDetector(**kwargs)
-    raise ValueError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)} (or 'haar' = cascade)")
+    raise ValueError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)} (or 'cascade' = haar)")

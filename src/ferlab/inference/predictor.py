@@ -74,12 +74,12 @@ def load_classifier(model: str | Path = "default", device: str = "cpu"):
 class Predictor:
     """Detect faces and classify their expressions.
 
-    model: "default", a run folder, a .pt checkpoint or a .onnx export. detector: "cascade" (alias
-    "haar") or "none" (the whole image is one face). Extra keyword arguments go to the detector
+    model: "default", a run folder, a .pt checkpoint or a .onnx export. detector: "haar" (alias
+    "cascade"), "lbp" or "none" (the whole image is one face). Extra keyword arguments go to the detector
     (margin, min_neighbors, relative, ...).
     """
 
-    def __init__(self, model: str | Path = "default", detector: str = "cascade", device: str = "cpu",
+    def __init__(self, model: str | Path = "default", detector: str = "haar", device: str = "cpu",
                  batch_size: int = 64, **detector_kwargs):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -35,7 +35,7 @@ class Face(BaseModel):
     frame: int | None = None
     time_s: float | None = None
     box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
-    score: float = Field(description="face detector confidence (cascade: agreeing windows; 1 with detector none)")
+    score: float = Field(description="face detector confidence (haar / lbp: agreeing windows; 1 with detector none)")
     label: str = Field(description="the most probable expression")
     probs: dict[str, float] = Field(description="probability of every class")
 
@@ -226,7 +226,7 @@ def _describe(predictor, model: str, detector: str) -> tuple[str, str]:
     classifier = getattr(predictor, "classifier", None)
     model_name = getattr(classifier, "name", None) or str(model)
     det = getattr(predictor, "detector", None)
-    detector_name = {"WholeImage": "none", "CascadeDetector": "cascade"}.get(type(det).__name__, str(detector))
+    detector_name = {"WholeImage": "none", "HaarDetector": "haar", "CascadeDetector": "lbp"}.get(type(det).__name__, str(detector))
     return str(model_name), detector_name
 
 
