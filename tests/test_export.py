@@ -116,3 +116,25 @@ def test_export_default_names_the_missing_weights(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", tmp_path / "default.pt")
     assert main(["export", "default"]) == 2
     assert str(tmp_path / "default.pt") in capsys.readouterr().err
+
+
+def test_shipped_default_model_exports_and_predicts_the_same(fer_folder, fer_slice, tmp_path):
+    """The default vgg_s runs at 32 px, where its adaptive pool maps 2x2 to 3x3: ONNX's exporter refuses that
+    op, so export swaps in an equivalent matrix product; parity must still hold."""
+    out = tmp_path / "default.onnx"
+    report = export_onnx("default", out, data=fer_folder)
+    assert report["max_abs_diff"] <= 1e-4 and out.exists()
+    assert [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1:]] == [1, 32, 32]
+    faces = list(fer_slice["pixels"][:12])
+    torch_probs = ferlab.Predictor("default", detector="none").predict_crops(faces)
+    onnx_probs = ferlab.Predictor(str(out), detector="none").predict_crops(faces)
+    assert torch_probs.shape == (12, 7)
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
+    np.testing.assert_array_equal(onnx_probs.argmax(1), torch_probs.argmax(1))
+
+
+def test_adaptive_pool_swap_is_exact_for_any_ratio():
+    for size_in, size_out in ((2, 3), (5, 3), (7, 4), (12, 4), (3, 3)):
+        x = torch.randn(2, 3, size_in, size_in + 1)
+        torch.testing.assert_close(ferlab_onnx._MatmulAdaptiveAvgPool2d(size_out)(x),
+                                   torch.nn.functional.adaptive_avg_pool2d(x, size_out))

@@ -6,6 +6,7 @@ the `ferlab.preprocess` metadata, so ONNX Runtime sees the same pixels as PyTorc
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -29,6 +30,41 @@ class _WithSoftmax(torch.nn.Module):
 
     def forward(self, x):
         return self.model(x).softmax(1)
+
+
+class _MatmulAdaptiveAvgPool2d(torch.nn.Module):
+    """AdaptiveAvgPool2d as two matrix products, which ONNX exports for any size ratio.
+
+    The TorchScript exporter refuses adaptive pooling whose output size does not divide the input size
+    (vgg_s at 32 px pools a 2x2 map to 3x3); the pooling matrices below give the same numbers.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.out = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+
+    @staticmethod
+    def _matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+        m = torch.zeros(n_out, n_in, dtype=like.dtype)
+        for i in range(n_out):
+            lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
+
+    def forward(self, x):
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        oh, ow = (h if self.out[0] is None else self.out[0]), (w if self.out[1] is None else self.out[1])
+        return self._matrix(h, oh, x) @ x @ self._matrix(w, ow, x).T
+
+
+def _exportable(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with its adaptive average pools swapped for exportable matrix products."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.AdaptiveAvgPool2d):
+                setattr(module, child_name, _MatmulAdaptiveAvgPool2d(child.output_size))
+    return model
 
 
 def real_faces(data: str | Path | None, n: int = 64) -> np.ndarray:
@@ -58,9 +94,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
     with warnings.catch_warnings():
         # the TorchScript exporter: the torch.export one needs onnxscript, which ferlab does not depend on
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(_WithSoftmax(model), (x,), str(out), dynamo=False, opset_version=opset,
-                          input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the pools' sizes are fixed by design
+        try:
+            torch.onnx.export(_WithSoftmax(_exportable(model)), (x,), str(out), dynamo=False,
+                              opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        except Exception:
+            out.unlink(missing_ok=True)
+            raise
     import onnx
     proto = onnx.load(str(out))
     meta = {"ferlab.preprocess": json.dumps(pre.to_dict()), "ferlab.classes": json.dumps(list(ckpt["classes"])),
