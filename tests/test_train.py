@@ -363,9 +363,22 @@ def test_wandb_offline_logs_seed_keys(fer_folder, tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     logged = []
-    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", lambda self, d, step=None, **kw: logged.append(d))
-    fit(tiny_config(fer_folder, tmp_path, epochs=1, tta=False), wandb_project="ferlab-test", progress=False)
-    assert logged and set(logged[0]) == set(SEED_COLUMNS)
+    real_log = wandb.sdk.wandb_run.Run.log
+
+    def spy(self, d, *args, **kwargs):
+        logged.append(dict(d))
+        return real_log(self, d, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy)
+    summary = fit(tiny_config(fer_folder, tmp_path, epochs=2, tta=False), wandb_project="ferlab-test",
+                  progress=False)
+    assert len(logged) == 2 and all(set(d) == set(SEED_COLUMNS) for d in logged)
+    # the offline run really was written, and its summary carries the seed's final overfitting gap
+    (offline,) = (tmp_path / "tiny" / "wandb").glob("offline-run-*")
+    (records,) = offline.glob("*.wandb")
+    written = records.read_bytes()
+    assert all(key.encode() in written for key in (*SEED_COLUMNS, "overfitting_gap"))
+    assert f"{summary['gap']}".encode()[:6] in written
 
 
 # ----------------------------------------------------------------------------------------------- CLI
