@@ -37,8 +37,9 @@ def test_default_model_classifies_real_private_test_faces(fer_slice):
     assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5)
     pred = probs.argmax(1)
     acc = (pred == labels).float().mean().item()
-    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 41% (README): chance is 14%.
-    assert acc >= 0.33, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
+    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 52% (README), 49% on this
+    # sample; chance is 14%, and the previous default (41% on all of PrivateTest) would fail this.
+    assert acc >= 0.44, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
     happy = labels == CLASSES.index("happy")
     assert (pred[happy] == labels[happy]).float().mean() >= 0.7  # the easiest class must be right
 
