@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import ferlab.data.cache as cache_mod
 from ferlab.cli import main
@@ -482,3 +483,31 @@ def test_cli_data_bad_source_exits_2(tmp_path, fer_slice, capsys):
     assert main(["data", str(path), "--skip-bad"]) == 0
     out = capsys.readouterr().out
     assert "skipped bad rows: 1" in out and "fer2013.csv row 6" in out
+
+
+# ----------------------------------------------------------------------------------------------- stats
+
+def test_relative_blur_recovers_a_known_blur_on_real_faces(fer_slice):
+    from ferlab.data.stats import relative_blur
+    from ferlab.inference.preprocess import gaussian_blur
+    faces = fer_slice["pixels"][np.array([u != "Training" for u in fer_slice["usage"]])]  # sharp faces
+    assert relative_blur(faces, faces) == pytest.approx(0.0, abs=1e-6)
+    for sigma in (1.0, 2.0):
+        blurred = gaussian_blur(torch.from_numpy(faces).float()[:, None], sigma)[:, 0]
+        blurred = blurred.round().clamp(0, 255).to(torch.uint8).numpy()
+        assert relative_blur(blurred, faces) == pytest.approx(sigma, abs=0.25)
+        assert relative_blur(faces, blurred) == 0.0  # sharper than the reference: no blur
+
+
+def test_data_stats_cli_shows_the_training_blur(fer_folder, capsys):
+    assert main(["data", str(fer_folder), "--stats"]) == 0
+    out = capsys.readouterr().out
+    assert "sharpness p5/p50/p95" in out
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines()
+            if len(ln.split()) == 6 and ln.split()[0] in ("train", "val", "test")}
+    assert set(rows) == {"train", "val", "test"}
+    train_sharp, val_sharp = (float(rows[k][-1].split("/")[1]) for k in ("train", "val"))
+    assert train_sharp < 0.5 * val_sharp  # this copy's Training faces are blurred
+    blur = {ln.split()[3]: float(ln.split("sigma ")[1].split()[0]) for ln in out.splitlines()
+            if ln.startswith("train faces vs")}
+    assert set(blur) == {"val", "test"} and all(2.0 <= v <= 4.0 for v in blur.values()), blur

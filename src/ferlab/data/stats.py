@@ -21,4 +21,36 @@ def split_stats(splits: dict[str, Split]) -> str:
         sh = np.percentile(sharpness(s.images), [5, 50, 95])
         lines.append(f"{name:<6}{len(x):>7}{x.mean():>7.1f}{x.std():>7.1f}{np.median(x.std(1)):>14.1f}"
                      f"{'/'.join(f'{v:.2f}' for v in sh):>24}")
+    if "train" in splits:
+        for name, other in splits.items():
+            if name != "train" and len(other.images) and len(splits["train"].images):
+                sigma = relative_blur(splits["train"].images, other.images)
+                lines.append(f"train faces vs {name} faces: blurred by a Gaussian of sigma {sigma:.1f} px "
+                             f"(at {other.images.shape[-1]} px; 0 = equally sharp)")
     return "\n".join(lines)
+
+
+def _power_spectrum(images: np.ndarray) -> np.ndarray:
+    x = images.astype(np.float64)
+    x = (x - x.mean((1, 2), keepdims=True)) / (x.std((1, 2), keepdims=True) + 1e-3 * 255)
+    h, w = x.shape[1:]
+    window = np.hanning(h)[:, None] * np.hanning(w)[None]
+    return (np.abs(np.fft.fft2(x * window)) ** 2).mean(0)
+
+
+def relative_blur(blurred: np.ndarray, sharp: np.ndarray, band: tuple[float, float] = (0.02, 0.14)) -> float:
+    """Gaussian sigma (pixels) that turns `sharp` faces into `blurred` ones, from their mean power spectra.
+
+    The amplitude ratio sqrt(P_blurred / P_sharp) of a Gaussian blur is exp(-2 pi^2 sigma^2 f^2); a straight
+    line through log-ratio against f^2 over `band` (cycles per pixel, above JPEG's noise floor) gives sigma.
+    The free intercept absorbs the gain that per-face standardisation puts on the low frequencies.
+    Returns 0 when `blurred` is no blurrier than `sharp`.
+    """
+    if blurred.shape[1:] != sharp.shape[1:]:
+        raise ValueError(f"faces must have the same size; got {blurred.shape[1:]} and {sharp.shape[1:]}")
+    ratio = np.sqrt(_power_spectrum(blurred) / _power_spectrum(sharp))
+    fy, fx = np.meshgrid(np.fft.fftfreq(blurred.shape[1]), np.fft.fftfreq(blurred.shape[2]), indexing="ij")
+    f2 = fx ** 2 + fy ** 2
+    sel = (f2 >= band[0] ** 2) & (f2 <= band[1] ** 2)
+    slope = np.polyfit(f2[sel], np.log(ratio[sel]), 1)[0]
+    return float(np.sqrt(max(0.0, -slope / (2 * np.pi ** 2))))
