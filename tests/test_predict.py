@@ -262,3 +262,10 @@ def test_bad_arguments_are_clear(run_dir):
 def test_import_ferlab_stays_light():
     code = "import sys, ferlab; assert 'torch' not in sys.modules and 'cv2' not in sys.modules; ferlab.Predictor"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_detector_choices_are_the_detectors_and_their_aliases():
+    from ferlab.cli import DETECTOR_CHOICES
+    from ferlab.inference.detect import _ALIASES, DETECTORS
+    assert set(DETECTOR_CHOICES) == set(DETECTORS) | set(_ALIASES)
+    assert {make_detector(n).name for n in DETECTOR_CHOICES} == set(DETECTORS)

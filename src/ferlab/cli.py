@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+# ferlab.inference.detect's names and aliases, spelled out so that building the parser imports no torch
+DETECTOR_CHOICES = ("haar", "cascade", "lbp", "none")
+
 
 def _cmd_data(a):
     from .data import load_fer2013
@@ -159,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
-    s.add_argument("--detector", default="haar", choices=["haar", "cascade", "lbp", "none"],
+    s.add_argument("--detector", default="haar", choices=DETECTOR_CHOICES,
                    help="face detector: haar (OpenCV, default; alias cascade), lbp (scikit-image) or none")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", metavar="PATH",
                    help="image, folder (searched recursively), video, or a camera index such as 0")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
-    s.add_argument("--detector", default="haar", choices=["haar", "cascade", "lbp", "none"],
+    s.add_argument("--detector", default="haar", choices=DETECTOR_CHOICES,
                    help="haar (OpenCV's cascade, default; alias cascade) or lbp (scikit-image's): find faces; "
                         "none: each image already is one face crop")
     s.add_argument("--margin", type=float, default=None,

@@ -30,6 +30,8 @@ FER_MARGIN = 0.0
 class WholeImage:
     """The whole image is one face (inputs that are already face crops)."""
 
+    name = "none"
+
     def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
         return [Face((0, 0, gray.shape[1], gray.shape[0]), 1.0)]
 
@@ -57,8 +59,10 @@ class HaarDetector:
     """Frontal faces from OpenCV's bundled Haar cascade; score = number of agreeing windows (minNeighbors).
 
     The picture is histogram-equalised (the cascade was trained on equalised faces) and searched at
-    `max_side` pixels at most; then the same skin and relative-score checks as `CascadeDetector` follow.
+    `max_side` pixels at most; then the same skin and relative-score checks as `LbpDetector` follow.
     """
+
+    name = "haar"
 
     def __init__(self, margin: float = FER_MARGIN, min_neighbors: int = 5, relative: float = 0.5,
                  min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 640,
@@ -86,7 +90,7 @@ class HaarDetector:
         return _filter_faces(groups, gray.shape, rgb, self.margin, self.relative, self.min_skin)
 
 
-class CascadeDetector:
+class LbpDetector:
     """Frontal faces from scikit-image's bundled LBP cascade; score = number of agreeing raw windows.
 
     The cascade fires on many windows around a real face and on few around a false one, so raw windows
@@ -100,6 +104,8 @@ class CascadeDetector:
     pixels for speed, so the smallest face found is min_size/max_side (1/20) of the longer side;
     raise max_side for small faces in large group photos.
     """
+
+    name = "lbp"
 
     def __init__(self, margin: float = FER_MARGIN, min_neighbors: int = 4, relative: float = 0.5,
                  min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 480):
@@ -198,5 +204,5 @@ def make_detector(name: str = "haar", **kwargs):
     if key == "haar":
         return HaarDetector(**kwargs)
     if key == "lbp":
-        return CascadeDetector(**kwargs)
+        return LbpDetector(**kwargs)
     raise ValueError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)} (or 'cascade' = haar)")

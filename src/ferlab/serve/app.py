@@ -225,8 +225,7 @@ def _describe(predictor, model: str, detector: str) -> tuple[str, str]:
     """(model name, detector name) for /health; an injected predictor may differ from the arguments."""
     classifier = getattr(predictor, "classifier", None)
     model_name = getattr(classifier, "name", None) or str(model)
-    det = getattr(predictor, "detector", None)
-    detector_name = {"WholeImage": "none", "HaarDetector": "haar", "CascadeDetector": "lbp"}.get(type(det).__name__, str(detector))
+    detector_name = getattr(getattr(predictor, "detector", None), "name", None) or str(detector)
     return str(model_name), detector_name
 
 
