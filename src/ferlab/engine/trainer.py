@@ -200,7 +200,7 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
             "images_per_s": seen / elapsed, "time_s": elapsed}
 
 
-TTA_MODES = ("none", "flip", "tencrop")
+TTA_MODES = {"none": 1, "flip": 2, "tencrop": 10}  # mode -> number of views, in the order tta_views gives them
 
 
 def tta_views(x: torch.Tensor, mode: str, shift: float = 0.06) -> list[torch.Tensor]:
@@ -211,8 +211,7 @@ def tta_views(x: torch.Tensor, mode: str, shift: float = 0.06) -> list[torch.Ten
     i.e. the centre plus the four diagonal shifts a model trained on random crops with padding has seen.
     The list starts with the face and its mirror, so the modes nest: none < flip < tencrop.
     """
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+    mode = _tta_mode(mode)
     views = [x] if mode == "none" else [x, x.flip(-1)]
     if mode == "tencrop":
         s = x.shape[-1]
@@ -224,7 +223,11 @@ def tta_views(x: torch.Tensor, mode: str, shift: float = 0.06) -> list[torch.Ten
 
 
 def _tta_mode(tta: bool | str) -> str:
-    return {True: "flip", False: "none"}.get(tta, tta)
+    """A TTA mode name from a mode or a bool (True = flip); an unknown mode is an error."""
+    mode = {True: "flip", False: "none"}.get(tta, tta)
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
+    return mode
 
 
 @torch.no_grad()
@@ -233,8 +236,7 @@ def predict_probs_tta(model, images: torch.Tensor, pre: Preprocess, device: torc
                       channels_last: bool = False) -> dict[str, torch.Tensor]:
     """Softmax probabilities (N, classes) for uint8 faces under each TTA mode, sharing forward passes."""
     modes = tuple(_tta_mode(m) for m in modes)
-    widest = max(modes, key=TTA_MODES.index)
-    counts = {"none": 1, "flip": 2, "tencrop": 10}
+    widest = max(modes, key=TTA_MODES.__getitem__)
     model.eval()
     out: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
     for i in range(0, len(images), batch_size):
@@ -246,7 +248,7 @@ def predict_probs_tta(model, images: torch.Tensor, pre: Preprocess, device: torc
             with autocast(device, precision):
                 probs.append(model(v).float().softmax(1).cpu())
         for m in modes:
-            out[m].append(torch.stack(probs[:counts[m]]).mean(0))
+            out[m].append(torch.stack(probs[:TTA_MODES[m]]).mean(0))
     return {m: torch.cat(v) if v else torch.empty(0, len(CLASSES)) for m, v in out.items()}
 
 

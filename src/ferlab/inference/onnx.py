@@ -60,7 +60,7 @@ class _MatmulAdaptiveAvgPool2d(torch.nn.Module):
 def _exportable(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` with its adaptive average pools swapped for exportable matrix products."""
     model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.AdaptiveAvgPool2d):
                 setattr(module, child_name, _MatmulAdaptiveAvgPool2d(child.output_size))
