@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ferlab.data import load_fer2013, make_splits
 from ferlab.data.augment import AugmentConfig, augment
 from ferlab.engine import TrainConfig
+from ferlab.engine.config import PRECISIONS
 from ferlab.engine.trainer import autocast, build_preprocess, make_optimizer, resolve_device
 from ferlab.inference.preprocess import to_model_input
 from ferlab.models import count_params, create_model, list_models
@@ -202,8 +203,8 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     precisions = [q for q in args.precisions.split(",") if q]
     for q in precisions:
-        if q not in ("fp32", "bf16"):
-            p.error(f"--precisions: {q!r} is not one of fp32, bf16")
+        if q not in PRECISIONS:
+            p.error(f"--precisions: {q!r} is not one of {', '.join(PRECISIONS)}")
     for m in models:
         if m not in list_models():
             p.error(f"--models: {m!r} is not a registered model; registered: {', '.join(list_models())}")
