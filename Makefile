@@ -12,7 +12,7 @@ help:
 	@echo "make test                         install, then run the test suite"
 	@echo "make eval-default DATA=PATH       install, then score the shipped model on PrivateTest"
 	@echo "make seed-study DATA=PATH         install, then train the seed's five iterations + report"
-	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (configs/vgg_s_cpu_long.yaml, ~2 h)"
+	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (configs/vgg_s_cpu48.yaml, ~2 h)"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,4 +33,4 @@ seed-study: install
 	$(VENV)/bin/ferlab report runs/seed_iter* --markdown runs/seed_report.md --plot runs/seed_report.png
 
 train-cpu: install
-	$(VENV)/bin/ferlab train configs/vgg_s_cpu_long.yaml --data "$(DATA)"
+	$(VENV)/bin/ferlab train configs/vgg_s_cpu48.yaml --data "$(DATA)"

@@ -75,3 +75,23 @@ def fer_folder(fer_slice, tmp_path_factory) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(raw)
     return root
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(fer_folder, tmp_path_factory) -> Path:
+    """A run folder from two quick epochs of simple_cnn on the real slice, as `fit` leaves it (best.pt holds
+    the temperature fitted on the validation split)."""
+    import torch
+
+    from ferlab.engine import TrainConfig, fit
+    out = tmp_path_factory.mktemp("calibrated")
+    threads = torch.get_num_threads()
+    cfg = TrainConfig(name="cal", model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0],
+                      standardize=True, data=str(fer_folder), split="official", seed=3, epochs=2, batch_size=16,
+                      optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0,
+                      threads=1, device="cpu", tta=True, out_dir=str(out))
+    try:
+        fit(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "cal"

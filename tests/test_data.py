@@ -6,6 +6,7 @@ same pixels, the same canonical labels and the same Usage for every row.
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import zipfile
 from collections import Counter
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ferlab.data.cache as cache_mod
 from ferlab.cli import main
@@ -487,27 +489,60 @@ def test_cli_data_bad_source_exits_2(tmp_path, fer_slice, capsys):
 
 # ----------------------------------------------------------------------------------------------- stats
 
+def _gaussian_blur(faces: np.ndarray, sigma: float) -> np.ndarray:
+    """uint8 faces (N, H, W) blurred by a separable Gaussian of `sigma` px (reflect-padded): a degraded copy."""
+    r = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = torch.from_numpy(faces).float()[:, None]
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def test_relative_blur_recovers_a_known_blur_on_real_faces(fer_slice):
     from ferlab.data.stats import relative_blur
-    from ferlab.inference.preprocess import gaussian_blur
-    faces = fer_slice["pixels"][np.array([u != "Training" for u in fer_slice["usage"]])]  # sharp faces
+    faces = fer_slice["pixels"][np.array([u != "Training" for u in fer_slice["usage"]])]
     assert relative_blur(faces, faces) == pytest.approx(0.0, abs=1e-6)
     for sigma in (1.0, 2.0):
-        blurred = gaussian_blur(torch.from_numpy(faces).float()[:, None], sigma)[:, 0]
-        blurred = blurred.round().clamp(0, 255).to(torch.uint8).numpy()
+        blurred = _gaussian_blur(faces, sigma)
         assert relative_blur(blurred, faces) == pytest.approx(sigma, abs=0.25)
         assert relative_blur(faces, blurred) == 0.0  # sharper than the reference: no blur
 
 
-def test_data_stats_cli_shows_the_training_blur(fer_folder, capsys):
-    assert main(["data", str(fer_folder), "--stats"]) == 0
+def _stats_lines(root, capsys) -> dict[str, str]:
+    assert main(["data", str(root), "--stats", "--no-cache"]) == 0
     out = capsys.readouterr().out
     assert "sharpness p5/p50/p95" in out
-    rows = {ln.split()[0]: ln.split() for ln in out.splitlines()
-            if len(ln.split()) == 6 and ln.split()[0] in ("train", "val", "test")}
-    assert set(rows) == {"train", "val", "test"}
-    train_sharp, val_sharp = (float(rows[k][-1].split("/")[1]) for k in ("train", "val"))
-    assert train_sharp < 0.5 * val_sharp  # this copy's Training faces are blurred
-    blur = {ln.split()[3]: float(ln.split("sigma ")[1].split()[0]) for ln in out.splitlines()
-            if ln.startswith("train faces vs")}
-    assert set(blur) == {"val", "test"} and all(2.0 <= v <= 4.0 for v in blur.values()), blur
+    return {ln.split()[1].rstrip(":"): ln for ln in out.splitlines() if ln.startswith(("ok ", "WARNING "))}
+
+
+def _degraded_copy(fer_folder, tmp_path, change) -> Path:
+    """fer_folder with every Training face passed through `change` (uint8 (N, 48, 48) -> same), as PNG."""
+    root = tmp_path / "fer2013"
+    shutil.copytree(fer_folder, root)
+    paths = sorted(root.glob("train/*/Training_*.jpg"))
+    faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])
+    for p, face in zip(paths, change(faces)):
+        p.unlink()
+        Image.fromarray(face).save(p.with_suffix(".png"))  # lossless: only `change` alters the faces
+    return root
+
+
+def test_data_stats_cli_is_quiet_on_clean_faces_and_warns_on_a_degraded_copy(fer_folder, tmp_path, capsys):
+    clean = _stats_lines(fer_folder, capsys)  # the real archive: all three splits are the original faces
+    assert set(clean) == {"val", "test"} and all(ln.startswith("ok ") for ln in clean.values()), clean
+
+    blurred = _stats_lines(_degraded_copy(fer_folder, tmp_path / "blur", lambda f: _gaussian_blur(f, 2.0)), capsys)
+    assert set(blurred) == {"val", "test"}
+    for ln in blurred.values():
+        assert ln.startswith("WARNING ") and "training faces are blurrier" in ln, ln  # (a blur also lowers contrast)
+        assert 1.5 <= float(ln.split("sigma ")[1].split()[0]) <= 2.5, ln
+
+    faded = _stats_lines(_degraded_copy(fer_folder, tmp_path / "fade",
+                                        lambda f: (128 + 0.6 * (f.astype(np.float32) - 128)).round().astype(np.uint8)),
+                         capsys)
+    for ln in faded.values():
+        assert ln.startswith("WARNING ") and "blurrier" not in ln, ln
+        assert 150 <= int(ln.split("have ")[1].split("%")[0]) <= 180, ln  # 1 / 0.6 = 167%

@@ -119,12 +119,14 @@ def test_export_default_names_the_missing_weights(monkeypatch, tmp_path, capsys)
 
 
 def test_shipped_default_model_exports_and_predicts_the_same(fer_folder, fer_slice, tmp_path):
-    """The default vgg_s runs at 32 px, where its adaptive pool maps 2x2 to 3x3: ONNX's exporter refuses that
-    op, so export swaps in an equivalent matrix product; parity must still hold."""
+    """The shipped model exports with its temperature; where its adaptive pool's output size does not divide
+    its input (vgg_s at 32 px maps 2x2 to 3x3) export swaps in an equivalent matrix product; parity holds."""
     out = tmp_path / "default.onnx"
     report = export_onnx("default", out, data=fer_folder)
     assert report["max_abs_diff"] <= 1e-4 and out.exists()
-    assert [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1:]] == [1, 32, 32]
+    pre = load_checkpoint("default")["preprocess"]
+    assert [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1:]] == [
+        pre["in_channels"], pre["input_size"], pre["input_size"]]
     faces = list(fer_slice["pixels"][:12])
     torch_probs = ferlab.Predictor("default", detector="none").predict_crops(faces)
     onnx_probs = ferlab.Predictor(str(out), detector="none").predict_crops(faces)

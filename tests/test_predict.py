@@ -61,10 +61,13 @@ def astronaut():
     return skdata.astronaut()
 
 
-def _forward(run_dir, pixels: np.ndarray) -> np.ndarray:
+def _forward(run_dir, pixels: np.ndarray, tta: bool = True) -> np.ndarray:
+    """The checkpoint's probabilities, averaged with the mirror image's (flip TTA, the Predictor's default)."""
     model, pre = model_from_checkpoint(load_checkpoint(run_dir))
+    x = to_model_input(pixels, pre)
     with torch.no_grad():
-        return model(to_model_input(pixels, pre)).softmax(1).numpy()
+        probs = model(x).softmax(1)
+        return ((probs + model(x.flip(-1)).softmax(1)) / 2 if tta else probs).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,9 @@ def test_face_crops_match_a_direct_forward(predictor, run_dir, faces_dir):
         assert r["box"] == [0, 0, 48, 48] and r["score"] == 1.0 and r["frame"] is None and r["time_s"] is None
         assert r["label"] == max(r["probs"], key=r["probs"].get)
     assert len(set(np.argmax(want, 1))) > 1, "a trained model should not predict one class for every face"
+    single = ferlab.Predictor(run_dir, detector="none", tta=False).predict_crops(list(pixels))
+    np.testing.assert_allclose(single, _forward(run_dir, pixels, tta=False), atol=1e-5)
+    assert not np.allclose(single, got, atol=1e-4)  # the mirror image's vote counts
 
 
 def test_contract_and_image_inputs(predictor, fer_slice):
@@ -117,10 +123,12 @@ def test_astronaut_photo_yields_one_face_on_the_face(run_dir, astronaut, detecto
     cx, cy = x + w / 2, y + h / 2
     assert abs(cx - ASTRONAUT_FACE_CENTRE[0]) < 20 and abs(cy - ASTRONAUT_FACE_CENTRE[1]) < 20
     assert res[0]["score"] >= 4
-    # the shared path: the reported probabilities are the model's on that crop through the one preprocess
+    # the shared path: the reported probabilities are the model's on that crop (and its mirror, flip TTA)
+    # through the one preprocess
     model, pre = model_from_checkpoint(load_checkpoint(run_dir))
     with torch.no_grad():
-        p = model(image_to_input(astronaut, [Face(tuple(res[0]["box"]), 1.0)], pre)).softmax(1)[0]
+        x = image_to_input(astronaut, [Face(tuple(res[0]["box"]), 1.0)], pre)
+        p = ((model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2)[0]
     assert [res[0]["probs"][c] for c in pred.classes] == pytest.approx(p.tolist(), abs=1e-6)
 
 

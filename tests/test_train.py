@@ -43,7 +43,7 @@ def _restore_threads():
 def tiny_config(data, out_dir, **over) -> TrainConfig:
     """Two quick epochs of simple_cnn at 1x48x48 on half of the 7-class slice (84 faces per split)."""
     values = dict(name="tiny", model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0],
-                  standardize=True, blur=2.5, data=data and str(data), split="official", fraction=0.5, seed=1, epochs=2,
+                  standardize=True, data=data and str(data), split="official", fraction=0.5, seed=1, epochs=2,
                   batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant",
                   warmup_epochs=0, augment=dict(hflip=0.5, rotate=5.0, scale=0.05, translate=0.05, erase=0.25),
                   threads=1, device="cpu", tta=True, out_dir=str(out_dir))
@@ -119,7 +119,7 @@ def test_short_training_learns_happy_vs_surprise(two_class_folder, tmp_path):
 def test_run_folder_contents(runs, fer_folder):
     run, _ = runs
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["model"] == "simple_cnn" and cfg["epochs"] == 2 and cfg["blur"] == 2.5
+    assert cfg["model"] == "simple_cnn" and cfg["epochs"] == 2 and "blur" not in cfg
     assert cfg["augment"]["erase"] == 0.25 and cfg["data"] == str(fer_folder)
     assert cfg["weight_decay"] == 0.0 and cfg["momentum"] == TrainConfig.momentum  # resolved: defaults too
     assert cfg["world_size"] == 1 and cfg["global_batch_size"] == 16
@@ -164,7 +164,7 @@ def test_checkpoints_describe_themselves(runs):
         ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
         assert ckpt["model"] == "simple_cnn" and ckpt["model_args"] == {}
         assert ckpt["preprocess"] == {"input_size": 48, "in_channels": 1, "mean": [0.0], "std": [1.0],
-                                      "standardize": True, "blur": 2.5} == pre.to_dict()
+                                      "standardize": True} == pre.to_dict()
         assert ckpt["classes"] == list(CLASSES)
         assert ckpt["config"]["lr"] == 1e-3 and ckpt["config"]["seed"] == 1
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
@@ -190,6 +190,29 @@ def test_model_from_checkpoint_reproduces_the_run(runs, fer_folder):
     p1, p2 = predict_probs(model, xte, pre, dev), predict_probs(again, xte, pre, dev)
     assert torch.equal(p1, p2)
     assert not torch.allclose(p1, p1.mean(0, keepdim=True))  # a real, input-dependent model
+
+
+def test_training_fits_a_temperature_on_val_and_reports_test_ece(runs, fer_folder):
+    """best.pt carries a temperature fitted on the validation split (flip TTA, as the Predictor predicts);
+    it lowers the validation NLL, keeps the plain predictions, and summary.json reports the test ECE both ways."""
+    from ferlab.engine.calibration import TemperatureScaled, expected_calibration_error
+    run, _ = runs
+    ckpt = load_checkpoint(run)
+    cal = ckpt["calibration"]
+    assert cal["split"] == "val" and cal["tta"] == "flip" and cal["faces"] == 84
+    assert ckpt["temperature"] == cal["temperature"] > 0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    model, pre = model_from_checkpoint(ckpt)
+    raw, _ = model_from_checkpoint(ckpt, calibrated=False)
+    assert isinstance(model, TemperatureScaled) and not isinstance(raw, TemperatureScaled)
+    test = make_splits(load_fer2013(fer_folder), "official", seed=1, fraction=0.5)["test"]
+    x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+    dev = torch.device("cpu")
+    p_cal, p_raw = predict_probs(model, x, pre, dev), predict_probs(raw, x, pre, dev)
+    assert torch.equal(p_cal.argmax(1), p_raw.argmax(1)) and not torch.allclose(p_cal, p_raw)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["temperature"] == pytest.approx(ckpt["temperature"])
+    assert summary["test_ece"] == pytest.approx(expected_calibration_error(p_cal, y), abs=1e-6)
+    assert summary["test_ece_uncalibrated"] == pytest.approx(expected_calibration_error(p_raw, y), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------- resume
@@ -238,10 +261,12 @@ def test_eval_cli_prints_report_and_writes_confusion(runs, fer_folder, capsys):
     out = capsys.readouterr().out
     assert "plain:" in out and "horizontal-flip TTA:" in out and "(official split, 168 faces)" in out
     assert out.count("precision") == 2 and all(out.count(c) >= 2 for c in CLASSES)
-    assert _is_png(run / "confusion_val.png")
+    assert _is_png(run / "confusion_val.png") and _is_png(run / "reliability_val.png")
+    assert f"reliability diagram: {run / 'reliability_val.png'}" in out
     res = evaluate_checkpoints([str(run)], "val", str(fer_folder), device="cpu")
     for kind in ("plain", "tta"):
         assert f"accuracy {res[kind]['accuracy']:.2f}%" in out
+        assert f"ECE (15 bins) {res[kind]['ece']:.2f}%" in out
         assert res[kind]["confusion"].sum() == 168
 
     target = run.parent / "elsewhere" / "cm.png"

@@ -53,9 +53,9 @@ def _cmd_serve(a):
 def _cmd_eval(a):
     from pathlib import Path
 
-    from .engine.evaluation import evaluate_checkpoints, write_confusion
+    from .engine.evaluation import evaluate_checkpoints, write_plots
     from .engine.metrics import format_report
-    res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device, blur=a.blur,
+    res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device,
                                tencrop=a.ten_crop)
     what = a.runs[0] if len(a.runs) == 1 else f"ensemble of {len(a.runs)} models"
     print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces)\n")
@@ -71,7 +71,32 @@ def _cmd_eval(a):
         out = Path(a.runs[0]) / f"confusion_{a.split}.png"
     else:
         out = Path(f"confusion_{a.split}.png")
-    print(f"\nconfusion matrix: {write_confusion(res, out)}")
+    confusion, rel = write_plots(res, out)
+    print(f"\nconfusion matrix: {confusion}\nreliability diagram: {rel}")
+
+
+def _cmd_calibrate(a):
+    import torch
+
+    from .data import load_fer2013, make_splits
+    from .engine.calibration import calibrate_checkpoint
+    from .engine.checkpoint import checkpoint_path, load_checkpoint, write_checkpoint
+    from .engine.trainer import resolve_device
+    if a.checkpoint == "default":
+        raise ValueError("the packaged model is calibrated when it is packaged: calibrate its run folder, then "
+                         "package it with python -m ferlab.weights RUN")
+    path = checkpoint_path(a.checkpoint)
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    val = make_splits(load_fer2013(a.data or cfg.get("data")), cfg.get("split", "official"),
+                      seed=cfg.get("seed", 42))["val"]
+    ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),
+                                resolve_device(a.device), a.tta)
+    write_checkpoint(path, ckpt)
+    r = ckpt["calibration"]
+    print(f"{path}: temperature {r['temperature']:.3f}, fitted on the validation split ({r['faces']} faces, "
+          f"TTA {r['tta']}): NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, "
+          f"ECE {r['ece_before']:.2f}% -> {r['ece_after']:.2f}%")
 
 
 def _cmd_report(a):
@@ -90,7 +115,8 @@ def _cmd_predict(a):
     from .inference.output import predict_paths
     from .inference.predictor import Predictor
     options = {} if a.margin is None else {"margin": a.margin}
-    predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size, **options)
+    predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size,
+                          tta=not a.no_tta, **options)
     res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=not a.no_progress)
     if res["errors"] and not a.keep_going:
         raise RuntimeError(f"{len(res['errors'])} of the inputs could not be read (listed above; the rest "
@@ -151,8 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ten-crop", action="store_true",
                    help="also report ten-crop TTA, for models trained with random crops / shifts")
     s.add_argument("--out", help="confusion matrix PNG (default: in the run folder)")
-    s.add_argument("--blur", type=float, help="override the models' evaluation blur sigma (tune on --split val)")
     s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("calibrate", help="fit a model's temperature on the validation split (PublicTest) and "
+                                         "store it in its checkpoint")
+    s.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder (its best.pt) or .pt checkpoint")
+    s.add_argument("--data", help="FER2013 location (default: the run's, else $FERLAB_DATA)")
+    s.add_argument("--tta", default="flip", choices=["flip", "none"],
+                   help="the predictions to calibrate: flip-TTA (as the Predictor makes them, default) or plain")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(fn=_cmd_calibrate)
 
     s = sub.add_parser("report", help="the seed's iteration table for a set of runs, plus a comparison plot")
     s.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
@@ -186,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default: 64)")
     s.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th video frame (default: 1)")
     s.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:1 (default: cpu)")
+    s.add_argument("--no-tta", action="store_true",
+                   help="classify each face once, not also its mirror image (faster, slightly less accurate)")
     s.add_argument("--keep-going", action="store_true", help="exit 0 even when some inputs could not be read")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_predict)

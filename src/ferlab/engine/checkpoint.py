@@ -10,6 +10,7 @@ import torch
 from ..data.classes import CLASSES
 from ..inference.preprocess import Preprocess
 from ..models import create_model
+from .calibration import TemperatureScaled
 
 FORMAT_VERSION = 1
 
@@ -28,16 +29,22 @@ def save_checkpoint(path: str | Path, *, model, model_name: str, model_args: dic
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         **(extra or {}),
     }
+    write_checkpoint(path, ckpt)
+
+
+def write_checkpoint(path: str | Path, ckpt: dict) -> Path:
+    """torch.save through a temporary file: an interruption never leaves a half-written checkpoint."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
     torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind an interruption
+    os.replace(tmp, path)
+    return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a ferlab checkpoint: a .pt file, a run folder (its best.pt) or "default"."""
+def checkpoint_path(spec: str | Path) -> Path:
+    """The file behind a checkpoint argument: a .pt file, a run folder (its best.pt) or "default"."""
     from ..weights import resolve_model
-    path = resolve_model(path)  # "default" is the packaged model
+    path = resolve_model(spec)  # "default" is the packaged model
     if path.is_dir():
         for cand in (path / "best.pt", path / "weights" / "best.pt"):
             if cand.exists():
@@ -47,17 +54,30 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             raise FileNotFoundError(f"{path}: a run folder must contain best.pt")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a ferlab checkpoint: a .pt file, a run folder (its best.pt) or "default"."""
+    path = checkpoint_path(path)
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != "ferlab":
         raise ValueError(f"{path}: not a ferlab checkpoint (expected a dict with format='ferlab')")
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> tuple[torch.nn.Module, Preprocess]:
-    """Rebuild the network in eval mode and its preprocessing from a checkpoint dict."""
+def model_from_checkpoint(ckpt: dict, use_ema: bool = True,
+                          calibrated: bool = True) -> tuple[torch.nn.Module, Preprocess]:
+    """Rebuild the network in eval mode and its preprocessing from a checkpoint dict.
+
+    With `calibrated` and a fitted temperature in the checkpoint (`ferlab calibrate`), the network's logits
+    come divided by it, so its softmax gives calibrated probabilities.
+    """
     pre = Preprocess.from_dict(ckpt["preprocess"])
     model = create_model(ckpt["model"], num_classes=len(ckpt["classes"]), in_channels=pre.in_channels,
                          input_size=pre.input_size, **ckpt["model_args"])
     state = ckpt["ema_state_dict"] if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
     model.load_state_dict(state)
+    if calibrated and ckpt.get("temperature"):
+        model = TemperatureScaled(model, ckpt["temperature"])
     return model.eval(), pre

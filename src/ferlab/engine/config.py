@@ -26,7 +26,6 @@ class TrainConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     standardize: bool | None = None                  # per-face standardisation; None: the model's default
-    blur: float = 0.0                                # Gaussian sigma applied to every input face
     # data
     data: str | None = None                          # None: $FERLAB_DATA
     split: str = "official"
@@ -76,6 +75,15 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["augment"]["erase_area"] = list(d["augment"]["erase_area"])
         return d
+
+
+def config_from_saved(values: dict) -> TrainConfig:
+    """The TrainConfig a checkpoint or run folder recorded. `blur` (an evaluation blur for a degraded FER2013
+    copy, removed) is dropped where it was 0, its no-op value; any other value is refused as an unknown key."""
+    values = dict(values)
+    if not values.get("blur", 1):
+        del values["blur"]
+    return _build(TrainConfig, values)
 
 
 def _coerce_numbers(obj, prefix: str = "") -> None:

@@ -1,7 +1,6 @@
 """`ferlab eval`: score one checkpoint or an ensemble (averaged probabilities) on a split."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -9,19 +8,17 @@ import torch
 from ..data import CLASSES, load_fer2013, make_splits
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .metrics import classification_report
-from .plots import plot_confusion
+from .plots import plot_confusion, plot_reliability
 from .trainer import predict_probs_tta, resolve_device
 
 
 def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None = None, tta: bool = True,
-                         device: str = "auto", batch_size: int = 256, blur: float | None = None,
-                         tencrop: bool = False) -> dict:
+                         device: str = "auto", batch_size: int = 256, tencrop: bool = False) -> dict:
     """Evaluate checkpoints (run folders, .pt files or 'default') on `split`, averaging their probabilities.
 
     The split protocol (official / seed and its seed) comes from the first checkpoint's config, so a model
     is scored on the same held-out rows it was trained without. Returns the plain, flip-TTA ("tta") and,
     with `tencrop`, ten-crop-TTA ("tencrop") reports; the modes share their forward passes.
-    `blur` overrides the checkpoints' evaluation blur (to tune it on the validation split).
     """
     if not specs:
         raise ValueError("give at least one run folder or checkpoint to evaluate")
@@ -40,8 +37,6 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
     summed = {m: torch.zeros(len(labels), len(CLASSES)) for m in modes}
     for c in ckpts:
         model, pre = model_from_checkpoint(c)
-        if blur is not None:
-            pre = dataclasses.replace(pre, blur=blur)
         model.to(dev)
         for m, p in predict_probs_tta(model, images, pre, dev, batch_size, modes).items():
             summed[m] += p / len(ckpts)
@@ -52,9 +47,14 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
     return out
 
 
-def write_confusion(result: dict, out: Path) -> Path:
+def write_plots(result: dict, confusion: Path) -> tuple[Path, Path]:
+    """The confusion matrix at `confusion` and the reliability diagram beside it (reliability_<split>.png),
+    for the widest TTA mode evaluated."""
     key = next(k for k in ("tencrop", "tta", "plain") if k in result)
     rep, kind = result[key], {"tencrop": "ten-crop TTA", "tta": "flip TTA", "plain": "plain"}[key]
-    plot_confusion(rep["confusion"], CLASSES, out,
+    confusion = Path(confusion)
+    plot_confusion(rep["confusion"], CLASSES, confusion,
                    f"{result['split']} ({kind}): accuracy {rep['accuracy']:.2f}% over {result['n']} faces")
-    return out
+    rel = confusion.with_name(f"reliability_{result['split']}.png")
+    plot_reliability(rep["reliability"], rel, f"{result['split']} ({kind}): ECE {rep['ece']:.2f}% (15 bins)")
+    return confusion, rel

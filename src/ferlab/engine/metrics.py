@@ -1,10 +1,11 @@
-"""Classification metrics from probabilities: accuracy, per-class precision/recall/F1, confusion matrix."""
+"""Classification metrics from probabilities: accuracy, per-class precision/recall/F1, confusion matrix, ECE."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from ..data.classes import CLASSES
+from .calibration import ECE_BINS, expected_calibration_error, reliability
 
 
 def classification_report(probs: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -20,7 +21,8 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor) -> dict:
             "precision": dict(zip(CLASSES, (100 * precision).round(2).tolist())),
             "recall": dict(zip(CLASSES, (100 * recall).round(2).tolist())),
             "f1": dict(zip(CLASSES, (100 * f1).round(2).tolist())),
-            "macro_f1": float(100 * f1.mean()), "support": dict(zip(CLASSES, cm.sum(1).tolist()))}
+            "macro_f1": float(100 * f1.mean()), "support": dict(zip(CLASSES, cm.sum(1).tolist())),
+            "ece": expected_calibration_error(probs, labels), "reliability": reliability(probs, labels)}
 
 
 def format_report(rep: dict) -> str:
@@ -28,5 +30,6 @@ def format_report(rep: dict) -> str:
     for c in CLASSES:
         lines.append(f"{c:<10}{rep['precision'][c]:>10.2f}{rep['recall'][c]:>10.2f}{rep['f1'][c]:>10.2f}"
                      f"{rep['support'][c]:>10}")
-    lines.append(f"accuracy {rep['accuracy']:.2f}%   macro F1 {rep['macro_f1']:.2f}")
+    lines.append(f"accuracy {rep['accuracy']:.2f}%   macro F1 {rep['macro_f1']:.2f}   "
+                 f"ECE ({ECE_BINS} bins) {rep['ece']:.2f}%")
     return "\n".join(lines)

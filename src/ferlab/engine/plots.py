@@ -1,4 +1,4 @@
-"""PNG plots of a run: loss/accuracy curves and the confusion matrix."""
+"""PNG plots of a run: loss/accuracy curves, the confusion matrix and the reliability diagram."""
 from __future__ import annotations
 
 import csv
@@ -40,3 +40,21 @@ def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
             ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > .5 else "black")
     fig.colorbar(im, ax=ax); ax.set_title(title); fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
+
+
+def plot_reliability(bins: dict, out: Path, title: str = "") -> None:
+    """Accuracy against confidence per bin (`calibration.reliability`), bars over the diagonal of perfect
+    calibration, with the share of faces in each bin below."""
+    edges = np.asarray(bins["edges"])
+    width, left = np.diff(edges), edges[:-1]
+    count = np.asarray(bins["count"])
+    acc = np.where(count > 0, bins["accuracy"], 0)
+    conf = np.where(count > 0, bins["confidence"], 0)
+    fig, (a, b) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    a.bar(left, acc, width, align="edge", edgecolor="k", label="accuracy")
+    a.bar(left, conf - acc, width, bottom=acc, align="edge", color="tab:red", alpha=.3, label="gap to confidence")
+    a.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    a.set_ylabel("accuracy"); a.set_ylim(0, 1); a.legend(loc="upper left"); a.grid(alpha=.3); a.set_title(title)
+    b.bar(left, count / max(count.sum(), 1), width, align="edge", edgecolor="k", color="gray")
+    b.set_xlabel("confidence (top-class probability)"); b.set_ylabel("share of faces"); b.set_xlim(0, 1)
+    fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)

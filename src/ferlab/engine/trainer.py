@@ -27,7 +27,7 @@ from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, config_from_saved
 from .plots import plot_confusion, plot_curves
 
 
@@ -51,7 +51,7 @@ def build_preprocess(cfg: TrainConfig) -> Preprocess:
         mean, std = [mean[0]] * channels, [std[0]] * channels
     standardize = d.get("standardize", False) if cfg.standardize is None else cfg.standardize
     return Preprocess(cfg.input_size or d.get("input_size", 48), channels, tuple(mean), tuple(std),
-                      bool(standardize), float(cfg.blur))
+                      bool(standardize))
 
 
 def autocast(device: torch.device, precision: str):
@@ -155,8 +155,6 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
     """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s."""
     dinfo = dinfo or DistInfo()
     model.train()
-    # FER2013 Training faces already carry the blur that `pre.blur` gives every other face; don't add more.
-    train_pre = dataclasses.replace(pre, blur=0.0)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same on every rank, resumable
     perm = torch.randperm(len(labels), generator=gen)
     per_step = cfg.batch_size * dinfo.world
@@ -168,7 +166,7 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
                dynamic_ncols=True)
     for step in bar:
         idx = perm[step * per_step:(step + 1) * per_step][dinfo.rank::dinfo.world]
-        x = to_model_input(images[idx], train_pre, device)
+        x = to_model_input(images[idx], pre, device)
         x = augment(x, cfg.augment, aug_gen)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -231,25 +229,32 @@ def _tta_mode(tta: bool | str) -> str:
 
 
 @torch.no_grad()
+def predict_view_logits(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
+                        mode: str = "none", precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Logits (views, N, classes) of uint8 faces, one row per view of TTA `mode`, in `tta_views` order."""
+    mode = _tta_mode(mode)
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_model_input(images[i:i + batch_size], pre, device)
+        views = []
+        for v in tta_views(x, mode):
+            if channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                views.append(model(v).float().cpu())
+        out.append(torch.stack(views))
+    return torch.cat(out, 1) if out else torch.empty(TTA_MODES[mode], 0, len(CLASSES))
+
+
 def predict_probs_tta(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
                       modes: tuple[str, ...] = ("none",), precision: str = "fp32",
                       channels_last: bool = False) -> dict[str, torch.Tensor]:
     """Softmax probabilities (N, classes) for uint8 faces under each TTA mode, sharing forward passes."""
     modes = tuple(_tta_mode(m) for m in modes)
     widest = max(modes, key=TTA_MODES.__getitem__)
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
-    for i in range(0, len(images), batch_size):
-        x = to_model_input(images[i:i + batch_size], pre, device)
-        probs = []
-        for v in tta_views(x, widest):
-            if channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                probs.append(model(v).float().softmax(1).cpu())
-        for m in modes:
-            out[m].append(torch.stack(probs[:TTA_MODES[m]]).mean(0))
-    return {m: torch.cat(v) if v else torch.empty(0, len(CLASSES)) for m, v in out.items()}
+    probs = predict_view_logits(model, images, pre, device, batch_size, widest, precision, channels_last).softmax(-1)
+    return {m: probs[:TTA_MODES[m]].mean(0) for m in modes}
 
 
 def predict_probs(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
@@ -305,7 +310,7 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
         if not last.exists():
             raise FileNotFoundError(f"cannot resume: {last} does not exist")
         resume_ckpt = load_checkpoint(last)
-        saved = TrainConfig(**{**resume_ckpt["config"], "augment": resume_ckpt["config"]["augment"]})
+        saved = config_from_saved(resume_ckpt["config"])
         saved.data = cfg.data or saved.data  # the data may have moved; everything else is the run's own
         cfg, run_dir = saved, resume
         trained_world = resume_ckpt.get("world_size", 1)
@@ -433,15 +438,20 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
 
 def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device, n_params, wall_time_s,
                throughput) -> dict:
-    """Evaluate best.pt once on the test split, write summary.json and the plots (rank 0 alone, whole split)."""
-    from .checkpoint import model_from_checkpoint
+    """Fit best.pt's temperature on the validation split, then evaluate it once on the test split; write
+    summary.json and the plots (rank 0 alone, whole split)."""
+    from .calibration import calibrate_checkpoint, expected_calibration_error
+    from .checkpoint import model_from_checkpoint, write_checkpoint
     from .metrics import classification_report
 
-    best = load_checkpoint(run_dir / "best.pt")
+    best = calibrate_checkpoint(load_checkpoint(run_dir / "best.pt"), xva, yva, device, "flip" if cfg.tta else "none",
+                                cfg.eval_batch_size)
+    write_checkpoint(run_dir / "best.pt", best)
     model, _ = model_from_checkpoint(best)
     model.to(device)
     alone = DistInfo(env={})  # the other ranks are not evaluating: no collectives here
     te = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision, alone)
+    raw = evaluate(model.net, xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision, alone)
     rep = classification_report(te["probs"], yte)
     summary = {
         "name": run_dir.name, "model": cfg.model, "params": n_params,
@@ -452,6 +462,9 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
         "gap": best["metrics"]["train_val_acc_gap"],
         "test_accuracy": te["accuracy"], "test_per_class_recall": rep["recall"],
         "test_macro_f1": rep["macro_f1"],
+        # one temperature fitted on the validation split; ECE (15 bins) of the plain predictions on test
+        "temperature": best["temperature"], "test_ece": expected_calibration_error(te["probs"], yte),
+        "test_ece_uncalibrated": expected_calibration_error(raw["probs"], yte),
         "wall_time_s": wall_time_s, "images_per_s": float(np.mean(throughput)) if throughput else None,
         "precision": cfg.precision, "device": str(device),
     }

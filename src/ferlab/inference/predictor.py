@@ -75,14 +75,16 @@ class Predictor:
     """Detect faces and classify their expressions.
 
     model: "default", a run folder, a .pt checkpoint or a .onnx export. detector: "haar" (alias
-    "cascade"), "lbp" or "none" (the whole image is one face). Extra keyword arguments go to the detector
-    (margin, min_neighbors, relative, ...).
+    "cascade"), "lbp" or "none" (the whole image is one face). tta: average each face's probabilities with
+    its mirror image's (flip TTA, as `ferlab eval` reports and as the temperature was fitted; False halves
+    the classifier's work). Extra keyword arguments go to the detector (margin, min_neighbors, relative, ...).
     """
 
     def __init__(self, model: str | Path = "default", detector: str = "haar", device: str = "cpu",
-                 batch_size: int = 64, **detector_kwargs):
+                 batch_size: int = 64, tta: bool = True, **detector_kwargs):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tta = bool(tta)
         self.classifier = load_classifier(model, device)
         self.detector = make_detector(detector, **detector_kwargs)
         self.batch_size = batch_size
@@ -104,9 +106,14 @@ class Predictor:
 
     def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, classes) for grayscale face crops of any size, in batches."""
-        out = [self.classifier(crops_to_input(crops[i:i + self.batch_size], self.preprocess, self.device))
+        out = [self._probs(crops_to_input(crops[i:i + self.batch_size], self.preprocess, self.device))
                for i in range(0, len(crops), self.batch_size)]
         return np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
+
+    def _probs(self, x: torch.Tensor) -> np.ndarray:
+        if not self.tta:
+            return self.classifier(x)
+        return (self.classifier(x) + self.classifier(x.flip(-1))) / 2
 
     def stream(self, source, every: int = 1, errors: list | None = None, progress: bool = False,
                keep_images: bool = False) -> Iterator[tuple[Frame, list[dict]]]:

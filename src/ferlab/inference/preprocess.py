@@ -19,13 +19,8 @@ class Preprocess:
     mean: tuple[float, ...] = (0.5077,)
     std: tuple[float, ...] = (0.2166,)
     # Per-face standardisation (zero mean, unit variance per image) before the global mean/std: makes the
-    # model blind to each face's brightness and contrast. ferlab's FER2013 Training images have a lower
-    # contrast than PublicTest/PrivateTest (pixel std 52 vs 65), so a model must not depend on it.
+    # model blind to each face's brightness and contrast, which vary widely between photos and cameras.
     standardize: bool = False
-    # Gaussian sigma (pixels at input_size) applied at evaluation and inference, not to training batches:
-    # the Training faces of ferlab's FER2013 are blurred (mean gradient 0.18 vs 0.50 on PublicTest, per-face
-    # standardised) and the model must see every other face the same way. 0 = none.
-    blur: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -34,8 +29,11 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
+        if float(d.get("blur", 0.0)) > 0:  # written by ferlab <= 0.7 for a FER2013 copy with blurred Training faces
+            raise ValueError(f"this model blurs every face (sigma {d['blur']}) to match a degraded FER2013 copy "
+                             "whose Training faces were blurred; it is void: retrain it on the clean data")
         return cls(int(d["input_size"]), int(d["in_channels"]), tuple(d["mean"]), tuple(d["std"]),
-                   bool(d.get("standardize", False)), float(d.get("blur", 0.0)))
+                   bool(d.get("standardize", False)))
 
 
 def to_model_input(faces, pre: Preprocess, device: str | torch.device | None = None) -> torch.Tensor:
@@ -55,21 +53,9 @@ def to_model_input(faces, pre: Preprocess, device: str | torch.device | None = N
     if x.shape[-1] != pre.input_size or x.shape[-2] != pre.input_size:
         x = F.interpolate(x, size=(pre.input_size, pre.input_size), mode="bilinear", align_corners=False,
                           antialias=x.shape[-1] > pre.input_size)
-    if pre.blur > 0:
-        x = gaussian_blur(x, pre.blur)
     if pre.standardize:
         x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-3)
     return normalize(x.expand(-1, pre.in_channels, -1, -1), pre)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (N, 1, H, W) batch, reflect-padded."""
-    r = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
 
 
 def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:

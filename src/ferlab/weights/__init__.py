@@ -22,20 +22,14 @@ def resolve_model(spec: str | Path) -> Path:
     return default_weights() if str(spec) == "default" else Path(spec)
 
 
-def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, blur: float | None = None) -> Path:
-    """Write a run's best checkpoint as a shippable model: weights and metadata, no optimizer state.
-
-    `blur` replaces the evaluation blur (chosen on the validation split with `ferlab eval --split val --blur`).
-    """
-    import torch
-
-    from ..engine.checkpoint import load_checkpoint
+def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS) -> Path:
+    """Write a run's best checkpoint as a shippable model: weights, metadata and the temperature fitted on
+    the validation split (`ferlab calibrate`); no optimizer state."""
+    from ..engine.checkpoint import load_checkpoint, write_checkpoint
     ckpt = load_checkpoint(run)
-    ckpt = {**ckpt, "optimizer": None, "scheduler": None}
-    if blur is not None:
-        ckpt["preprocess"] = {**ckpt["preprocess"], "blur": float(blur)}
-    ckpt["source_run"] = str(run)
-    out = Path(out)
-    torch.save(ckpt, out)
-    return out
+    if not ckpt.get("temperature"):
+        raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first, so the shipped "
+                         "model's probabilities are calibrated")
+    ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run)}
+    return write_checkpoint(out, ckpt)
 

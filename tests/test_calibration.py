@@ -1,0 +1,81 @@
+"""Temperature scaling and the expected calibration error: known answers, then real runs and the CLI."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from ferlab.cli import main
+from ferlab.engine.calibration import (TemperatureScaled, expected_calibration_error, fit_temperature,
+                                       reliability)
+
+
+def test_fit_temperature_recovers_the_temperature_that_drew_the_labels():
+    gen = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(8000, 7, generator=gen)
+    for t in (0.5, 1.0, 2.5):  # labels drawn from softmax(logits / t): that t is the calibrated temperature
+        labels = torch.multinomial((logits / t).softmax(1), 1, generator=gen)[:, 0]
+        assert fit_temperature(logits, labels) == pytest.approx(t, rel=0.08)
+        # two identical views average to the same probabilities: the same temperature
+        assert fit_temperature(torch.stack([logits, logits]), labels) == pytest.approx(t, rel=0.08)
+
+
+def test_fit_temperature_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="expected logits"):
+        fit_temperature(torch.zeros(2, 5, 7), torch.zeros(4, dtype=torch.long))
+
+
+def test_ece_and_reliability_by_hand():
+    # ten faces at confidence 0.7: seven right is calibrated, four right is 30 points over-confident
+    probs = torch.tensor([[0.7, 0.3]] * 10)
+    right7 = torch.tensor([0] * 7 + [1] * 3)
+    right4 = torch.tensor([0] * 4 + [1] * 6)
+    assert expected_calibration_error(probs, right7) == pytest.approx(0.0, abs=1e-4)
+    assert expected_calibration_error(probs, right4) == pytest.approx(30.0, abs=1e-4)
+    r = reliability(probs, right4)
+    assert len(r["count"]) == 15 and sum(r["count"]) == 10 and r["count"][10] == 10  # 0.7 lies in (0.667, 0.733]
+    assert r["accuracy"][10] == pytest.approx(0.4) and r["confidence"][10] == pytest.approx(0.7)
+    # two bins: half the faces calibrated at 0.6, half 40 points under-confident at 0.6 -> ECE 20
+    probs = torch.tensor([[0.6, 0.4]] * 10 + [[0.95, 0.05]] * 10)
+    labels = torch.tensor([0] * 6 + [1] * 4 + [0] * 10)  # the 0.95 group is all right: gap 5 points
+    assert expected_calibration_error(probs, labels) == pytest.approx((0 * 10 + 5 * 10) / 20, abs=1e-4)
+
+
+def test_temperature_scaled_divides_logits_and_keeps_predictions():
+    net = torch.nn.Linear(4, 7)
+    x = torch.randn(16, 4)
+    scaled = TemperatureScaled(net, 2.0)
+    torch.testing.assert_close(scaled(x), net(x) / 2)
+    assert torch.equal(scaled(x).argmax(1), net(x).argmax(1))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        TemperatureScaled(net, 0.0)
+
+
+def test_calibrate_cli_fits_on_val_and_writes_the_checkpoint(calibrated_run, fer_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run, run)
+    before = torch.load(run / "best.pt", weights_only=True)
+    assert main(["calibrate", str(run), "--data", str(fer_folder), "--tta", "none", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    after = torch.load(run / "best.pt", weights_only=True)
+    assert f"temperature {after['temperature']:.3f}" in out and "validation split (168 faces, TTA none)" in out
+    assert after["calibration"]["tta"] == "none" and after["calibration"]["split"] == "val"
+    assert after["calibration"]["nll_after"] <= after["calibration"]["nll_before"] + 1e-9
+    for k, v in before["state_dict"].items():  # only the temperature changed
+        assert torch.equal(v, after["state_dict"][k])
+    assert main(["calibrate", "default"]) == 2
+    assert "calibrate its run folder" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path / "missing")]) == 2
+
+
+def test_package_model_needs_a_temperature_and_keeps_it(calibrated_run, tmp_path):
+    from ferlab.engine.checkpoint import load_checkpoint, write_checkpoint
+    from ferlab.weights import package_model
+    out = package_model(calibrated_run, tmp_path / "shipped.pt")
+    shipped, best = load_checkpoint(out), load_checkpoint(calibrated_run)
+    assert shipped["temperature"] == best["temperature"] and shipped["optimizer"] is None
+    raw = {k: v for k, v in best.items() if k not in ("temperature", "calibration")}
+    write_checkpoint(tmp_path / "raw.pt", raw)
+    with pytest.raises(ValueError, match="ferlab calibrate"):
+        package_model(tmp_path / "raw.pt", tmp_path / "x.pt")
