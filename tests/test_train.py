@@ -434,3 +434,32 @@ def test_cli_train_bad_override_exits_2(override, expected, fer_folder, tmp_path
     assert main(["train", str(cfg), override]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_corrupt_or_unsafe_checkpoint_is_one_clear_line(runs, tmp_path, capsys):
+    """A truncated, empty or code-carrying .pt gives one error line in predict, eval and train --resume, never
+    torch's traceback or its advice to load with weights_only=False."""
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo should-never-run",))
+
+    run, _ = runs
+    good = (run / "best.pt").read_bytes()
+    bad = {"truncated.pt": good[: len(good) // 2], "empty.pt": b"", "garbage.pt": b"not a checkpoint"}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"format": "ferlab", "x": Payload()}, tmp_path / "code.pt")
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    (resume / "last.pt").write_bytes(good[:100])
+    for name in [*bad, "code.pt"]:
+        for argv in (["predict", str(run), "--model", str(tmp_path / name), "--detector", "none"],
+                     ["eval", str(tmp_path / name)]):
+            assert main(argv) == 2, argv
+            out, err = capsys.readouterr()
+            assert err.count("\n") == 1 and "not a readable ferlab checkpoint" in err and name in err, err
+            assert "weights_only" not in err and "Traceback" not in err and "should-never-run" not in out
+    assert main(["train", "--resume", str(resume)]) == 2
+    assert "not a readable ferlab checkpoint" in capsys.readouterr().err

@@ -60,7 +60,13 @@ def checkpoint_path(spec: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a ferlab checkpoint: a .pt file, a run folder (its best.pt) or "default"."""
     path = checkpoint_path(path)
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, corrupt, or pickled code that weights_only refuses: never load it unsafely
+        # (torch's own message advises weights_only=False, which would run a stranger's code: not repeated here)
+        raise ValueError(f"{path}: not a readable ferlab checkpoint ({type(e).__name__}): it is truncated or "
+                         "corrupt, or holds pickled code, which ferlab never loads. Use a checkpoint that a "
+                         "ferlab run wrote") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "ferlab":
         raise ValueError(f"{path}: not a ferlab checkpoint (expected a dict with format='ferlab')")
     return ckpt
