@@ -463,3 +463,25 @@ def test_corrupt_or_unsafe_checkpoint_is_one_clear_line(runs, tmp_path, capsys):
             assert "weights_only" not in err and "Traceback" not in err and "should-never-run" not in out
     assert main(["train", "--resume", str(resume)]) == 2
     assert "not a readable ferlab checkpoint" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_neither_crashes_a_command_nor_stops_training(fer_folder, tmp_path):
+    """`ferlab data ... | head -1` and `ferlab train ... | head -1`: the reader is gone before ferlab prints; data
+    exits 0 without a traceback, and the training run still finishes and writes its summary."""
+    import subprocess
+    import sys
+
+    def run_with_reader_gone(argv):
+        p = subprocess.Popen([sys.executable, "-m", "ferlab.cli", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=tmp_path)
+        p.stdout.close()  # like head after its first line: every later write hits a broken pipe
+        _, err = p.communicate(timeout=300)
+        return p.returncode, err.decode()
+
+    rc, err = run_with_reader_gone(["data", str(fer_folder), "--no-cache"])
+    assert rc == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+    rc, err = run_with_reader_gone(["train", "model=simple_cnn", "input_size=48", "in_channels=1", "epochs=1",
+                                    "batch_size=32", "fraction=0.5", "device=cpu", "threads=1", "name=piped",
+                                    f"data={fer_folder}", f"out_dir={tmp_path / 'runs'}", "--no-progress"])
+    assert rc == 0 and "Traceback" not in err, err
+    assert json.loads((tmp_path / "runs" / "piped" / "summary.json").read_text())["epochs"] == 1

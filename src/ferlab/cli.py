@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 
 # ferlab.inference.detect's names and aliases, spelled out so that building the parser imports no torch
@@ -236,7 +238,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _PipeSafeStdout(io.TextIOBase):
+    """stdout that falls silent when its reader goes away (`ferlab ... | head -1`): the work goes on, unprinted,
+    instead of dying with BrokenPipeError (a training run piped into head keeps training)."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self._gone = True
+        try:  # the interpreter flushes fd 1 at exit too: point it at /dev/null so that flush has nowhere to fail
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 def main(argv: list[str] | None = None) -> int:
+    stdout, sys.stdout = sys.stdout, _PipeSafeStdout(sys.stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may sit anywhere among the options (argparse stops collecting them at a flag)
