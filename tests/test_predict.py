@@ -277,3 +277,20 @@ def test_cli_detector_choices_are_the_detectors_and_their_aliases():
     from ferlab.inference.detect import _ALIASES, DETECTORS
     assert set(DETECTOR_CHOICES) == set(DETECTORS) | set(_ALIASES)
     assert {make_detector(n).name for n in DETECTOR_CHOICES} == set(DETECTORS)
+
+
+def test_save_keeps_both_inputs_of_the_same_name(run_dir, fer_slice, tmp_path, capsys):
+    """a/face.png and b/face.png given as two inputs: two annotated files (face.png, face-2.png), two reported."""
+    from ferlab.inference.output import predict_paths
+    inputs = []
+    for sub, i in (("a", 0), ("b", 200)):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.kron(fer_slice["pixels"][i], np.ones((4, 4), np.uint8))).save(tmp_path / sub / "face.png")
+        inputs.append(str(tmp_path / sub / "face.png"))
+    out = tmp_path / "out"
+    res = predict_paths(inputs, ferlab.Predictor(run_dir, detector="none"), "jsonl", str(out), 1, progress=False)
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["face-2.png", "face.png"]
+    assert res["saved"] == [str(out / "face.png"), str(out / "face-2.png")]
+    first, second = (np.asarray(Image.open(p)) for p in res["saved"])
+    assert not np.array_equal(first, second)  # each input's own annotated copy, none overwritten

@@ -289,6 +289,11 @@ class AnnotatedWriter:
         if suffix:
             rel = rel.with_name(rel.stem + suffix)
         path = self.out_dir / rel
+        if fr.frame is None and path.suffix.lower() not in IMAGE_EXTS:
+            path = path.with_suffix(".png")
+        stem, i = path.stem, 2
+        while path in self.written:  # two inputs of the same name (a/x.jpg, b/x.jpg): x.jpg, x-2.jpg, ...
+            path, i = path.with_name(f"{stem}-{i}{path.suffix}"), i + 1
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -298,8 +303,6 @@ class AnnotatedWriter:
         if fr.frame is None:
             self.close_video()
             path = self._target(fr)
-            if path.suffix.lower() not in IMAGE_EXTS:
-                path = path.with_suffix(".png")
             Image.fromarray(img).save(path)
             self.written.append(path)
             return
