@@ -546,3 +546,24 @@ def test_data_stats_cli_is_quiet_on_clean_faces_and_warns_on_a_degraded_copy(fer
     for ln in faded.values():
         assert ln.startswith("WARNING ") and "blurrier" not in ln, ln
         assert 150 <= int(ln.split("have ")[1].split("%")[0]) <= 180, ln  # 1 / 0.6 = 167%
+
+
+def test_empty_or_missing_class_folder_is_named(fer_folder, tmp_path, capsys):
+    """train/disgust emptied and test/fear removed: `ferlab data` still reads the rest, but names each split
+    and class that has no face; training says so too."""
+    root = tmp_path / "fer2013"
+    shutil.copytree(fer_folder, root)
+    for p in (root / "train" / "disgust").iterdir():
+        p.unlink()
+    shutil.rmtree(root / "test" / "fear")
+    assert main(["data", str(root), "--no-cache"]) == 0
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("WARNING")]
+    assert warned == ["WARNING: no disgust faces in Training (an empty or missing class folder, or no such label)",
+                      "WARNING: no fear faces in PublicTest (an empty or missing class folder, or no such label)",
+                      "WARNING: no fear faces in PrivateTest (an empty or missing class folder, or no such label)"]
+    assert load_fer2013(fer_folder, cache=False).missing_classes() == []  # the real slice has every class
+
+
+def test_serve_max_pixels_zero_is_refused_not_read_as_the_default(capsys):
+    assert main(["serve", "--max-pixels", "0", "--detector", "none"]) == 2
+    assert "max_pixels must be positive" in capsys.readouterr().err

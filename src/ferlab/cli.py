@@ -47,7 +47,7 @@ def _cmd_serve(a):
 
     from .serve.app import MAX_PIXELS, create_app
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
-                     max_pixels=a.max_pixels or MAX_PIXELS)
+                     max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels)
     print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
     uvicorn.run(app, host=a.host, port=a.port)
 

@@ -66,7 +66,21 @@ class FerData:
             counts = [int(((self.labels == k) & sel).sum()) for k in range(len(CLASSES))]
             unl = int(((self.labels < 0) & sel).sum())
             lines.append(f"{name:<12}" + "".join(f"{n:>9}" for n in counts) + f"{unl:>10}{int(sel.sum()):>8}")
-        return "\n".join(lines)
+        gaps = self.missing_classes()
+        return "\n".join(lines + ([""] + gaps if gaps else []))
+
+    def missing_classes(self) -> list[str]:
+        """One WARNING line per (split, class) without a single labelled face, in splits that have labels: an
+        empty or missing class folder, or a CSV without that label. A model never learns, or is never scored
+        on, such a class."""
+        out = []
+        for u, name in enumerate(USAGES):
+            sel = (self.usage == u) & (self.labels >= 0)
+            if sel.any():
+                present = set(np.unique(self.labels[sel]).tolist())
+                out += [f"WARNING: no {c} faces in {name} (an empty or missing class folder, or no such label)"
+                        for k, c in enumerate(CLASSES) if k not in present]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

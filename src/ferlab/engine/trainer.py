@@ -6,10 +6,10 @@ epoch permutation and takes its own slice of it; metrics are summed across ranks
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -291,6 +291,8 @@ def _new_run_dir(out_dir: str, name: str) -> Path:
 
 def _load_splits(cfg: TrainConfig):
     data = load_fer2013(cfg.data)
+    for line in data.missing_classes():
+        print(line, file=sys.stderr, flush=True)
     splits = make_splits(data, cfg.split, seed=cfg.seed, fraction=cfg.fraction)
     return {k: (torch.from_numpy(s.images), torch.from_numpy(s.labels)) for k, s in splits.items()}
 
