@@ -10,7 +10,7 @@ import shutil
 import tarfile
 import zipfile
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -567,3 +567,32 @@ def test_empty_or_missing_class_folder_is_named(fer_folder, tmp_path, capsys):
 def test_serve_max_pixels_zero_is_refused_not_read_as_the_default(capsys):
     assert main(["serve", "--max-pixels", "0", "--detector", "none"]) == 2
     assert "max_pixels must be positive" in capsys.readouterr().err
+
+
+def test_16_bit_images_keep_their_brightness_everywhere(fer_folder, fer_slice, tmp_path):
+    """A real face saved as a 16-bit PNG (mode I;16, value x 257) reads back as the same 8-bit face in the dataset
+    reader, `predict`'s image reader, a PIL image handed to the Predictor, and the REST decoder; not all white."""
+    from ferlab.inference.faces import to_gray
+    from ferlab.inference.predictor import _as_array, read_image
+    from ferlab.serve.app import decode_image
+    face = fer_slice["pixels"][0]
+    wide = Image.fromarray(face.astype(np.uint16) * 257)
+    assert wide.mode.startswith("I;16")
+    buf = io.BytesIO()
+    wide.save(buf, format="PNG")
+    png16 = buf.getvalue()
+
+    root = tmp_path / "fer2013"
+    shutil.copytree(fer_folder, root)
+    name = fer_slice["names"][0]
+    (root / name).unlink()
+    (root / name).with_suffix(".png").write_bytes(png16)
+    data = load_fer2013(root, cache=False)
+    (row,) = np.flatnonzero(data.ids == str(PurePosixPath(name).with_suffix(".png")))
+    np.testing.assert_array_equal(data.images[row], face)
+
+    (tmp_path / "face16.png").write_bytes(png16)
+    np.testing.assert_array_equal(read_image(tmp_path / "face16.png")[..., 0], face)
+    np.testing.assert_array_equal(_as_array(Image.open(io.BytesIO(png16)))[..., 1], face)
+    np.testing.assert_array_equal(to_gray(Image.open(io.BytesIO(png16))), face)
+    np.testing.assert_array_equal(decode_image(png16)[..., 2], face)

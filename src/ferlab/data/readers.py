@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .classes import CLASSES, class_index
+from .images import to_8bit
 
 USAGES = ("Training", "PublicTest", "PrivateTest", "Unlabeled")
 IMAGE_SIZE = 48
@@ -220,7 +221,7 @@ def _read_csv(raw: bytes, name: str, default_usage: str | None, skip_bad: bool, 
 def _decode_image(raw: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            im = im.convert("L")
+            im = to_8bit(im).convert("L")
             if im.size != (IMAGE_SIZE, IMAGE_SIZE):
                 im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.images import to_8bit
 from .preprocess import Preprocess, to_model_input
 
 
@@ -26,7 +27,7 @@ def to_gray(image) -> np.ndarray:
     Colour goes through PIL's convert("L") (ITU-R 601 luma), the conversion that decoded FER2013's JPEGs.
     """
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+        return np.asarray(to_8bit(image).convert("L"), dtype=np.uint8)
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got dtype {a.dtype}")

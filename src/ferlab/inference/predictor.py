@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.images import to_8bit
 from .detect import make_detector
 from .faces import crop_faces, crops_to_input, to_gray
 
@@ -160,7 +161,7 @@ class Predictor:
 
 def _as_array(image) -> np.ndarray:
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(to_8bit(image).convert("RGB"))
     return np.asarray(image)
 
 
@@ -212,7 +213,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            return np.asarray(to_8bit(ImageOps.exif_transpose(im)).convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path}: cannot read as an image ({e}); expected one of "
                          f"{', '.join(sorted(IMAGE_EXTS))} or a video ({', '.join(sorted(VIDEO_EXTS))})") from e

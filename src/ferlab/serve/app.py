@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..data.images import to_8bit
 
 STATIC = Path(__file__).parent / "static"
 MAX_BYTES = 10 * 2**20          # upload limit (10 MiB)
@@ -146,7 +147,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         im.load()
         # phones store portrait photos sideways plus an EXIF rotation; faces must be upright
-        rgb = ImageOps.exif_transpose(im).convert("RGB")
+        rgb = to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
     except Exception as e:  # truncated data, bad chunk CRCs, unsupported modes: all the file's fault
         raise HTTPException(400, f"could not decode the {im.format} image (truncated or corrupt?): {e}") from None
     return np.asarray(rgb)
