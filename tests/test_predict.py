@@ -294,3 +294,47 @@ def test_save_keeps_both_inputs_of_the_same_name(run_dir, fer_slice, tmp_path, c
     assert res["saved"] == [str(out / "face.png"), str(out / "face-2.png")]
     first, second = (np.asarray(Image.open(p)) for p in res["saved"])
     assert not np.array_equal(first, second)  # each input's own annotated copy, none overwritten
+
+
+def _png_claiming(width: int, height: int, real_png: bytes) -> bytes:
+    """`real_png` with its IHDR rewritten to claim width x height (CRC fixed): a header-only pixel bomb."""
+    import struct
+    import zlib
+    assert real_png[12:16] == b"IHDR"
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + real_png[24:29]
+    return real_png[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + real_png[33:]
+
+
+def test_image_over_the_pixel_limit_is_one_unreadable_input(run_dir, fer_slice, tmp_path, capsys):
+    """A PNG claiming 20000x20000 pixels among good faces: with --keep-going every good face still gets its row
+    and its annotated copy, the bomb is listed as unreadable, and the exit is 0 (2 without --keep-going)."""
+    buf = io.BytesIO()
+    Image.fromarray(fer_slice["pixels"][0]).save(buf, format="PNG")
+    (tmp_path / "a_face.png").write_bytes(buf.getvalue())
+    (tmp_path / "b_bomb.png").write_bytes(_png_claiming(20000, 20000, buf.getvalue()))
+    Image.fromarray(fer_slice["pixels"][1]).save(tmp_path / "c_face.png")
+    inputs = [str(tmp_path / n) for n in ("a_face.png", "b_bomb.png", "c_face.png")]
+    out = tmp_path / "out"
+    for keep_going, code in ((True, 0), (False, 2)):
+        argv = ["predict", *inputs, "--model", str(run_dir), "--detector", "none", "--save", str(out / str(code)),
+                "--no-progress"] + (["--keep-going"] if keep_going else [])
+        assert main(argv) == code
+        stdout, err = capsys.readouterr()
+        rows = [json.loads(ln) for ln in stdout.splitlines()]
+        assert [Path(r["source"]).name for r in rows] == ["a_face.png", "c_face.png"]
+        assert "b_bomb.png: too many pixels" in err and "Traceback" not in err
+        assert sorted(p.name for p in (out / str(code)).iterdir()) == ["a_face.png", "c_face.png"]
+
+
+def test_dataset_reader_names_an_image_over_the_pixel_limit(fer_folder, fer_slice, tmp_path, capsys):
+    import shutil
+    root = tmp_path / "fer2013"
+    shutil.copytree(fer_folder, root)
+    buf = io.BytesIO()
+    Image.fromarray(fer_slice["pixels"][0]).save(buf, format="PNG")
+    (root / "train" / "happy" / "Training_bomb.png").write_bytes(_png_claiming(20000, 20000, buf.getvalue()))
+    assert main(["data", str(root), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "train/happy/Training_bomb.png: too many pixels" in err and "Traceback" not in err
+    assert main(["data", str(root), "--no-cache", "--skip-bad"]) == 0
+    assert "skipped bad rows: 1" in capsys.readouterr().out

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .classes import CLASSES, class_index
 from .images import to_8bit
@@ -225,7 +225,9 @@ def _decode_image(raw: bytes, where: str) -> np.ndarray:
             if im.size != (IMAGE_SIZE, IMAGE_SIZE):
                 im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL's limit
+        raise DataError(f"{where}: too many pixels for a face image ({e})") from None
+    except Exception as e:  # any decoder failure on a bad file names that file
         raise DataError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
 
 

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ..data.images import to_8bit
 from .detect import make_detector
@@ -214,7 +214,9 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(to_8bit(ImageOps.exif_transpose(im)).convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL's limit (2 x 89 MP)
+        raise ValueError(f"{path}: too many pixels to decode safely ({e})") from None
+    except Exception as e:  # any decoder failure on a bad file is that file's fault, never the run's end
         raise ValueError(f"{path}: cannot read as an image ({e}); expected one of "
                          f"{', '.join(sorted(IMAGE_EXTS))} or a video ({', '.join(sorted(VIDEO_EXTS))})") from e
 
