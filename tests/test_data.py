@@ -249,6 +249,54 @@ def test_damaged_cache_file_is_rebuilt(tmp_path, fer_slice):
     np.testing.assert_array_equal(data.images, fer_slice["pixels"][:30])
 
 
+def test_empty_cache_file_is_rebuilt_for_good(tmp_path, fer_slice):
+    """A 0-byte cache file (a kill or a full disk at the wrong moment): the load decodes again and writes a good
+    cache file, so the next load comes from the cache."""
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(20))))
+    file = cache_dir() / f"fer2013-{fingerprint(path)}.npz"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(b"")
+    np.testing.assert_array_equal(load_fer2013(path).images, fer_slice["pixels"][:20])
+    assert file.stat().st_size > 20 * 48 * 48
+    np.testing.assert_array_equal(load_fer2013(path).images, fer_slice["pixels"][:20])
+
+
+def test_unusable_cache_folder_only_warns(tmp_path, fer_slice, monkeypatch):
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(12))))
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "a_file" / "cache"))  # a path under a file
+    with pytest.warns(UserWarning, match="could not write the FER2013 array cache.*FERLAB_CACHE"):
+        data = load_fer2013(path)
+    np.testing.assert_array_equal(data.images, fer_slice["pixels"][:12])
+
+
+def test_cache_removes_leftovers_of_dead_writers_and_keeps_the_newest_entries(tmp_path, fer_slice, monkeypatch):
+    import os
+    import subprocess
+    monkeypatch.setenv("FERLAB_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    left = folder / f"fer2013-0123456789abcdef0123.{dead.pid}.tmp.npz"
+    left.write_bytes(b"x" * 1000)
+    live = folder / f"fer2013-0123456789abcdef0123.{os.getpid()}.tmp.npz"
+    live.write_bytes(b"x")
+    for i in range(cache_mod.KEEP + 2):  # older entries, oldest first
+        old = folder / f"fer2013-old{i}.npz"
+        old.write_bytes(b"x")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(8))))
+    load_fer2013(path)
+    kept = sorted(p.name for p in folder.glob("fer2013-*.npz") if not p.name.endswith(".tmp.npz"))
+    newest_old = [f"fer2013-old{i}.npz" for i in range(cache_mod.KEEP + 2)][-(cache_mod.KEEP - 1):]
+    assert kept == sorted([f"fer2013-{fingerprint(path)}.npz", *newest_old])
+    assert not left.exists() and live.exists()  # a running writer's file is left alone
+
+
 def test_data_location_from_the_environment(tmp_path, fer_slice, monkeypatch):
     path = tmp_path / "fer2013.csv"
     path.write_bytes(_csv(FER_CSV_HEADER, _rows(fer_slice, range(10))))

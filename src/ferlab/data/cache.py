@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,12 @@ from .readers import DataError, FerData, read_fer2013
 
 CACHE_VERSION = 1
 DATA_ENV = "FERLAB_DATA"
+CACHE_ENV = "FERLAB_CACHE"
+KEEP = 4  # cache files kept (about 45 MB each for the full FER2013), most recently used first
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FERLAB_CACHE", Path.home() / ".cache" / "ferlab"))
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ferlab"))
 
 
 def fingerprint(path: Path) -> str:
@@ -52,14 +54,52 @@ def load_fer2013(path: str | os.PathLike | None = None, skip_bad: bool = False, 
         try:
             with np.load(file, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return FerData(z["images"], z["labels"], z["usage"], z["ids"], meta["form"], meta["source"],
+                data = FerData(z["images"], z["labels"], z["usage"], z["ids"], meta["form"], meta["source"],
                                meta["skipped"])
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # a damaged cache file is simply rebuilt
+            os.utime(file)  # most recently used: kept by the pruning below
+            return data
+        except Exception:  # empty, truncated or foreign: a damaged cache file is simply rebuilt
+            pass
     data = read_fer2013(path, skip_bad)
+    try:
+        _write(file, data)
+    except OSError as e:  # disk full, read-only, a path under a file: the data is decoded, so carry on
+        warnings.warn(f"could not write the FER2013 array cache {file} ({e}); the data was read and is used "
+                      f"anyway, and will be decoded again next time. Set {CACHE_ENV} to a writable folder",
+                      stacklevel=2)
+    return data
+
+
+def _write(file: Path, data: FerData) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(file.parent)
     tmp = file.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: two first loads never share a file
     meta = json.dumps({"form": data.form, "source": data.source, "skipped": data.skipped})
-    np.savez(tmp, images=data.images, labels=data.labels, usage=data.usage, ids=data.ids, meta=np.array(meta))
-    os.replace(tmp, file)  # atomic: a concurrent reader never sees half a file
-    return data
+    try:
+        np.savez(tmp, images=data.images, labels=data.labels, usage=data.usage, ids=data.ids, meta=np.array(meta))
+        os.replace(tmp, file)  # atomic: a concurrent reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sweep(file.parent)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove what an interrupted write left (a *.tmp.npz of a process no longer running) and keep only the
+    KEEP most recently used cache files: an old source's entry is never read again."""
+    for tmp in folder.glob("fer2013-*.tmp.npz"):
+        pid = tmp.name.split(".")[-3]
+        if not pid.isdigit() or not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+    done = sorted(folder.glob("fer2013-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in done if not p.name.endswith(".tmp.npz")][KEEP:]:
+        old.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
