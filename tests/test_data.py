@@ -644,3 +644,21 @@ def test_16_bit_images_keep_their_brightness_everywhere(fer_folder, fer_slice, t
     np.testing.assert_array_equal(_as_array(Image.open(io.BytesIO(png16)))[..., 1], face)
     np.testing.assert_array_equal(to_gray(Image.open(io.BytesIO(png16))), face)
     np.testing.assert_array_equal(decode_image(png16)[..., 2], face)
+
+
+def test_csv_with_a_huge_field_or_bad_bytes_names_file_and_row(tmp_path, fer_slice, capsys):
+    rows = _rows(fer_slice, range(6))
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, rows[:3] + [{"emotion": 0, "pixels": "1" * (17 * 2**20), "Usage": "Training"}] + rows[3:]))
+    with pytest.raises(DataError, match=r"fer2013.csv row 5: unreadable CSV \(field larger than field limit"):
+        read_fer2013(path)
+    assert main(["data", str(path), "--skip-bad", "--no-cache"]) == 2
+    assert "fer2013.csv row 5: unreadable CSV" in capsys.readouterr().err
+
+    raw = _csv(FER_CSV_HEADER, rows)
+    at = raw.index(b"\n", raw.index(b"\n", raw.index(b"\n") + 1) + 1) + 5  # inside row 4's pixels
+    path.write_bytes(raw[:at] + b"\xff\xfe" + raw[at:])
+    with pytest.raises(DataError, match="fer2013.csv row 4: not UTF-8 text"):
+        read_fer2013(path)
+    data = read_fer2013(path, skip_bad=True)
+    assert len(data) == 5 and data.skipped == [data.skipped[0]] and "row 4: not UTF-8" in data.skipped[0]

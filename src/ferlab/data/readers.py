@@ -183,12 +183,32 @@ def _parse_label(text: str, where: str) -> int:
     return v
 
 
+def _csv_rows(reader, name: str):
+    """(row number, fields) from a csv.reader, rows counted as a spreadsheet shows them (the header is row 1).
+    A CSV the parser gives up on (a field over csv.field_size_limit()) is a DataError naming the row: where the
+    parser lost its place the rest of the file cannot be trusted, so not even --skip-bad goes on."""
+    rowno = 0
+    while True:
+        rowno += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{name} row {rowno}: unreadable CSV ({e}); a FER2013 row is about 8 KB") from None
+        yield rowno, row
+
+
 def _read_csv(raw: bytes, name: str, default_usage: str | None, skip_bad: bool, skipped: list[str]):
-    reader = csv.reader(io.StringIO(raw.decode("utf-8-sig")))
+    # undecodable bytes become U+FFFD and are reported with their row below, instead of failing the whole file
+    rows = _csv_rows(csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"))), name)
     try:
-        header = [h.strip().lower() for h in next(reader)]
+        _, header = next(rows)
     except StopIteration:
         raise DataError(f"{name}: empty CSV file") from None
+    if any("\ufffd" in h for h in header):
+        raise DataError(f"{name} row 1: the header is not UTF-8 text")
+    header = [h.strip().lower() for h in header]
     if "pixels" not in header:
         raise DataError(f"{name}: no 'pixels' column; found columns {header}")
     ip, ie = header.index("pixels"), header.index("emotion") if "emotion" in header else None
@@ -197,11 +217,13 @@ def _read_csv(raw: bytes, name: str, default_usage: str | None, skip_bad: bool, 
         raise DataError(f"{name}: no 'Usage' column; found columns {header}. Expected emotion,pixels,Usage "
                         "(fer2013.csv); a file of training rows only should be named train.csv")
     images, labels, usage, ids = [], [], [], []
-    for rowno, row in enumerate(reader, start=2):  # row numbers as a spreadsheet shows them
+    for rowno, row in rows:  # row numbers as a spreadsheet shows them
         if not row:
             continue
         where = f"{name} row {rowno}"
         try:
+            if any("\ufffd" in f for f in row):
+                raise DataError(f"{where}: not UTF-8 text (undecodable bytes); FER2013 CSVs are plain ASCII")
             if len(row) != len(header):
                 raise DataError(f"{where}: {len(row)} fields, expected {len(header)} ({', '.join(header)})")
             img = _parse_pixels(row[ip], where)
