@@ -662,3 +662,54 @@ def test_csv_with_a_huge_field_or_bad_bytes_names_file_and_row(tmp_path, fer_sli
         read_fer2013(path)
     data = read_fer2013(path, skip_bad=True)
     assert len(data) == 5 and data.skipped == [data.skipped[0]] and "row 4: not UTF-8" in data.skipped[0]
+
+
+def _deny(monkeypatch, paths: set[Path], folders: bool):
+    """Make `paths` unreadable: chmod 000 where that binds (not root), else the same PermissionError simulated
+    at the system call the reader makes (os.scandir for folders, Path.read_bytes for files)."""
+    import os
+    if os.geteuid() != 0:
+        for p in paths:
+            p.chmod(0)  # the test restores the permissions
+        return
+    if folders:
+        real = os.scandir
+
+        def scandir(path="."):
+            if Path(path) in paths:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        real_read = Path.read_bytes
+
+        def read_bytes(self):
+            if self in paths:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_read(self)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+
+def test_unreadable_folder_or_file_is_named_not_skipped_silently(fer_folder, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "fer2013"
+    shutil.copytree(fer_folder, root)
+    sad = root / "train" / "sad"
+    try:
+        _deny(monkeypatch, {sad}, folders=True)
+        assert main(["data", str(root), "--no-cache"]) == 2
+        err = capsys.readouterr().err
+        assert f"{sad}: cannot list this folder (Permission denied)" in err and "Traceback" not in err
+    finally:
+        sad.chmod(0o755)
+        monkeypatch.undo()
+
+    face = sorted((root / "train" / "happy").iterdir())[0]
+    try:
+        _deny(monkeypatch, {face}, folders=False)
+        assert main(["data", str(root), "--no-cache"]) == 2
+        err = capsys.readouterr().err
+        assert f"train/happy/{face.name}: cannot read (Permission denied)" in err and "Traceback" not in err
+        assert main(["data", str(root), "--no-cache", "--skip-bad"]) == 0
+        assert "skipped bad rows: 1" in capsys.readouterr().out
+    finally:
+        face.chmod(0o644)

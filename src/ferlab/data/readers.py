@@ -94,7 +94,7 @@ class _Source:
         self._tar_cache: dict[str, bytes] | None = None
         if path.is_dir():
             self.kind = "dir"
-            self.names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+            self.names = sorted(self._walk(path))
         elif path.name.lower().endswith(".zip"):
             self.kind = "zip"
             try:
@@ -117,9 +117,23 @@ class _Source:
         else:
             raise DataError(f"{self.label}: expected a folder, a .zip, .tar.gz or .tar archive, or a .csv file")
 
+    @staticmethod
+    def _walk(root: Path) -> list[str]:
+        """Every file under `root`, relative; a folder that cannot be listed is an error, never 0 faces."""
+        def fail(e: OSError):
+            raise DataError(f"{e.filename}: cannot list this folder ({e.strerror or e}); its faces would be "
+                            "missing from the data. Fix its permissions or remove it") from None
+        out = []
+        for folder, _, files in os.walk(root, onerror=fail):
+            out += [(Path(folder) / f).relative_to(root).as_posix() for f in files if (Path(folder) / f).is_file()]
+        return out
+
     def read(self, name: str) -> bytes:
         if self.kind == "dir":
-            return (self.path / name).read_bytes()
+            try:
+                return (self.path / name).read_bytes()
+            except OSError as e:  # unreadable file: named, and skippable with --skip-bad like a corrupt one
+                raise DataError(f"{name}: cannot read ({e.strerror or e})") from None
         if self.kind == "zip":
             return self._zip.read(name)
         return self._tar_cache[name]
@@ -286,7 +300,11 @@ def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
         form = "challenge" if path.name.lower() in ("train.csv", "test.csv") else \
             ("icml_face_data.csv" if path.name.lower() == "icml_face_data.csv" else "fer2013.csv")
         default = {"train.csv": "Training", "test.csv": "Unlabeled"}.get(path.name.lower())
-        rows = _read_csv(path.read_bytes(), path.name, default, skip_bad, skipped)
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+        rows = _read_csv(raw, path.name, default, skip_bad, skipped)
         return _assemble(rows, form, str(path), skipped)
     return _read_source(_Source(path), skip_bad)
 
