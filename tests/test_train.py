@@ -24,6 +24,7 @@ from ferlab.engine.callbacks import METRIC_KEYS
 from ferlab.engine.evaluation import evaluate_checkpoints
 from ferlab.engine.metrics import classification_report
 from ferlab.engine.report import COLUMNS
+from ferlab.engine import trainer
 from ferlab.engine.trainer import build_preprocess
 from ferlab.models import count_params
 
@@ -485,3 +486,50 @@ def test_a_closed_stdout_neither_crashes_a_command_nor_stops_training(fer_folder
                                     f"data={fer_folder}", f"out_dir={tmp_path / 'runs'}", "--no-progress"])
     assert rc == 0 and "Traceback" not in err, err
     assert json.loads((tmp_path / "runs" / "piped" / "summary.json").read_text())["epochs"] == 1
+
+
+def test_resume_after_a_kill_in_the_first_epoch_matches_the_uninterrupted_run(fer_folder, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Ctrl-C in epoch 1 (before any epoch was saved): last.pt holds epoch 0, the message says how to resume,
+    and the resumed run ends exactly where the uninterrupted one ends."""
+    kw = dict(augment=dict(hflip=0.5, rotate=5.0, erase=0.5), epochs=2)
+    straight = tmp_path / "straight" / fit(tiny_config(fer_folder, tmp_path / "straight", **kw),
+                                           progress=False)["name"]
+    real, calls = trainer.augment, [0]
+
+    def ctrl_c_in_step_2(*a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "augment", ctrl_c_in_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(fer_folder, tmp_path / "cut", **kw), progress=False)
+    monkeypatch.setattr(trainer, "augment", real)
+    cut = tmp_path / "cut" / "tiny"
+    err = capsys.readouterr().err
+    assert f"{cut / 'last.pt'} holds epoch 0 of 2. Continue with: ferlab train --resume {cut}" in err
+    assert torch.load(cut / "last.pt", weights_only=True)["epoch"] == 0
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    a, b = _rows(straight), _rows(cut)
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for k in METRIC_KEYS:
+            if k not in TIMING:
+                assert float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-4), (k, ra, rb)
+
+
+def test_resume_keeps_the_run_config_and_a_finished_run_is_left_alone(runs, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    summary = (run / "summary.json").read_text()
+    for argv, said in ((["lr=0.5"], "cannot change 'lr' when resuming"),
+                       (["epochs=9"], "cannot change 'epochs' when resuming"),
+                       ([str(run / "config.yaml")], "give a config or --resume RUN_DIR, not both")):
+        assert main(["train", *argv, "--resume", str(run)]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "threads=1", "--no-progress"]) == 0
+    assert "finished all 2 epochs already; nothing to resume" in capsys.readouterr().out
+    assert (run / "summary.json").read_text() == summary  # not redone, wall time not overwritten

@@ -32,8 +32,15 @@ def _cmd_train(a):
     if a.config and "=" in a.config and not a.config.endswith((".yaml", ".yml")):
         a.overrides = [a.config, *a.overrides]  # no config file: the defaults plus key=value overrides
         a.config = None
+    if a.resume:  # the run's own config; only where and how fast it runs may change (config.RESUME_KEYS)
+        if a.config:
+            raise ValueError(f"give a config or --resume RUN_DIR, not both: a resumed run keeps the config it was "
+                             f"started with ({a.resume}/config.yaml)")
+        fit(None, resume=a.resume, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress,
+            resume_overrides=_overrides(a))
+        return
     cfg = load_config(a.config, _overrides(a))
-    fit(cfg, resume=a.resume, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress)
+    fit(cfg, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress)
 
 
 def _cmd_sweep(a):

@@ -77,6 +77,25 @@ class TrainConfig:
         return d
 
 
+# What `ferlab train --resume RUN key=value` may change: where and how fast the run executes, never what it
+# computes (model, data split, optimisation, epochs), which would make the resumed run a different run.
+RESUME_KEYS = ("data", "device", "threads", "eval_batch_size")
+
+
+def resume_config(saved: dict, overrides: list[str] | None = None) -> TrainConfig:
+    """A run's saved config with `key=value` overrides of RESUME_KEYS only; any other key is refused by name."""
+    values = dict(saved)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. threads=2)")
+        key, text = (s.strip() for s in item.split("=", 1))
+        if key not in RESUME_KEYS:
+            raise ValueError(f"cannot change {key!r} when resuming: a resumed run keeps its own config. Only "
+                             f"{', '.join(RESUME_KEYS)} may change; start a new run for anything else")
+        values[key] = _parse_value(text)
+    return config_from_saved(values)
+
+
 def config_from_saved(values: dict) -> TrainConfig:
     """The TrainConfig a checkpoint or run folder recorded. `blur` (an evaluation blur for a degraded FER2013
     copy, removed) is dropped where it was 0, its no-op value; any other value is refused as an unknown key."""

@@ -27,7 +27,7 @@ from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_from_saved
+from .config import TrainConfig, resume_config
 from .plots import plot_confusion, plot_curves
 
 
@@ -297,11 +297,14 @@ def _load_splits(cfg: TrainConfig):
     return {k: (torch.from_numpy(s.images), torch.from_numpy(s.labels)) for k, s in splits.items()}
 
 
-def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
+def fit(cfg: TrainConfig | None, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
         wandb_project: str | None = None, progress: bool = True, run_dir: str | Path | None = None,
-        epoch_hook=None) -> dict:
+        epoch_hook=None, resume_overrides: list[str] | None = None) -> dict:
     """Train a model per `cfg` into a run folder; returns the summary (also written to summary.json).
 
+    With `resume` (a run folder), continue it from its last.pt with its own config; `cfg.data` (the data may
+    have moved) and `resume_overrides` ("key=value" for config.RESUME_KEYS) are all that may change. A run
+    whose summary.json exists is finished: its summary is returned and nothing is redone.
     epoch_hook(epoch, metrics) is called after every epoch on every rank (sweeps prune trials through it).
     """
     dinfo = DistInfo()
@@ -312,8 +315,14 @@ def fit(cfg: TrainConfig, resume: str | Path | None = None, callbacks: list[Call
         if not last.exists():
             raise FileNotFoundError(f"cannot resume: {last} does not exist")
         resume_ckpt = load_checkpoint(last)
-        saved = config_from_saved(resume_ckpt["config"])
-        saved.data = cfg.data or saved.data  # the data may have moved; everything else is the run's own
+        data = [f"data={cfg.data}"] if cfg is not None and cfg.data else []
+        saved = resume_config(resume_ckpt["config"], data + list(resume_overrides or []))
+        done = resume / "summary.json"
+        if resume_ckpt["epoch"] >= saved.epochs and done.exists():
+            if dinfo.main:
+                print(f"{resume} finished all {saved.epochs} epochs already; nothing to resume "
+                      f"(its results: {done})", flush=True)
+            return json.loads(done.read_text())
         cfg, run_dir = saved, resume
         trained_world = resume_ckpt.get("world_size", 1)
         if trained_world != dinfo.world:
@@ -402,37 +411,54 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
                     ema_state=ema.module.state_dict() if ema else None)
 
     eval_model = ema.module if ema else model
+    trained_s = resume_ckpt.get("train_time_s", 0.0) if resume_ckpt is not None else 0.0  # before this process
     t_start, throughput = time.perf_counter(), []
-    m = {}
-    for epoch in range(start, cfg.epochs + 1):
-        if dinfo.world > 1:  # dropout masks must differ between ranks; per epoch, so a resume draws the same
-            torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dinfo.rank)
-        tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
-                             progress and dinfo.main)
-        dinfo.sync_buffers(eval_model)  # each rank's last batch moved its own BN statistics: judge rank 0's model
-        va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
-                      cfg.channels_last)
-        throughput.append(tr["images_per_s"])
-        m = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "val_loss": va["loss"],
-             "val_accuracy": va["accuracy"], "train_val_acc_gap": tr["accuracy"] - va["accuracy"],
-             "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": tr["time_s"],
-             "images_per_s": tr["images_per_s"]}
-        improved = va["accuracy"] > best
-        best = max(best, va["accuracy"])
+
+    saved = [start - 1]  # the epoch last.pt holds
+
+    def save_last(epoch, metrics):
+        saved[0] = epoch
+        save_checkpoint(run_dir / "last.pt", **ckpt_kwargs(epoch, metrics), optimizer=optimizer,
+                        scheduler=scheduler, extra={"rng_state": torch.get_rng_state(), "world_size": dinfo.world,
+                                                    "train_time_s": trained_s + time.perf_counter() - t_start})
+
+    if resume_ckpt is None and dinfo.main:
+        save_last(0, {})  # epoch 0: a run killed in its first epoch resumes from its very start, not from nothing
+    m, epoch = {}, start
+    try:
+        for epoch in range(start, cfg.epochs + 1):
+            if dinfo.world > 1:  # dropout masks must differ between ranks; per epoch, so a resume draws the same
+                torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dinfo.rank)
+            tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
+                                 progress and dinfo.main)
+            dinfo.sync_buffers(eval_model)  # each rank's last batch moved its own BN statistics: judge rank 0's model
+            va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
+                          cfg.channels_last)
+            throughput.append(tr["images_per_s"])
+            m = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "val_loss": va["loss"],
+                 "val_accuracy": va["accuracy"], "train_val_acc_gap": tr["accuracy"] - va["accuracy"],
+                 "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": tr["time_s"],
+                 "images_per_s": tr["images_per_s"]}
+            improved = va["accuracy"] > best
+            best = max(best, va["accuracy"])
+            if dinfo.main:
+                for cb in cbs:
+                    cb.on_epoch_end(epoch, m)
+                if improved:  # model selection on the validation (PublicTest) split only
+                    save_checkpoint(run_dir / "best.pt", **ckpt_kwargs(epoch, m))
+                save_last(epoch, m)
+            if epoch_hook is not None:
+                epoch_hook(epoch, m)
+    except KeyboardInterrupt:
         if dinfo.main:
-            for cb in cbs:
-                cb.on_epoch_end(epoch, m)
-            if improved:  # model selection on the validation (PublicTest) split only
-                save_checkpoint(run_dir / "best.pt", **ckpt_kwargs(epoch, m))
-            save_checkpoint(run_dir / "last.pt", **ckpt_kwargs(epoch, m), optimizer=optimizer,
-                            scheduler=scheduler, extra={"rng_state": torch.get_rng_state(), "world_size": dinfo.world})
-        if epoch_hook is not None:
-            epoch_hook(epoch, m)
+            print(f"interrupted; {run_dir / 'last.pt'} holds epoch {saved[0]} of {cfg.epochs}. Continue with: "
+                  f"ferlab train --resume {run_dir}", file=sys.stderr, flush=True)
+        raise
 
     summary = {}
     if dinfo.main:
         summary = finish_run(run_dir, cfg, pre, xte, yte, xva, yva, device, n_params,
-                             wall_time_s=time.perf_counter() - t_start, throughput=throughput)
+                             wall_time_s=trained_s + time.perf_counter() - t_start, throughput=throughput)
         for cb in cbs:
             cb.on_train_end(summary)
     return dinfo.broadcast(summary)  # other ranks wait here while rank 0 tests best.pt
