@@ -188,3 +188,40 @@ def test_fuzzed_requests_never_get_a_5xx(crops_predictor):
 def test_cli_serve_refuses_a_missing_model(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_predictor, fer_slice, monkeypatch):
+    """Six clients at once: never more than `workers` uploads are decoded at a time (the others wait holding only
+    their compressed bytes), every request still succeeds, and /health answers while every decode is held."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ferlab.serve.app as app_mod
+    real, state, gate = app_mod.decode_image, {"now": 0, "peak": 0}, threading.Event()
+    lock = threading.Lock()
+
+    def held_decode(data, max_pixels):
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        gate.wait(30)
+        try:
+            return real(data, max_pixels)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(app_mod, "decode_image", held_decode)
+    face = encode(fer_slice["pixels"][0])
+    for workers in (1, 2):
+        state["peak"], gate = 0, threading.Event()
+        with TestClient(create_app(crops_predictor, workers=workers)) as c, ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(upload, c, face) for _ in range(6)]
+            while state["now"] < workers:  # the first decodes have started and are held
+                threading.Event().wait(0.01)
+            assert c.get("/health").status_code == 200  # answered while every worker is busy
+            gate.set()
+            assert [f.result().status_code for f in futures] == [200] * 6
+        assert state["peak"] == workers
+    with pytest.raises(ValueError, match="workers must be positive"):
+        create_app(crops_predictor, workers=0)

@@ -54,7 +54,7 @@ def _cmd_serve(a):
 
     from .serve.app import MAX_PIXELS, create_app
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
-                     max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels)
+                     max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers)
     print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
     uvicorn.run(app, host=a.host, port=a.port)
 
@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-mb", type=float, default=10.0, help="largest upload in MiB (default: 10; larger -> 413)")
     s.add_argument("--max-pixels", type=int,
                    help="largest image in pixels, checked before decoding (default: 40 million; larger -> 413)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="uploads decoded and analysed at once; the rest wait (default: 1). Memory for pixels is "
+                        "about workers x max-pixels x 7 bytes")
     s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a camera")

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +26,7 @@ from ..data.images import to_8bit
 STATIC = Path(__file__).parent / "static"
 MAX_BYTES = 10 * 2**20          # upload limit (10 MiB)
 MAX_PIXELS = 40_000_000         # decoded-size limit: 40 MP is 120 MB of RGB
+WORKERS = 1                     # uploads decoded and analysed at once (inference is one at a time anyway)
 # multipart framing (boundaries, part headers) on top of the file itself
 MULTIPART_SLACK = 64 * 2**10
 # formats with mature, header-first decoders; PIL's others (EPS, PSD, ...) are not worth the attack surface
@@ -67,11 +69,14 @@ class Problem(BaseModel):
 
 
 def create_app(predictor=None, *, model: str = "default", detector: str = "haar", device: str = "cpu",
-               max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
+               max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, workers: int = WORKERS) -> FastAPI:
     """The FastAPI app. `predictor` (anything with `.predict(rgb_uint8)` and `.classes`) is built from
-    `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each upload."""
-    if max_bytes < 1 or max_pixels < 1:
-        raise ValueError(f"max_bytes and max_pixels must be positive, got {max_bytes} and {max_pixels}")
+    `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each upload, and `workers`
+    the uploads decoded and analysed at once (the rest wait, holding only their compressed bytes), so the
+    pixel memory in use is at most about workers x max_pixels x 7 bytes whatever the number of clients."""
+    if max_bytes < 1 or max_pixels < 1 or workers < 1:
+        raise ValueError(f"max_bytes, max_pixels and workers must be positive, got {max_bytes}, {max_pixels} "
+                         f"and {workers}")
     max_pixels = pixel_limit(max_pixels)
     if predictor is None:
         from ..inference.predictor import Predictor
@@ -80,6 +85,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
     model_name, detector_name = _describe(predictor, model, detector)
     # one inference at a time: torch already uses every core, and the detector is not known to be thread-safe
     lock = threading.Lock()
+    limiter = anyio.CapacityLimiter(workers)  # decodes + inferences in flight; the event loop stays free
 
     app = FastAPI(title="ferlab", version=__version__,
                   description="Facial expression recognition: upload a photo, get each face's emotion.")
@@ -92,25 +98,33 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
             "detail": "expected multipart/form-data with the image in field 'file'; " + "; ".join(parts)})
 
     @app.get("/health", response_model=Health, summary="liveness and model information")
-    def health() -> Health:
+    async def health() -> Health:  # on the event loop: never queued behind uploads in the thread pool
         return Health(status="ok", model=model_name, detector=detector_name, classes=classes, max_bytes=max_bytes,
                       max_pixels=max_pixels, version=__version__)
 
     @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
               responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
-    def predict(file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo")):
+    async def predict(file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo")):
         t0 = time.perf_counter()
         _check_part_type(file.content_type)
-        data = file.file.read(max_bytes + 1)
+        data = await file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"file is larger than the {_mib(max_bytes)} limit")
         if not data:
             raise HTTPException(400, "the uploaded file is empty; expected an image")
-        rgb = decode_image(data, max_pixels)
-        with lock:
-            faces = predictor.predict(rgb)
+
+        def work():
+            try:
+                rgb = decode_image(data, max_pixels)
+                with lock:
+                    return rgb.shape[:2], predictor.predict(rgb)
+            finally:
+                rgb = None
+                _release_memory()
+
+        (height, width), faces = await anyio.to_thread.run_sync(work, limiter=limiter)
         return Prediction(
-            filename=file.filename, width=rgb.shape[1], height=rgb.shape[0], faces=[_face(f) for f in faces],
+            filename=file.filename, width=width, height=height, faces=[_face(f) for f in faces],
             message=None if faces else "no face found; try a brighter, frontal photo with the face larger in frame",
             model=model_name, classes=classes, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
 
@@ -179,6 +193,24 @@ class UploadLimit:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+def _release_memory() -> None:
+    """Hand freed pixel buffers back to the OS (glibc keeps large freed blocks in its arenas otherwise, and the
+    server's memory would stay at its peak after a burst of big uploads). A no-op where there is no glibc."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def _malloc_trim():
+    try:
+        import ctypes
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
 
 
 def pixel_limit(max_pixels: int) -> int:

@@ -1,0 +1,172 @@
+"""Load test of `ferlab serve` over loopback: throughput, latency, errors, and the server's memory.
+
+    python bench/serve_load.py [--model default] [--detector haar] [--clients 8] [--seconds 20] [--image PATH]
+
+Starts `ferlab serve` on a free loopback port, then `--clients` threads each POST the image to /v1/predict
+for `--seconds` while one more thread asks /health every 100 ms. The image defaults to the largest one the
+server accepts: a 6300x6300 PNG (39.7 MP, under the 40 MP limit) of flat grey with a few shapes, about 60 KB
+on the wire, so that decoding and detection, not the upload, is the load. The server's resident memory
+(VmRSS) is sampled every 50 ms: idle before the load, peak under it, and final after 3 s idle.
+Prints one Markdown table row (and the header with --header).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def big_png(side: int = 6300) -> bytes:
+    im = Image.fromarray(np.full((side, side), 128, np.uint8)).convert("RGB")
+    d = ImageDraw.Draw(im)
+    for i in range(12):
+        x, y = (i * 997) % (side - 600), (i * 1433) % (side - 600)
+        d.ellipse((x, y, x + 500, y + 600), fill=(200 - 10 * i, 150, 100 + 8 * i))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def multipart(data: bytes, name: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, ctype: str | None = None,
+            timeout: float = 120.0) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        status = 0
+    finally:
+        conn.close()
+    return status, time.perf_counter() - t0
+
+
+def wait_ready(port: int, proc: subprocess.Popen, limit_s: float = 120.0) -> None:
+    end = time.time() + limit_s
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ferlab serve exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        if request(port, "GET", "/health", timeout=2)[0] == 200:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"ferlab serve did not answer /health within {limit_s:.0f} s")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--detector", default="haar")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--image", help="image to upload (default: the 39.7 MP PNG described above)")
+    p.add_argument("--serve-args", default="", help="extra arguments for ferlab serve, e.g. '--workers 1'")
+    p.add_argument("--header", action="store_true", help="print the table header first")
+    a = p.parse_args()
+
+    data = Path(a.image).read_bytes() if a.image else big_png()
+    with Image.open(io.BytesIO(data)) as im:
+        size = f"{im.width}x{im.height}"
+    body, ctype = multipart(data, Path(a.image).name if a.image else "big.png")
+    port = free_port()
+    cmd = [sys.executable, "-m", "ferlab.cli", "serve", "--model", a.model, "--detector", a.detector,
+           "--port", str(port), *a.serve_args.split()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    try:
+        wait_ready(port, proc)
+        time.sleep(1.0)
+        idle = rss_mib(proc.pid)
+        peak, stop = [idle], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak.append(rss_mib(proc.pid))
+                time.sleep(0.05)
+
+        results: list[tuple[int, float]] = []
+        health: list[float] = []
+        lock = threading.Lock()
+        end = time.time() + a.seconds
+
+        def client():
+            while time.time() < end:
+                r = request(port, "POST", "/v1/predict", body, ctype)
+                with lock:
+                    results.append(r)
+
+        def health_probe():
+            while time.time() < end:
+                status, dt = request(port, "GET", "/health", timeout=30)
+                with lock:
+                    health.append(dt if status == 200 else float("inf"))
+                time.sleep(0.1)
+
+        threads = [threading.Thread(target=sample)] + [threading.Thread(target=client) for _ in range(a.clients)]
+        threads.append(threading.Thread(target=health_probe))
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads[1:]:
+            t.join()
+        wall = time.perf_counter() - t0
+        time.sleep(3.0)
+        final = rss_mib(proc.pid)
+        stop.set()
+        threads[0].join()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    ok = [dt for s, dt in results if s == 200]
+    bad = sum(1 for s, _ in results if s != 200)
+    cols = ["detector", "image", "clients", "requests/s", "p50 s", "p95 s", "p99 s", "non-200",
+            "/health p50 ms", "/health p95 ms", "/health max ms", "RSS idle MiB", "RSS peak MiB", "RSS final MiB"]
+    if a.header:
+        print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    row = [a.detector, f"{size} ({len(data) / 1024:.0f} KB)", str(a.clients), f"{len(results) / wall:.2f}",
+           f"{pct(ok, 50):.2f}", f"{pct(ok, 95):.2f}", f"{pct(ok, 99):.2f}", str(bad),
+           f"{1000 * statistics.median(health):.0f}" if health else "-", f"{1000 * pct(health, 95):.0f}",
+           f"{1000 * max(health):.0f}" if health else "-", f"{idle:.0f}", f"{max(peak):.0f}", f"{final:.0f}"]
+    print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
