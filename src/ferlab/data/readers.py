@@ -135,7 +135,11 @@ class _Source:
             except OSError as e:  # unreadable file: named, and skippable with --skip-bad like a corrupt one
                 raise DataError(f"{name}: cannot read ({e.strerror or e})") from None
         if self.kind == "zip":
-            return self._zip.read(name)
+            try:
+                return self._zip.read(name)
+            except Exception as e:  # a damaged member: bad header, CRC, compression data, encryption
+                raise DataError(f"{self.label}!{name}: cannot read this member of the zip archive "
+                                f"({type(e).__name__}: {e})") from None
         return self._tar_cache[name]
 
 
