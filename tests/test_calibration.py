@@ -79,3 +79,41 @@ def test_package_model_needs_a_temperature_and_keeps_it(calibrated_run, tmp_path
     write_checkpoint(tmp_path / "raw.pt", raw)
     with pytest.raises(ValueError, match="ferlab calibrate"):
         package_model(tmp_path / "raw.pt", tmp_path / "x.pt")
+
+
+def test_logit_adjustment_is_the_smallest_that_reaches_the_recall():
+    from ferlab.engine.calibration import TAUS, fit_logit_adjustment, recall
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    prior = torch.tensor([0.9, 0.1])
+    logits = torch.randn(1000, 2, generator=gen)
+    logits[:, 0] += 1.5  # the model leans to the frequent class: class 1 recall is low at tau 0
+    base = recall(logits.softmax(1), labels, 1)
+    tau = fit_logit_adjustment(logits[None], labels, prior, {1: 60.0})
+    adjusted = (logits - tau * prior.log()).softmax(1)
+    assert base < 60 <= recall(adjusted, labels, 1)
+    smaller = TAUS[TAUS.index(tau) - 1]
+    assert recall((logits - smaller * prior.log()).softmax(1), labels, 1) < 60  # the smallest that does it
+    with pytest.raises(ValueError, match="ask for less"):
+        fit_logit_adjustment(logits[None], labels, prior, {1: 100.0, 0: 100.0})
+
+
+def test_calibrate_cli_min_recall_stores_the_bias(calibrated_run, fer_folder, tmp_path, capsys):
+    """The CLI path end to end. The test slice is class-balanced (uniform prior, so any tau leaves the
+    decisions alone): a recall already met gives tau 0 and a zero bias, an unreachable one is refused."""
+    from ferlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run, run)
+    assert main(["calibrate", str(run), "--data", str(fer_folder), "--min-recall", "happy=1",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    ckpt = load_checkpoint(run)
+    r = ckpt["calibration"]
+    assert "logit adjustment tau 0.00" in out and r["logit_adjustment_tau"] == 0 and r["min_recall"] == {"happy": 1}
+    assert len(ckpt["logit_bias"]) == 7 and r["val_recall_after"][3] >= 1
+    model, _ = model_from_checkpoint(ckpt)
+    assert torch.allclose(model.bias, torch.tensor(ckpt["logit_bias"]))
+    assert main(["calibrate", str(run), "--data", str(fer_folder), "--min-recall", "disgust=101"]) == 2
+    assert "ask for less" in capsys.readouterr().err
+    assert main(["calibrate", str(run), "--min-recall", "disgust"]) == 2
+    assert "expected CLASS=PERCENT" in capsys.readouterr().err

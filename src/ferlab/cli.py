@@ -94,15 +94,29 @@ def _cmd_calibrate(a):
     if a.checkpoint == "default":
         raise ValueError("the packaged model is calibrated when it is packaged: calibrate its run folder, then "
                          "package it with python -m ferlab.weights RUN")
+    min_recall = {}
+    for item in a.min_recall:
+        name, _, pct = item.partition("=")
+        try:
+            min_recall[name.strip()] = float(pct)
+        except ValueError:
+            raise ValueError(f"--min-recall {item!r}: expected CLASS=PERCENT, e.g. disgust=45") from None
     path = checkpoint_path(a.checkpoint)
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
-    val = make_splits(load_fer2013(a.data or cfg.get("data")), cfg.get("split", "official"),
-                      seed=cfg.get("seed", 42))["val"]
+    splits = make_splits(load_fer2013(a.data or cfg.get("data")), cfg.get("split", "official"),
+                         seed=cfg.get("seed", 42), fraction=cfg.get("fraction", 1.0))
+    val, train = splits["val"], splits["train"]
+    prior = torch.bincount(torch.from_numpy(train.labels.astype("int64")), minlength=len(ckpt["classes"])).double()
     ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),
-                                resolve_device(a.device), a.tta)
+                                resolve_device(a.device), a.tta, min_recall=min_recall, prior=prior / prior.sum())
     write_checkpoint(path, ckpt)
     r = ckpt["calibration"]
+    if min_recall:
+        names = list(ckpt["classes"])
+        print(f"logit adjustment tau {r['logit_adjustment_tau']:.2f} (training prior), validation recall: " +
+              ", ".join(f"{c} {r['val_recall_before'][names.index(c)]:.1f} -> {r['val_recall_after'][names.index(c)]:.1f}%"
+                        for c in min_recall))
     print(f"{path}: temperature {r['temperature']:.3f}, fitted on the validation split ({r['faces']} faces, "
           f"TTA {r['tta']}): NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, "
           f"ECE {r['ece_before']:.2f}% -> {r['ece_after']:.2f}%")
@@ -195,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", default="flip", choices=["flip", "none"],
                    help="the predictions to calibrate: flip-TTA (as the Predictor makes them, default) or plain")
     s.add_argument("--device", default="auto")
+    s.add_argument("--min-recall", action="append", default=[], metavar="CLASS=PERCENT",
+                   help="also fit a logit adjustment (training-prior correction) so that CLASS reaches PERCENT "
+                        "recall on the validation split, e.g. disgust=45; repeatable")
     s.set_defaults(fn=_cmd_calibrate)
 
     s = sub.add_parser("report", help="the seed's iteration table for a set of runs, plus a comparison plot")

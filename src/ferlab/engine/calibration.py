@@ -5,6 +5,11 @@ is not right 90% of the time. Dividing the logits by one temperature T, fitted t
 log-likelihood on held-out faces, fixes most of that without changing a single prediction (Guo et al., 2017).
 The checkpoint stores T; `model_from_checkpoint` returns the network with it applied, so every consumer
 (evaluation, `Predictor`, the REST server, ONNX export) gives the same calibrated probabilities.
+
+Optionally (`ferlab calibrate --min-recall disgust=45`) a logit adjustment comes first: logits - tau x log(prior),
+with the class prior of the training split (Menon et al., 2021, "Long-tail learning via logit adjustment"). It
+moves decisions towards rare classes (FER2013 has 436 disgust faces of 28,709); tau is the smallest value on a
+grid at which every named class reaches its recall on the validation split. Then T is fitted on top of it.
 """
 from __future__ import annotations
 
@@ -16,17 +21,19 @@ ECE_BINS = 15
 
 
 class TemperatureScaled(nn.Module):
-    """`net`'s logits divided by a fixed temperature (> 1 softens over-confident probabilities)."""
+    """(`net`'s logits + a fixed per-class bias) divided by a fixed temperature (> 1 softens over-confident
+    probabilities). The bias is 0 unless a logit adjustment was fitted."""
 
-    def __init__(self, net: nn.Module, temperature: float):
+    def __init__(self, net: nn.Module, temperature: float, bias: list[float] | None = None):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.net = net
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("bias", torch.tensor(bias if bias is not None else 0.0, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) / self.temperature
+        return (self.net(x) + self.bias) / self.temperature
 
 
 def _nll(view_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
@@ -79,18 +86,63 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return 100 * sum(c * abs(a - p) for c, a, p in zip(r["count"], r["accuracy"], r["confidence"])) / n
 
 
+TAUS = tuple(round(0.05 * i, 2) for i in range(41))  # logit-adjustment strengths tried, 0 to 2
+
+
+def recall(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Recall of class k in percent."""
+    sel = labels == k
+    return float(100 * (probs[sel].argmax(1) == k).float().mean()) if sel.any() else float("nan")
+
+
+def fit_logit_adjustment(view_logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor,
+                         min_recall: dict[int, float]) -> float:
+    """The smallest tau in TAUS at which softmax(logits - tau log prior), view-averaged, gives every class k
+    in `min_recall` at least that recall (percent) on (logits, labels); ValueError if none does."""
+    log_prior = prior.double().clamp_min(1e-12).log()
+    for tau in TAUS:
+        probs = (view_logits.double() - tau * log_prior).softmax(-1).mean(0)
+        if all(recall(probs, labels, k) >= r for k, r in min_recall.items()):
+            return tau
+    raise ValueError(f"no logit adjustment up to tau={TAUS[-1]} reaches the asked recall on the validation "
+                     f"split ({min_recall}); ask for less")
+
+
 def calibrate_checkpoint(ckpt: dict, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                         tta: str = "flip", batch_size: int = 256) -> dict:
+                         tta: str = "flip", batch_size: int = 256, min_recall: dict[str, float] | None = None,
+                         prior: torch.Tensor | None = None) -> dict:
     """`ckpt` with a temperature fitted on (images, labels), the validation split, for predictions made
-    under `tta` ("none" or "flip", as the Predictor makes them), and a record of what it changed there."""
+    under `tta` ("none" or "flip", as the Predictor makes them), and a record of what it changed there.
+
+    With `min_recall` ({class name: percent}) and `prior` (the training split's class frequencies), a logit
+    adjustment -tau log(prior) is fitted first (see the module's notes) and stored as the checkpoint's
+    `logit_bias`.
+    """
     from .checkpoint import model_from_checkpoint
     from .trainer import predict_view_logits
     model, pre = model_from_checkpoint(ckpt, calibrated=False)
     logits = predict_view_logits(model.to(device), images, pre, device, batch_size, tta)
+    before = logits.softmax(-1).mean(0)
+    bias, tau = None, 0.0
+    if min_recall:
+        classes = list(ckpt["classes"])
+        unknown = [c for c in min_recall if c not in classes]
+        if unknown or prior is None:
+            raise ValueError(f"min_recall needs known classes ({', '.join(classes)}) and the training prior; "
+                             f"got {list(min_recall)}")
+        tau = fit_logit_adjustment(logits, labels, prior, {classes.index(c): r for c, r in min_recall.items()})
+        bias = (-tau * prior.double().clamp_min(1e-12).log()).float()
+        logits = logits + bias
     t = fit_temperature(logits, labels)
-    before, after = logits.softmax(-1).mean(0), (logits / t).softmax(-1).mean(0)
+    after = (logits / t).softmax(-1).mean(0)
     record = {"split": "val", "tta": tta, "faces": len(labels), "temperature": t,
-              "nll_before": _nll(logits, labels, 1.0), "nll_after": _nll(logits, labels, t),
+              "nll_before": _nll(logits if bias is None else logits - bias, labels, 1.0),
+              "nll_after": _nll(logits, labels, t),
               "ece_before": expected_calibration_error(before, labels),
-              "ece_after": expected_calibration_error(after, labels)}
-    return {**ckpt, "temperature": t, "calibration": record}
+              "ece_after": expected_calibration_error(after, labels),
+              "logit_adjustment_tau": tau, "min_recall": dict(min_recall or {}),
+              "val_recall_before": [recall(before, labels, k) for k in range(before.shape[1])],
+              "val_recall_after": [recall(after, labels, k) for k in range(after.shape[1])]}
+    out = {**ckpt, "temperature": t, "calibration": record}
+    out["logit_bias"] = bias.tolist() if bias is not None else None
+    return out

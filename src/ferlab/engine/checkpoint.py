@@ -85,5 +85,5 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True,
     state = ckpt["ema_state_dict"] if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
     model.load_state_dict(state)
     if calibrated and ckpt.get("temperature"):
-        model = TemperatureScaled(model, ckpt["temperature"])
+        model = TemperatureScaled(model, ckpt["temperature"], ckpt.get("logit_bias"))
     return model.eval(), pre
