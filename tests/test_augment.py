@@ -1,7 +1,6 @@
 """Batched augmentation on real FER2013 faces: each op does what it says, seeded, and never at evaluation."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch

@@ -22,7 +22,7 @@ import yaml
 from tqdm import tqdm
 
 from ..data import CLASSES, load_fer2013, make_splits
-from ..data.augment import AugmentConfig, augment
+from ..data.augment import augment
 from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
