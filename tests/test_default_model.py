@@ -28,6 +28,7 @@ def test_default_model_is_packaged_small_and_self_describing():
     assert {"input_size", "in_channels", "mean", "std", "standardize"} == pre.keys()  # no evaluation blur
     assert ckpt["config"]["split"] == "official"  # selected on PublicTest, never on PrivateTest
     assert ckpt["optimizer"] is None  # weights only: the training state stays in the run folder
+    assert 0.5 < ckpt["temperature"] < 2 and ckpt["calibration"]["split"] == "val"  # fitted on PublicTest
 
 
 def test_default_model_classifies_real_private_test_faces(fer_slice):
@@ -37,11 +38,13 @@ def test_default_model_classifies_real_private_test_faces(fer_slice):
     assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5)
     pred = probs.argmax(1)
     acc = (pred == labels).float().mean().item()
-    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 52% (README), 49% on this
-    # sample; chance is 14%, and the previous default (41% on all of PrivateTest) would fail this.
-    assert acc >= 0.44, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
-    happy = labels == CLASSES.index("happy")
-    assert (pred[happy] == labels[happy]).float().mean() >= 0.7  # the easiest class must be right
+    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 67.5% without TTA (README),
+    # 71.4% on this sample; chance is 14%, and the previous default (52% on all of PrivateTest, trained on the
+    # blurred copy) would fail this.
+    assert acc >= 0.64, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
+    for name, least in (("happy", 0.85), ("disgust", 0.5)):  # the easiest class, and the rarest one
+        sel = labels == CLASSES.index(name)
+        assert (pred[sel] == labels[sel]).float().mean() >= least, name
 
 
 def test_predictor_default_matches_the_checkpoint(fer_slice):
@@ -50,7 +53,7 @@ def test_predictor_default_matches_the_checkpoint(fer_slice):
     p = Predictor(model="default", detector="none")
     out = [p.predict(face.numpy())[0] for face in faces[:10]]
     model, pre = model_from_checkpoint(load_checkpoint("default"))
-    ref = predict_probs(model, faces[:10], pre, torch.device("cpu"))
+    ref = predict_probs(model, faces[:10], pre, torch.device("cpu"), tta=True)  # the Predictor's flip TTA
     for row, r in zip(out, ref):
         assert row["label"] == CLASSES[int(r.argmax())]
         assert abs(row["probs"][row["label"]] - float(r.max())) < 1e-4

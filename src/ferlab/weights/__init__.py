@@ -26,10 +26,15 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS) -> Path:
     """Write a run's best checkpoint as a shippable model: weights, metadata and the temperature fitted on
     the validation split (`ferlab calibrate`); no optimizer state."""
     from ..engine.checkpoint import load_checkpoint, write_checkpoint
+    from ..engine.config import config_from_saved
+    from ..inference.preprocess import Preprocess
     ckpt = load_checkpoint(run)
     if not ckpt.get("temperature"):
         raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first, so the shipped "
                          "model's probabilities are calibrated")
-    ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run)}
+    # preprocessing and config in their current form (a run from an older ferlab may carry removed keys)
+    ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run),
+            "preprocess": Preprocess.from_dict(ckpt["preprocess"]).to_dict(),
+            "config": config_from_saved(ckpt["config"]).to_dict()}
     return write_checkpoint(out, ckpt)
 
