@@ -12,7 +12,7 @@ help:
 	@echo "make test                         install, then run the test suite"
 	@echo "make eval-default DATA=PATH       install, then score the shipped model on PrivateTest"
 	@echo "make seed-study DATA=PATH         install, then train the seed's five iterations + report"
-	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (configs/vgg_s_cpu48.yaml, ~2 h)"
+	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (configs/vgg_s_cpu48.yaml, 1.8 h on 1 core)"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
