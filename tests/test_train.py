@@ -56,6 +56,16 @@ def _rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _assert_same_metrics(run_a: Path, run_b: Path, epochs: int = 2) -> None:
+    """Both runs logged the same per-epoch metrics (all but the timings)."""
+    a, b = _rows(run_a), _rows(run_b)
+    assert len(a) == len(b) == epochs
+    for ra, rb in zip(a, b):
+        for k in METRIC_KEYS:
+            if k not in TIMING:
+                assert float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-4), (k, ra, rb)
+
+
 def _is_png(path: Path) -> bool:
     with Image.open(path) as im:
         return im.format == "PNG" and min(im.size) > 100
@@ -236,12 +246,7 @@ def test_resume_matches_uninterrupted_run(fer_folder, tmp_path):
     summary = fit(tiny_config(None, tmp_path / "elsewhere"), resume=cut, progress=False)
     assert summary["name"] == "tiny" and not (tmp_path / "elsewhere").exists()  # the run's own config
 
-    a, b = _rows(straight), _rows(cut)
-    assert len(a) == len(b) == 2
-    for ra, rb in zip(a, b):
-        for k in METRIC_KEYS:
-            if k not in TIMING:
-                assert float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-4), (k, ra, rb)
+    _assert_same_metrics(straight, cut)
     la, lb = (torch.load(p / "last.pt", weights_only=True) for p in (straight, cut))
     for part in ("state_dict", "ema_state_dict"):
         for k, v in la[part].items():
@@ -512,12 +517,7 @@ def test_resume_after_a_kill_in_the_first_epoch_matches_the_uninterrupted_run(fe
     assert f"{cut / 'last.pt'} holds epoch 0 of 2. Continue with: ferlab train --resume {cut}" in err
     assert torch.load(cut / "last.pt", weights_only=True)["epoch"] == 0
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
-    a, b = _rows(straight), _rows(cut)
-    assert len(a) == len(b) == 2
-    for ra, rb in zip(a, b):
-        for k in METRIC_KEYS:
-            if k not in TIMING:
-                assert float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-4), (k, ra, rb)
+    _assert_same_metrics(straight, cut)
 
 
 def test_resume_keeps_the_run_config_and_a_finished_run_is_left_alone(runs, tmp_path, capsys):

@@ -85,15 +85,7 @@ def _cmd_eval(a):
 
 
 def _cmd_calibrate(a):
-    import torch
-
-    from .data import load_fer2013, make_splits
-    from .engine.calibration import calibrate_checkpoint
-    from .engine.checkpoint import checkpoint_path, load_checkpoint, write_checkpoint
-    from .engine.trainer import resolve_device
-    if a.checkpoint == "default":
-        raise ValueError("the packaged model is calibrated when it is packaged: calibrate its run folder, then "
-                         "package it with python -m ferlab.weights RUN")
+    from .engine.calibration import calibrate_run
     min_recall = {}
     for item in a.min_recall:
         name, _, pct = item.partition("=")
@@ -101,16 +93,7 @@ def _cmd_calibrate(a):
             min_recall[name.strip()] = float(pct)
         except ValueError:
             raise ValueError(f"--min-recall {item!r}: expected CLASS=PERCENT, e.g. disgust=45") from None
-    path = checkpoint_path(a.checkpoint)
-    ckpt = load_checkpoint(path)
-    cfg = ckpt["config"]
-    splits = make_splits(load_fer2013(a.data or cfg.get("data")), cfg.get("split", "official"),
-                         seed=cfg.get("seed", 42), fraction=cfg.get("fraction", 1.0))
-    val, train = splits["val"], splits["train"]
-    prior = torch.bincount(torch.from_numpy(train.labels.astype("int64")), minlength=len(ckpt["classes"])).double()
-    ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),
-                                resolve_device(a.device), a.tta, min_recall=min_recall, prior=prior / prior.sum())
-    write_checkpoint(path, ckpt)
+    path, ckpt = calibrate_run(a.checkpoint, a.data, a.device, a.tta, min_recall)
     r = ckpt["calibration"]
     if min_recall:
         names = list(ckpt["classes"])

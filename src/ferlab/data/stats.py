@@ -24,7 +24,7 @@ def split_stats(splits: dict[str, Split]) -> str:
     for name, s in splits.items():
         x = s.images.reshape(len(s.images), -1).astype(np.float32)
         sh = np.percentile(sharpness(s.images), [5, 50, 95])
-        lines.append(f"{name:<6}{len(x):>7}{x.mean():>7.1f}{x.std():>7.1f}{np.median(x.std(1)):>14.1f}"
+        lines.append(f"{name:<6}{len(x):>7}{x.mean():>7.1f}{x.std():>7.1f}{_face_contrast(s.images):>14.1f}"
                      f"{'/'.join(f'{v:.2f}' for v in sh):>24}")
     if "train" in splits and len(splits["train"].images):
         lines += [""] + compare_to_training(splits)

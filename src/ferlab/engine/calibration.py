@@ -146,3 +146,27 @@ def calibrate_checkpoint(ckpt: dict, images: torch.Tensor, labels: torch.Tensor,
     out = {**ckpt, "temperature": t, "calibration": record}
     out["logit_bias"] = bias.tolist() if bias is not None else None
     return out
+
+
+def calibrate_run(spec: str, data: str | None = None, device: str = "auto", tta: str = "flip",
+                  min_recall: dict[str, float] | None = None):
+    """`ferlab calibrate`: fit a run's (or .pt file's) temperature, and with `min_recall` its logit adjustment,
+    on the validation split of the protocol it was trained with, and write it back into that file.
+    Returns (the file, the updated checkpoint)."""
+    from ..data import load_fer2013, make_splits
+    from .checkpoint import checkpoint_path, load_checkpoint, write_checkpoint
+    from .trainer import resolve_device
+    if str(spec) == "default":
+        raise ValueError("the packaged model is calibrated when it is packaged: calibrate its run folder, then "
+                         "package it with python -m ferlab.weights RUN")
+    path = checkpoint_path(spec)
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    splits = make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
+                         seed=cfg.get("seed", 42), fraction=cfg.get("fraction", 1.0))
+    val, train = splits["val"], splits["train"]
+    prior = torch.bincount(torch.from_numpy(train.labels.astype("int64")), minlength=len(ckpt["classes"])).double()
+    ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),
+                                resolve_device(device), tta, min_recall=min_recall, prior=prior / prior.sum())
+    write_checkpoint(path, ckpt)
+    return path, ckpt

@@ -85,14 +85,11 @@ RESUME_KEYS = ("data", "device", "threads", "eval_batch_size")
 def resume_config(saved: dict, overrides: list[str] | None = None) -> TrainConfig:
     """A run's saved config with `key=value` overrides of RESUME_KEYS only; any other key is refused by name."""
     values = dict(saved)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. threads=2)")
-        key, text = (s.strip() for s in item.split("=", 1))
+    for key, value in map(_split_override, overrides or []):
         if key not in RESUME_KEYS:
             raise ValueError(f"cannot change {key!r} when resuming: a resumed run keeps its own config. Only "
                              f"{', '.join(RESUME_KEYS)} may change; start a new run for anything else")
-        values[key] = _parse_value(text)
+        values[key] = value
     return config_from_saved(values)
 
 
@@ -126,8 +123,12 @@ def _build(cls, values: dict, prefix: str = ""):
     return cls(**values)
 
 
-def _parse_value(text: str):
-    return yaml.safe_load(text)  # "1e-3" -> float, "true" -> bool, "[1, 2]" -> list
+def _split_override(item: str) -> tuple[str, object]:
+    """"key=value" -> (key, parsed value): "1e-3" -> float, "true" -> bool, "[1, 2]" -> list."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key=value (e.g. lr=0.01, augment.erase=0)")
+    key, text = item.split("=", 1)
+    return key.strip(), yaml.safe_load(text)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
@@ -146,13 +147,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     values = read_yaml_mapping(path, "config") if path is not None else {}
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. lr=0.01, augment.erase=0)")
-        key, text = item.split("=", 1)
+    for key, value in map(_split_override, overrides or []):
         target = values
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = key.split(".")
         for p in parents:
             target = target.setdefault(p, {})
-        target[leaf] = _parse_value(text)
+        target[leaf] = value
     return _build(TrainConfig, values)

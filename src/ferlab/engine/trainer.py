@@ -414,10 +414,11 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     trained_s = resume_ckpt.get("train_time_s", 0.0) if resume_ckpt is not None else 0.0  # before this process
     t_start, throughput = time.perf_counter(), []
 
-    saved = [start - 1]  # the epoch last.pt holds
+    saved = start - 1  # the epoch last.pt holds
 
     def save_last(epoch, metrics):
-        saved[0] = epoch
+        nonlocal saved
+        saved = epoch
         save_checkpoint(run_dir / "last.pt", **ckpt_kwargs(epoch, metrics), optimizer=optimizer,
                         scheduler=scheduler, extra={"rng_state": torch.get_rng_state(), "world_size": dinfo.world,
                                                     "train_time_s": trained_s + time.perf_counter() - t_start})
@@ -451,7 +452,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
                 epoch_hook(epoch, m)
     except KeyboardInterrupt:
         if dinfo.main:
-            print(f"interrupted; {run_dir / 'last.pt'} holds epoch {saved[0]} of {cfg.epochs}. Continue with: "
+            print(f"interrupted; {run_dir / 'last.pt'} holds epoch {saved} of {cfg.epochs}. Continue with: "
                   f"ferlab train --resume {run_dir}", file=sys.stderr, flush=True)
         raise
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..data.images import to_8bit
+from ..engine.trainer import tta_views
 from .detect import make_detector
 from .faces import crop_faces, crops_to_input, to_gray
 
@@ -112,9 +113,8 @@ class Predictor:
         return np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
 
     def _probs(self, x: torch.Tensor) -> np.ndarray:
-        if not self.tta:
-            return self.classifier(x)
-        return (self.classifier(x) + self.classifier(x.flip(-1))) / 2
+        views = tta_views(x, "flip" if self.tta else "none")  # the views `ferlab eval` averages
+        return np.mean([self.classifier(v) for v in views], axis=0)
 
     def stream(self, source, every: int = 1, errors: list | None = None, progress: bool = False,
                keep_images: bool = False) -> Iterator[tuple[Frame, list[dict]]]:
