@@ -714,3 +714,30 @@ def test_unreadable_folder_or_file_is_named_not_skipped_silently(fer_folder, tmp
         assert "skipped bad rows: 1" in capsys.readouterr().out
     finally:
         face.chmod(0o644)
+
+
+def test_banded_pixel_copies_equal_whole_image_conversions(fer_slice):
+    """Big images are copied out of PIL a band of rows at a time (so a server's other threads are not stalled
+    behind one long copy); the result must be exactly what one whole-image copy or conversion gives, in every
+    mode, and EXIF rotation must still be applied."""
+    from ferlab.data.images import BAND_BYTES, rgb_to_gray, to_array, upright_rgb
+    faces = fer_slice["pixels"][:64]
+    mosaic = np.concatenate([np.concatenate(list(faces[r * 8:(r + 1) * 8]), axis=1) for r in range(8)])
+    big = np.tile(mosaic, (3, 5))  # 1152 x 1920: several bands in every mode
+    rgb = np.stack([big, np.roll(big, 7, axis=1), 255 - big], axis=-1)
+    assert big.size > 2 * BAND_BYTES / 4
+    images = {"L": Image.fromarray(big), "RGB": Image.fromarray(rgb), "RGBA": Image.fromarray(rgb).convert("RGBA"),
+              "1": Image.fromarray(big).convert("1"), "P": Image.fromarray(rgb).convert("P"),
+              "F": Image.fromarray(big.astype(np.float32) / 255)}
+    for mode, im in images.items():
+        np.testing.assert_array_equal(to_array(im), np.asarray(im), err_msg=mode)
+    np.testing.assert_array_equal(rgb_to_gray(rgb), np.asarray(Image.fromarray(rgb).convert("L")))
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 270 degrees to view
+    Image.fromarray(rgb).save(buf, format="PNG", exif=exif)
+    np.testing.assert_array_equal(upright_rgb(Image.open(buf)), np.rot90(rgb, -1))
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format="PNG")
+    np.testing.assert_array_equal(upright_rgb(Image.open(buf)), np.repeat(big[..., None], 3, axis=-1))

@@ -1,9 +1,15 @@
-"""One rule for images whose channels are wider than 8 bits, shared by the dataset readers, `predict` and
-`serve`: PIL's convert("L"/"RGB") clips a 16-bit grey value to 255, so a 16-bit PNG would come out all white."""
+"""Decoded images to arrays, shared by the dataset readers, `predict` and `serve`.
+
+One rule for channels wider than 8 bits (PIL's convert("L"/"RGB") clips a 16-bit grey value to 255, so a
+16-bit PNG would come out all white), and pixel copies that never hold Python's GIL for long (a server's
+other threads, `/health` among them, would stall behind a single 120 MB copy).
+"""
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+BAND_BYTES = 1 << 20  # pixels copied per call: about a millisecond of memory traffic
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
@@ -24,3 +30,39 @@ def to_8bit(im: Image.Image) -> Image.Image:
             a = a * 255.0
         return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
     return im
+
+
+def upright_rgb(im: Image.Image) -> np.ndarray:
+    """A just-opened image -> RGB uint8 (H, W, 3), upright per its EXIF orientation (phones store photos
+    sideways plus a rotation tag), with no whole-image copy beyond the decode itself."""
+    ImageOps.exif_transpose(im, in_place=True)
+    im = to_8bit(im)
+    return to_array(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def to_array(im: Image.Image) -> np.ndarray:
+    """`np.asarray(im)`, copied a band of rows at a time.
+
+    np.asarray copies the whole image in one C call that holds the GIL (tens of milliseconds at 40 MP); bands
+    of about a megabyte let other threads run in between.
+    """
+    w, h = im.size
+    step = max(1, BAND_BYTES // (4 * w))  # no mode has more than 4 bytes a pixel
+    if step >= h:
+        return np.asarray(im)
+    first = np.asarray(im.crop((0, 0, w, step)))
+    out = np.empty((h, *first.shape[1:]), first.dtype)
+    out[:step] = first
+    for y in range(step, h, step):
+        out[y:y + step] = np.asarray(im.crop((0, y, w, min(h, y + step))))
+    return out
+
+
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> gray uint8 (H, W) by PIL's convert("L") (ITU-R 601 luma), a band at a time."""
+    h, w = rgb.shape[:2]
+    step = max(1, BAND_BYTES // max(1, 3 * w))
+    out = np.empty((h, w), np.uint8)
+    for y in range(0, h, step):
+        out[y:y + step] = np.asarray(Image.fromarray(np.ascontiguousarray(rgb[y:y + step])).convert("L"))
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import to_8bit
+from ..data.images import rgb_to_gray, to_8bit, to_array
 from .preprocess import Preprocess, to_model_input
 
 
@@ -27,7 +27,7 @@ def to_gray(image) -> np.ndarray:
     Colour goes through PIL's convert("L") (ITU-R 601 luma), the conversion that decoded FER2013's JPEGs.
     """
     if isinstance(image, Image.Image):
-        return np.asarray(to_8bit(image).convert("L"), dtype=np.uint8)
+        return to_array(to_8bit(image).convert("L"))
     a = np.asarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got dtype {a.dtype}")
@@ -36,7 +36,7 @@ def to_gray(image) -> np.ndarray:
     if a.ndim == 2:
         return np.ascontiguousarray(a)
     if a.ndim == 3 and a.shape[2] in (3, 4):
-        return np.asarray(Image.fromarray(np.ascontiguousarray(a[..., :3])).convert("L"))
+        return rgb_to_gray(a[..., :3])
     raise ValueError(f"expected an image of shape (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, got {a.shape}")
 
 

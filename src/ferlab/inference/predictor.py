@@ -15,9 +15,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..data.images import to_8bit
+from ..data.images import to_8bit, to_array, upright_rgb
 from ..engine.trainer import tta_views
 from .detect import make_detector
 from .faces import crop_faces, crops_to_input, to_gray
@@ -161,7 +161,8 @@ class Predictor:
 
 def _as_array(image) -> np.ndarray:
     if isinstance(image, Image.Image):
-        return np.asarray(to_8bit(image).convert("RGB"))
+        im = to_8bit(image)
+        return to_array(im if im.mode == "RGB" else im.convert("RGB"))
     return np.asarray(image)
 
 
@@ -213,7 +214,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with Image.open(path) as im:
-            return np.asarray(to_8bit(ImageOps.exif_transpose(im)).convert("RGB"))
+            return upright_rgb(im)
     except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL's limit (2 x 89 MP)
         raise ValueError(f"{path}: too many pixels to decode safely ({e})") from None
     except Exception as e:  # any decoder failure on a bad file is that file's fault, never the run's end

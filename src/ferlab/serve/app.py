@@ -17,11 +17,11 @@ from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..data.images import to_8bit
+from ..data.images import upright_rgb
 
 STATIC = Path(__file__).parent / "static"
 MAX_BYTES = 10 * 2**20          # upload limit (10 MiB)
@@ -78,6 +78,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
         raise ValueError(f"max_bytes, max_pixels and workers must be positive, got {max_bytes}, {max_pixels} "
                          f"and {workers}")
     max_pixels = pixel_limit(max_pixels)
+    map_big_buffers()
     if predictor is None:
         from ..inference.predictor import Predictor
         predictor = Predictor(model=model, detector=detector, device=device)
@@ -160,11 +161,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise HTTPException(400, f"image has no pixels ({w}x{h})")
     try:
         im.load()
-        # phones store portrait photos sideways plus an EXIF rotation; faces must be upright
-        rgb = to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
+        return upright_rgb(im)
     except Exception as e:  # truncated data, bad chunk CRCs, unsupported modes: all the file's fault
         raise HTTPException(400, f"could not decode the {im.format} image (truncated or corrupt?): {e}") from None
-    return np.asarray(rgb)
 
 
 class UploadLimit:
@@ -202,15 +201,29 @@ def _release_memory() -> None:
         _TRIM(0)
 
 
-def _malloc_trim():
+def _glibc():
     try:
         import ctypes
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
         return None
 
 
-_TRIM = _malloc_trim()
+_LIBC = _glibc()
+_TRIM = _LIBC.malloc_trim if _LIBC is not None else None
+M_MMAP_THRESHOLD = -3
+
+
+def map_big_buffers(threshold: int = 1 << 20) -> bool:
+    """Give every buffer over `threshold` bytes its own memory map (glibc's M_MMAP_THRESHOLD, fixed).
+
+    glibc raises that threshold after the first big free; from then on a 120 MB pixel buffer comes from the
+    heap, and PIL zeroes it while it holds the GIL: tens of milliseconds in which the event loop, `/health`
+    included, cannot run. A mapped buffer comes zeroed from the kernel and goes back to the OS when freed.
+    Process-wide; False (and nothing changed) where there is no glibc.
+    """
+    return _LIBC is not None and bool(_LIBC.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def pixel_limit(max_pixels: int) -> int:
