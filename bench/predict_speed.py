@@ -27,7 +27,7 @@ from ferlab.engine.trainer import build_preprocess
 from ferlab.inference.detect import make_detector
 from ferlab.inference.onnx import OnnxClassifier, export_onnx, real_faces
 from ferlab.inference.predictor import Predictor, expand_sources
-from ferlab.inference.preprocess import to_model_input
+from ferlab.inference.preprocess import to_model_input, to_model_pixels
 from ferlab.models import create_model
 
 
@@ -139,12 +139,14 @@ def main():
 
     ort_model = OnnxClassifier(onnx_path, threads=a.threads)
     with torch.no_grad():
-        backends = {"PyTorch": lambda x: net(x).softmax(1), "ONNX Runtime": ort_model}
+        # both from uint8 faces at the model's size: the ONNX graph holds the preprocessing, PyTorch runs it first
+        backends = {"PyTorch": lambda x: net(to_model_input(x, pre)).softmax(1), "ONNX Runtime": ort_model}
+        pixels = to_model_pixels(faces[:64], pre)
         print("\n| classifier only, per face | batch 1 (ms) | batch 64 (ms/face) |")
         print("|---|---:|---:|")
         for name, fn in backends.items():
-            one = latency(fn, to_model_input(faces[:1], pre), a.repeats)
-            many = latency(fn, to_model_input(faces[:64], pre), max(3, a.repeats // 5))
+            one = latency(fn, pixels[:1], a.repeats)
+            many = latency(fn, pixels, max(3, a.repeats // 5))
             print(f"| {name} | {1000 * one:.2f} | {1000 * many / 64:.3f} |", flush=True)
 
 

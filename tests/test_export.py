@@ -1,4 +1,5 @@
-"""ONNX export: parity with PyTorch on real faces, embedded metadata, dynamic batch, and the Predictor on .onnx."""
+"""ONNX export: a standalone graph (uint8 faces in, preprocessing inside), parity with PyTorch on synthetic and real
+faces, embedded metadata, dynamic batch, and the Predictor on .onnx."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from ferlab.cli import main
 from ferlab.data import DataError
 from ferlab.engine import load_checkpoint, model_from_checkpoint
 from ferlab.inference import onnx as ferlab_onnx
-from ferlab.inference.onnx import OnnxClassifier, export_onnx
-from ferlab.inference.preprocess import Preprocess, to_model_input
+from ferlab.inference.onnx import OnnxClassifier, export_onnx, synthetic_faces
+from ferlab.inference.preprocess import Preprocess, to_model_input, to_model_pixels
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +35,16 @@ def exported(ckpt, fer_folder, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_export_matches_pytorch_on_real_faces(exported, ckpt, fer_slice):
     path, report = exported
-    assert report["faces_checked"] == 64 and report["max_abs_diff"] <= 1e-4
-    # independently of export's own check: real faces at several batch sizes through onnxruntime
+    assert report["faces_checked"] == {"synthetic": 64, "real FER2013": 64}
+    assert max(report["max_abs_diff"].values()) <= 1e-4
+    # independently of export's own check: real uint8 faces straight into onnxruntime, no ferlab code on that side
     model, pre = model_from_checkpoint(load_checkpoint(ckpt))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 7, 50):
-        x = to_model_input(fer_slice["pixels"][-n:], pre)
+        faces = fer_slice["pixels"][-n:]
         with torch.no_grad():
-            want = model(x).softmax(1).numpy()
-        (got,) = sess.run(None, {"input": x.numpy()})
+            want = model(to_model_input(faces, pre)).softmax(1).numpy()
+        (got,) = sess.run(None, {"faces": faces})
         assert got.shape == (n, 7)
         np.testing.assert_allclose(got, want, atol=1e-4)
 
@@ -53,8 +55,11 @@ def test_metadata_carries_preprocessing_and_classes(exported, ckpt):
     c = load_checkpoint(ckpt)
     assert Preprocess.from_dict(json.loads(meta["ferlab.preprocess"])) == Preprocess.from_dict(c["preprocess"])
     assert json.loads(meta["ferlab.classes"]) == c["classes"] and meta["ferlab.model"] == "vgg_s"
-    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, 48, 48]
+    assert meta["ferlab.input"].startswith("faces: uint8 grey faces (N, 48, 48)")
+    (inp,) = onnx.load(str(path)).graph.input
+    assert inp.name == "faces" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [48, 48]
     clf = OnnxClassifier(path)
     assert clf.pre == Preprocess.from_dict(c["preprocess"]) and list(clf.classes) == c["classes"]
 
@@ -87,12 +92,31 @@ def test_cli_export_and_predict_with_onnx(ckpt, fer_folder, fer_slice, tmp_path,
     assert a["probs"] == pytest.approx(b["probs"], abs=1e-4)
 
 
-def test_export_without_data_fails_clearly(ckpt, tmp_path, monkeypatch):
+def test_export_without_data_checks_synthetic_faces(ckpt, fer_slice, tmp_path, monkeypatch):
+    """No FER2013 at hand: export still checks parity, on faces it draws itself, and the file is right on real
+    faces it never saw."""
     monkeypatch.delenv("FERLAB_DATA", raising=False)
-    c = load_checkpoint(ckpt)
-    assert c["config"]["data"] is None
-    with pytest.raises(DataError, match="real FER2013 faces"):
-        export_onnx(ckpt, tmp_path / "x.onnx")
+    report = export_onnx(ckpt, tmp_path / "x.onnx")
+    assert report["faces_checked"] == {"synthetic": 64} and report["max_abs_diff"]["synthetic"] <= 1e-4
+    model, pre = model_from_checkpoint(load_checkpoint(ckpt))
+    faces = fer_slice["pixels"][::9]
+    with torch.no_grad():
+        want = model(to_model_input(faces, pre)).softmax(1).numpy()
+    np.testing.assert_allclose(OnnxClassifier(tmp_path / "x.onnx")(faces), want, atol=1e-4)
+
+
+def test_synthetic_faces_are_fixed_and_varied():
+    a, b = synthetic_faces(32, 48), synthetic_faces(32, 48)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.uint8 and a.shape == (32, 48, 48)
+    assert a.min() < 30 and a.max() > 225  # the whole grey range
+    assert np.std(a.reshape(32, -1).mean(1)) > 15 and np.std(a.reshape(32, -1).std(1)) > 5  # brightness, contrast
+    assert not np.array_equal(synthetic_faces(4, 48, seed=1), a[:4])
+
+
+def test_export_with_a_bad_data_path_fails_before_writing(ckpt, tmp_path):
+    with pytest.raises((DataError, FileNotFoundError, ValueError), match="real FER2013 faces from --data"):
+        export_onnx(ckpt, tmp_path / "x.onnx", data=tmp_path / "nowhere.csv")
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -123,10 +147,10 @@ def test_shipped_default_model_exports_and_predicts_the_same(fer_folder, fer_sli
     its input (vgg_s at 32 px maps 2x2 to 3x3) export swaps in an equivalent matrix product; parity holds."""
     out = tmp_path / "default.onnx"
     report = export_onnx("default", out, data=fer_folder)
-    assert report["max_abs_diff"] <= 1e-4 and out.exists()
+    assert max(report["max_abs_diff"].values()) <= 1e-4 and out.exists()
     pre = load_checkpoint("default")["preprocess"]
     assert [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1:]] == [
-        pre["in_channels"], pre["input_size"], pre["input_size"]]
+        pre["input_size"], pre["input_size"]]
     faces = list(fer_slice["pixels"][:12])
     torch_probs = ferlab.Predictor("default", detector="none").predict_crops(faces)
     onnx_probs = ferlab.Predictor(str(out), detector="none").predict_crops(faces)
@@ -140,3 +164,36 @@ def test_adaptive_pool_swap_is_exact_for_any_ratio():
         x = torch.randn(2, 3, size_in, size_in + 1)
         torch.testing.assert_close(ferlab_onnx._MatmulAdaptiveAvgPool2d(size_out)(x),
                                    torch.nn.functional.adaptive_avg_pool2d(x, size_out))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_an_export_without_the_preprocessing_inside_is_refused(ckpt, tmp_path):
+    """A file from an older ferlab took normalised float input; fed uint8 faces it would be silently wrong."""
+    model, pre = model_from_checkpoint(load_checkpoint(ckpt))
+    path = tmp_path / "old.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(1, 1, 48, 48),), str(path), dynamo=False, input_names=["input"])
+    proto = onnx.load(str(path))
+    proto.metadata_props.add(key="ferlab.preprocess", value=json.dumps(pre.to_dict()))
+    proto.metadata_props.add(key="ferlab.classes", value=json.dumps(list(load_checkpoint(ckpt)["classes"])))
+    onnx.save(proto, str(path))
+    with pytest.raises(ValueError, match=r"expected uint8 grey faces .* export it again"):
+        OnnxClassifier(path)
+
+
+def test_cli_export_default_without_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FERLAB_DATA", raising=False)
+    out = tmp_path / "default.onnx"
+    assert main(["export", "default", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "on 64 synthetic faces" in printed and "real" not in printed and out.exists()
+
+
+def test_resized_crops_reach_onnx_as_rounded_pixels(fer_slice):
+    """Crops larger than the model's input are resized as `to_model_input` resizes them, then rounded: the
+    rounding moves no pixel by more than half a grey level."""
+    pre = Preprocess(input_size=32)
+    big = np.kron(fer_slice["pixels"][:4], np.ones((3, 3), np.uint8))  # 144 x 144 crops
+    px = to_model_pixels(big, pre)
+    assert px.dtype == torch.uint8 and tuple(px.shape) == (4, 32, 32)
+    exact = (to_model_input(big, Preprocess(input_size=32, mean=(0.0,), std=(1.0,))) * 255)[:, 0]
+    assert (px.float() - exact).abs().max() <= 0.5 + 1e-4

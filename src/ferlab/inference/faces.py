@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..data.images import rgb_to_gray, to_8bit, to_array
-from .preprocess import Preprocess, to_model_input
+from .preprocess import Preprocess, to_model_input, to_model_pixels
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,14 @@ def crops_to_input(crops: list[np.ndarray], pre: Preprocess, device=None) -> tor
     if not crops:
         return torch.empty(0, pre.in_channels, pre.input_size, pre.input_size, device=device)
     return torch.cat([to_model_input(c[None], pre, device) for c in crops])
+
+
+def crops_to_pixels(crops: list[np.ndarray], pre: Preprocess) -> torch.Tensor:
+    """Face crops of any sizes -> uint8 (N, S, S) through `to_model_pixels`, for a model (an ONNX export)
+    that holds the rest of the preprocessing itself."""
+    if not crops:
+        return torch.empty(0, pre.input_size, pre.input_size, dtype=torch.uint8)
+    return torch.cat([to_model_pixels(c[None], pre) for c in crops])
 
 
 def image_to_input(image, faces: list[Face], pre: Preprocess, device=None) -> torch.Tensor:

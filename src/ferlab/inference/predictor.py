@@ -20,7 +20,7 @@ from PIL import Image
 from ..data.images import to_8bit, to_array, upright_rgb
 from ..engine.trainer import tta_views
 from .detect import make_detector
-from .faces import crop_faces, crops_to_input, to_gray
+from .faces import crop_faces, crops_to_input, crops_to_pixels, to_gray
 
 log = logging.getLogger("ferlab.predict")
 
@@ -108,8 +108,11 @@ class Predictor:
 
     def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, classes) for grayscale face crops of any size, in batches."""
-        out = [self._probs(crops_to_input(crops[i:i + self.batch_size], self.preprocess, self.device))
-               for i in range(0, len(crops), self.batch_size)]
+        if getattr(self.classifier, "takes_pixels", False):  # an ONNX export: preprocessing in its graph
+            batch = lambda c: crops_to_pixels(c, self.preprocess)  # noqa: E731
+        else:
+            batch = lambda c: crops_to_input(c, self.preprocess, self.device)  # noqa: E731
+        out = [self._probs(batch(crops[i:i + self.batch_size])) for i in range(0, len(crops), self.batch_size)]
         return np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
 
     def _probs(self, x: torch.Tensor) -> np.ndarray:

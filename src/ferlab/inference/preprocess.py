@@ -49,13 +49,31 @@ def to_model_input(faces, pre: Preprocess, device: str | torch.device | None = N
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"expected grayscale faces of shape (N, H, W) or (H, W), got {tuple(x.shape)}")
-    x = x.to(device=device, dtype=torch.float32).unsqueeze(1) / 255.0
-    if x.shape[-1] != pre.input_size or x.shape[-2] != pre.input_size:
-        x = F.interpolate(x, size=(pre.input_size, pre.input_size), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > pre.input_size)
+    x = _resize(x.to(device=device, dtype=torch.float32).unsqueeze(1) / 255.0, pre.input_size)
     if pre.standardize:
         x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-3)
     return normalize(x.expand(-1, pre.in_channels, -1, -1), pre)
+
+
+def to_model_pixels(faces, pre: Preprocess) -> torch.Tensor:
+    """uint8 grayscale faces (N, H, W) -> uint8 (N, S, S): resized as `to_model_input` resizes them, then
+    rounded to whole grey levels. What an ONNX export (which holds the rest of the preprocessing) takes."""
+    x = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"expected grayscale faces of shape (N, H, W) or (H, W), got {tuple(x.shape)}")
+    if x.shape[-2:] == (pre.input_size, pre.input_size):
+        return x.to(torch.uint8)
+    x = _resize(x.to(torch.float32).unsqueeze(1) / 255.0, pre.input_size)[:, 0]
+    return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, H, W) float -> (N, 1, size, size): bilinear, antialiased when shrinking."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
 
 
 def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
