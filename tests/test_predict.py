@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_face_crops_match_a_direct_forward(predictor, run_dir, faces_dir):
 def test_contract_and_image_inputs(predictor, fer_slice):
     face = fer_slice["pixels"][0]
     (gray,) = predictor.predict(face)
-    assert set(gray) == {"source", "frame", "time_s", "box", "score", "label", "probs"}
+    assert set(gray) == {"source", "frame", "time_s", "track", "box", "score", "label", "probs"}
     assert gray["source"] is None and list(gray["probs"]) == list(predictor.classes)
     assert abs(sum(gray["probs"].values()) - 1) < 1e-5
     rgb = np.repeat(face[..., None], 3, -1)
@@ -245,9 +246,68 @@ def test_save_writes_annotated_image_and_video(run_dir, astronaut, video, tmp_pa
     capsys.readouterr()
     drawn = np.asarray(Image.open(out / "astronaut.png"))
     assert drawn.shape == astronaut.shape and (drawn != astronaut).any()
-    cap = cv2.VideoCapture(str(out / "astronaut_annotated.mp4"))
+    mp4 = out / "astronaut_annotated.mp4"
+    cap = cv2.VideoCapture(str(mp4))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2  # frames 0 and 3
     cap.release()
+    # what browsers play: H.264 in yuv420p, the index (moov) before the data (mdat) so playback starts at once
+    import imageio_ffmpeg
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(mp4)], capture_output=True,
+                           text=True, timeout=60).stderr
+    assert re.search(r"Video: h264 .*yuv420p", probe), probe
+    raw = mp4.read_bytes()
+    assert raw.index(b"moov") < raw.index(b"mdat")
+
+    # the per-video summary: one row per sampled frame, the mean of its faces' probabilities
+    rows = list(csv.DictReader(open(out / "astronaut_emotions.csv")))
+    classes = ferlab.Predictor(run_dir).classes
+    assert [(r["frame"], r["time_s"]) for r in rows] == [("0", "0.000"), ("3", "0.600")]
+    for r in rows:
+        assert int(r["faces"]) >= 1 and sum(float(r[c]) for c in classes) == pytest.approx(1, abs=1e-3)
+    timeline = Image.open(out / "astronaut_timeline.png")
+    assert timeline.size[0] > 500 and np.asarray(timeline.convert("L")).std() > 10
+
+
+def test_video_summary_matches_the_rows(run_dir, video, tmp_path, capsys):
+    """The timeline CSV is the per-frame mean of exactly the probabilities printed for that frame's faces."""
+    out = tmp_path / "out"
+    assert main(["predict", str(video), "--model", str(run_dir), "--save", str(out), "--no-progress"]) == 0
+    faces = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = list(csv.DictReader(open(out / "astronaut_emotions.csv")))
+    assert len(rows) == 6
+    for r in rows:
+        mine = [f for f in faces if f["frame"] == int(r["frame"])]
+        assert int(r["faces"]) == len(mine)
+        for c in mine[0]["probs"]:
+            assert float(r[c]) == pytest.approx(np.mean([f["probs"][c] for f in mine]), abs=1e-4)
+
+
+def test_faces_keep_their_track_id_across_frames(run_dir, video, astronaut):
+    res = ferlab.Predictor(run_dir, batch_size=4).predict(video)
+    best = {}
+    for r in res:
+        if r["frame"] not in best or r["score"] > best[r["frame"]]["score"]:
+            best[r["frame"]] = r
+    assert len(best) == 6 and len({r["track"] for r in best.values()}) == 1  # the moving face: one id
+    again = ferlab.Predictor(run_dir).predict([video, video])  # ids restart with each video
+    first = [r["track"] for r in again if r["frame"] == 0]
+    assert first[:len(first) // 2] == first[len(first) // 2:]
+    stills = ferlab.Predictor(run_dir).predict(astronaut)
+    assert stills and all(r["track"] is None for r in stills)  # photos have no tracks
+
+
+def test_iou_tracker_continues_ends_and_starts_tracks():
+    from ferlab.inference.video import IoUTracker
+    t = IoUTracker(min_iou=0.3, max_missed=2)
+    a, b = (10, 10, 50, 50), (200, 40, 60, 60)
+    assert t.update([a, b]) == [1, 2]
+    assert t.update([(b[0] + 5, *b[1:]), (a[0] + 4, a[1] + 2, 50, 50)]) == [2, 1]  # order does not matter
+    assert t.update([(b[0] + 8, *b[1:])]) == [2]     # face 1 unseen for one frame...
+    assert t.update([(b[0] + 10, *b[1:]), (a[0] + 6, a[1] + 2, 50, 50)]) == [2, 1]  # ...keeps its id
+    for _ in range(3):
+        t.update([(b[0] + 10, *b[1:])])             # face 1 unseen longer than max_missed: its track ends
+    assert t.update([(a[0] + 6, a[1] + 2, 50, 50)]) == [3]
+    assert t.update([(400, 400, 30, 30)]) == [4]   # no overlap with anything: a new track
 
 
 def test_default_model_missing_names_the_path(monkeypatch, tmp_path):

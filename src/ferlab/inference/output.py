@@ -20,17 +20,17 @@ class _Rows:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self.fmt, self.classes, self.out = fmt, classes, out
-        self.header = ["source", "frame", "time_s", "x", "y", "w", "h", "score", "label", *classes]
+        self.header = ["source", "frame", "time_s", "track", "x", "y", "w", "h", "score", "label", *classes]
         if fmt == "csv":
             self.csv = csv.writer(out)
             self.csv.writerow(self.header)
         elif fmt == "table":
-            self.widths = [24, 6, 8, 5, 5, 5, 5, 6, 9, *[max(7, len(c)) for c in classes]]
+            self.widths = [24, 6, 8, 5, 5, 5, 5, 5, 6, 9, *[max(7, len(c)) for c in classes]]
             print(self._line(self.header), file=out)
             print(self._line(["-" * w for w in self.widths]), file=out)
 
     def _line(self, cells) -> str:
-        left = (0, 8)  # source and label read better left-aligned; numbers right-aligned
+        left = (0, 9)  # source and label read better left-aligned; numbers right-aligned
         return "  ".join(f"{c:<{w}}" if i in left else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, self.widths)))
 
     def write(self, face: dict):
@@ -38,7 +38,8 @@ class _Rows:
             print(json.dumps(face), file=self.out, flush=True)
             return
         cells = [face["source"] or "", "" if face["frame"] is None else face["frame"],
-                 "" if face["time_s"] is None else f"{face['time_s']:.3f}", *face["box"], f"{face['score']:g}",
+                 "" if face["time_s"] is None else f"{face['time_s']:.3f}",
+                 "" if face.get("track") is None else face["track"], *face["box"], f"{face['score']:g}",
                  face["label"], *[f"{face['probs'][c]:.4f}" for c in self.classes]]
         if self.fmt == "csv":
             self.csv.writerow(cells)
@@ -57,7 +58,7 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
     """
     out, err = out or sys.stdout, err or sys.stderr
     rows = _Rows(fmt, predictor.classes, out)
-    writer = AnnotatedWriter(save) if save else None
+    writer = AnnotatedWriter(save, predictor.classes) if save else None
     errors: list[tuple[str, str]] = []
     n_frames = n_faces = n_empty = 0
     try:

@@ -21,6 +21,7 @@ from ..data.images import to_8bit, to_array, upright_rgb
 from ..engine.trainer import tta_views
 from .detect import make_detector
 from .faces import crop_faces, crops_to_input, crops_to_pixels, to_gray
+from .video import IoUTracker
 
 log = logging.getLogger("ferlab.predict")
 
@@ -91,6 +92,7 @@ class Predictor:
         self.detector = make_detector(detector, **detector_kwargs)
         self.batch_size = batch_size
         self.device = self.classifier.device if isinstance(self.classifier, TorchClassifier) else "cpu"
+        self._tracker, self._track_at = IoUTracker(), (None, -1)  # video faces keep an id from frame to frame
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -151,11 +153,17 @@ class Predictor:
         probs = self.predict_crops(crops)
         i = 0
         for fr, faces in pending:
+            if fr.frame is not None:
+                source, last = self._track_at
+                if fr.source != source or fr.frame <= last:  # a new video (or the same one again): new ids
+                    self._tracker = IoUTracker()
+                self._track_at = (fr.source, fr.frame)
+            tracks = self._tracker.update([f.box for f in faces]) if fr.frame is not None else [None] * len(faces)
             out = []
-            for face in faces:
+            for face, track in zip(faces, tracks):
                 p = probs[i]
                 i += 1
-                out.append({"source": fr.source, "frame": fr.frame, "time_s": fr.time_s,
+                out.append({"source": fr.source, "frame": fr.frame, "time_s": fr.time_s, "track": track,
                             "box": [int(v) for v in face.box], "score": float(face.score),
                             "label": self.classes[int(p.argmax())],
                             "probs": {c: float(v) for c, v in zip(self.classes, p)}})
@@ -270,7 +278,7 @@ def draw_faces(image: np.ndarray, faces: list[dict]) -> np.ndarray:
     for f in faces:
         x, y, w, h = f["box"]
         cv2.rectangle(out, (x, y), (x + w, y + h), (255, 64, 0), thick)
-        text = f"{f['label']} {f['probs'][f['label']]:.2f}"
+        text = (f"#{f['track']} " if f.get("track") is not None else "") + f"{f['label']} {f['probs'][f['label']]:.2f}"
         scale = max(0.4, w / 250)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4  # below the box when no room above
@@ -280,13 +288,17 @@ def draw_faces(image: np.ndarray, faces: list[dict]) -> np.ndarray:
 
 
 class AnnotatedWriter:
-    """`--save DIR`: annotated copies of images, and one annotated .mp4 per video (frames as sampled)."""
+    """`--save DIR`: annotated copies of images; per video, an annotated H.264 MP4 (frames as sampled) and its
+    summary, the emotion share over time as `<video>_emotions.csv` and `<video>_timeline.png`."""
 
-    def __init__(self, out_dir: str | Path):
+    def __init__(self, out_dir: str | Path, classes: tuple[str, ...]):
         self.out_dir = Path(out_dir)
+        self.classes = tuple(classes)
         self.written: list[Path] = []
         self._video = None
         self._video_source = None
+        self._summary = None
+        self._summary_stem: Path | None = None
 
     def _target(self, fr: Frame, suffix: str | None = None) -> Path:
         src = Path(fr.source or "image.png")
@@ -305,7 +317,7 @@ class AnnotatedWriter:
         return path
 
     def write(self, fr: Frame, faces: list[dict]):
-        import cv2
+        from .video import H264Writer, VideoSummary
         img = draw_faces(fr.image, faces)
         if fr.frame is None:
             self.close_video()
@@ -317,14 +329,18 @@ class AnnotatedWriter:
             self.close_video()
             path = self._target(fr, "_annotated.mp4")
             h, w = img.shape[:2]
-            self._video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fr.fps or 25.0, (w, h))
-            if not self._video.isOpened():
-                raise RuntimeError(f"cannot write video {path} (OpenCV VideoWriter with mp4v failed)")
+            self._video = H264Writer(path, fr.fps or 25.0, (w, h))
             self._video_source = fr.source
             self.written.append(path)
-        self._video.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            self._summary = VideoSummary(str(fr.source), self.classes)
+            self._summary_stem = path.with_name(path.name[:-len("_annotated.mp4")])
+        self._video.write(img)
+        self._summary.add(fr.frame, fr.time_s, faces)
 
     def close_video(self):
         if self._video is not None:
-            self._video.release()
-        self._video, self._video_source = None, None
+            self._video.close()
+            stem = self._summary_stem
+            self.written += self._summary.write(stem.with_name(stem.name + "_emotions.csv"),
+                                                stem.with_name(stem.name + "_timeline.png"))
+        self._video, self._video_source, self._summary = None, None, None
