@@ -225,3 +225,23 @@ def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_p
         assert state["peak"] == workers
     with pytest.raises(ValueError, match="workers must be positive"):
         create_app(crops_predictor, workers=0)
+
+
+def test_docs_work_offline(crops_predictor, monkeypatch):
+    """/docs and /redoc load their scripts from this server (the installed fastapi-offline package), never a CDN."""
+    import re
+
+    import ferlab.serve.app as app_mod
+    client = TestClient(create_app(crops_predictor))
+    for page, asset in (("/docs", "/docs-assets/swagger-ui-bundle.js"), ("/redoc", "/docs-assets/redoc.standalone.js")):
+        html = client.get(page)
+        assert html.status_code == 200 and asset in html.text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)""", html.text)
+        assert urls and all(u.startswith("/") for u in urls), urls  # nothing from another host
+        js = client.get(asset)
+        assert js.status_code == 200 and len(js.content) > 500_000
+    assert client.get("/openapi.json").json()["info"]["title"] == "ferlab"
+
+    monkeypatch.setattr(app_mod, "DOCS_ASSETS", lambda: None)
+    r = TestClient(create_app(crops_predictor)).get("/docs")
+    assert r.status_code == 503 and "pip install fastapi-offline" in r.json()["detail"]

@@ -115,3 +115,16 @@ def test_webcam_photo_is_sent_and_answered(page):
     page.wait_for_selector("#result:not([hidden]) .empty")
     assert "no face" in page.inner_text("#faces")
     assert page.locator("#camera").is_hidden() and page.locator(".box").count() == 0
+
+
+def test_api_docs_render_offline(server, page):
+    """Swagger UI renders the API's operations with every request answered by this server (no CDN)."""
+    docs = page.context.browser.new_page()  # the same browser: one Playwright per thread
+    requests = []
+    docs.on("request", lambda r: requests.append(r.url))
+    docs.goto(server + "/docs")
+    docs.wait_for_selector(".opblock", timeout=30_000)
+    paths = docs.locator(".opblock-summary-path").all_inner_texts()
+    assert {"/health", "/v1/predict"} <= {p.replace("\u200b", "") for p in paths}, paths
+    assert requests and all(u.startswith(server) for u in requests), requests
+    docs.close()

@@ -88,7 +88,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
     lock = threading.Lock()
     limiter = anyio.CapacityLimiter(workers)  # decodes + inferences in flight; the event loop stays free
 
-    app = FastAPI(title="ferlab", version=__version__,
+    app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None,
                   description="Facial expression recognition: upload a photo, get each face's emotion.")
     app.add_middleware(UploadLimit, path="/v1/predict", max_body=max_bytes + MULTIPART_SLACK)
 
@@ -135,7 +135,51 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "haar"
             "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _offline_docs(app)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from the assets inside the installed fastapi-offline package, not a CDN:
+    the API's documentation works on a machine with no internet."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    assets = DOCS_ASSETS()
+    missing = [f for f in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
+               if assets is None or not (assets / f).is_file()]
+    if missing:
+        @app.get("/docs", include_in_schema=False)
+        @app.get("/redoc", include_in_schema=False)
+        def no_docs():
+            return JSONResponse(status_code=503, content={
+                "detail": f"the API docs need the fastapi-offline package's assets (missing: {', '.join(missing)}); "
+                          "pip install fastapi-offline, or read /openapi.json"})
+        return
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/static/favicon.svg", with_google_fonts=False)
+
+
+def _fastapi_offline_assets() -> Path | None:
+    """The static folder of the installed fastapi-offline package, found without importing it."""
+    import importlib.util
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "static"
+
+
+DOCS_ASSETS = _fastapi_offline_assets  # a function, so tests can point it elsewhere
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
