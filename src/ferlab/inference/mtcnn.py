@@ -211,23 +211,30 @@ def crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     return out * inside
 
 
-def area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _cumsum0(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Cumulative sum along `axis` (2 or 3) with a leading zero, in float64."""
+    c = x.double().cumsum(axis)
+    return torch.cat([torch.zeros_like(c.narrow(axis, 0, 1)), c], axis)
+
+
+def _area_from_cumsum(c: torch.Tensor, axis: int, n: int) -> torch.Tensor:
+    """Area-average to `n` samples along `axis`, from its cumulative sum `c` (length + 1 along that axis)."""
+    length = c.shape[axis] - 1
+    pos = torch.arange(n + 1, device=c.device, dtype=torch.float64) * (length / n)
+    i = pos.floor().long().clamp(0, length - 1)
+    frac = (pos - i).view(-1, 1) if axis == 2 else (pos - i)
+    lo, hi = c.index_select(axis, i), c.index_select(axis, i + 1)
+    return (lo + (hi - lo) * frac).diff(dim=axis) * (n / length)
+
+
+def area_resize(x: torch.Tensor, size: tuple[int, int], row_cumsum: torch.Tensor | None = None) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, *size) by exact area averaging (each output pixel the coverage-weighted mean
     of the input pixels under it), as TensorFlow's AREA resize that the reference uses. Per axis: a cumulative
-    sum, read at fractional positions by linear interpolation, differenced; O(pixels), on any device. The
-    cumulative sums are float64, so their differences keep float32 precision on large images."""
-    out = x.double()
-    for axis, n in ((2, size[0]), (3, size[1])):
-        length = out.shape[axis]
-        if n == length:
-            continue
-        c = F.pad(out.cumsum(axis), (1, 0) if axis == 3 else (0, 0, 1, 0))
-        pos = torch.arange(n + 1, device=x.device, dtype=torch.float64) * (length / n)
-        i = pos.floor().long().clamp(0, length - 1)
-        frac = (pos - i).view(-1, 1) if axis == 2 else (pos - i)
-        lo, hi = c.index_select(axis, i), c.index_select(axis, i + 1)
-        out = (lo + (hi - lo) * frac).diff(dim=axis) * (n / length)
-    return out.to(x.dtype)
+    sum, read at fractional positions by linear interpolation, differenced; O(pixels), on any device. The sums
+    are float64, so their differences keep float32 precision on large images. A pyramid passes the rows'
+    cumulative sum (`_cumsum0(x, 2)`), computed once for all its levels."""
+    rows = _area_from_cumsum(_cumsum0(x, 2) if row_cumsum is None else row_cumsum, 2, size[0])
+    return _area_from_cumsum(_cumsum0(rows, 3), 3, size[1]).to(x.dtype)
 
 
 def pyramid_scales(height: int, width: int, min_face: float, factor: float = SCALE_FACTOR) -> list[float]:
@@ -294,8 +301,10 @@ class Mtcnn:
         for (h, w), members in by_shape.items():
             batch = torch.stack([tensors[i] for i in members])
             member = torch.tensor(members, device=self.device)
+            row_cumsum = _cumsum0(batch, 2)
             for s in pyramid_scales(h, w, self.min_face, self.scale_factor):
-                level = area_resize(batch, (int(h * s), int(w * s)))  # sizes truncated, as the reference's
+                # sizes truncated, as the reference's
+                level = area_resize(batch, (int(h * s), int(w * s)), row_cumsum)
                 reg, prob = self.pnet(level)
                 n, y, x = torch.nonzero(prob > self.thresholds[0], as_tuple=True)
                 if len(n) == 0:
