@@ -7,7 +7,7 @@ import os
 import sys
 
 # ferlab.inference.detect's names and aliases, spelled out so that building the parser imports no torch
-DETECTOR_CHOICES = ("haar", "cascade", "lbp", "none")
+DETECTOR_CHOICES = ("mtcnn", "haar", "cascade", "lbp", "none")
 
 
 def _cmd_data(a):
@@ -120,7 +120,9 @@ def _cmd_report(a):
 def _cmd_predict(a):
     from .inference.output import predict_paths
     from .inference.predictor import Predictor
-    options = {} if a.margin is None else {"margin": a.margin}
+    options = {k: v for k, v in (("margin", a.margin), ("min_face", a.min_face), ("align", a.align)) if v is not None}
+    if "min_face" in options and a.detector != "mtcnn":
+        raise ValueError(f"--min-face is an mtcnn option; the {a.detector} detector does not take it")
     predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size,
                           tta=not a.no_tta, **options)
     res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=not a.no_progress)
@@ -205,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
-    s.add_argument("--detector", default="haar", choices=DETECTOR_CHOICES,
-                   help="face detector: haar (OpenCV, default; alias cascade), lbp (scikit-image) or none")
+    s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES,
+                   help="face detector: mtcnn (default), haar (OpenCV; alias cascade), lbp (scikit-image) or none")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
     s.add_argument("--port", type=int, default=8000)
@@ -222,9 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", metavar="PATH",
                    help="image, folder (searched recursively), video, or a camera index such as 0")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
-    s.add_argument("--detector", default="haar", choices=DETECTOR_CHOICES,
-                   help="haar (OpenCV's cascade, default; alias cascade) or lbp (scikit-image's): find faces; "
-                        "none: each image already is one face crop")
+    s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES,
+                   help="mtcnn (default; CNNs in PyTorch, with eye landmarks), haar (OpenCV's cascade; alias "
+                        "cascade) or lbp (scikit-image's): find faces; none: each image already is one face crop")
+    s.add_argument("--min-face", type=float, default=None, metavar="PX",
+                   help="mtcnn: smallest face looked for, in pixels (default: 40; smaller is slower)")
+    s.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                   help="turn each face upright by its eyes before classifying it (mtcnn only; default: on)")
     s.add_argument("--margin", type=float, default=None,
                    help="grow each detected box by this share of its size per side (default: 0, as FER2013 crops)")
     s.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "table"], help="output (default: jsonl)")

@@ -1,11 +1,18 @@
-"""Face detection: boxes with scores on a grayscale image.
+"""Face detection: boxes, 0-1 scores and (for MTCNN) 5 landmarks in a picture.
 
-Two offline detectors, both shipped inside PyPI packages, so nothing is downloaded:
-- "haar" (the default; alias "cascade"): OpenCV 4's bundled Haar frontal-face cascade, run by OpenCV.
-  Measured on the 512x512 astronaut photo, detector alone, one core: 0.19 s against 1.09 s for "lbp".
-- "lbp": the LBP frontal-face cascade that scikit-image ships, evaluated by scikit-image. It needs no
-  OpenCV cascade support (OpenCV 5 removed it) and is the fallback there.
+Three offline detectors, each shipped inside a PyPI package, so nothing is downloaded:
+- "mtcnn" (the default): MTCNN's three CNNs, run by ferlab in PyTorch (`inference/mtcnn.py`) with the
+  trained weights the `mtcnn` package ships. Score: O-Net's face probability. Landmarks: the eyes, the nose
+  and the mouth's corners, which `faces.crop_faces` uses to turn a tilted face upright.
+- "haar" (alias "cascade"): OpenCV 4's bundled Haar frontal-face cascade. Score: agreeing windows.
+- "lbp": the LBP frontal-face cascade that scikit-image ships. Score: agreeing windows. It needs no OpenCV
+  cascade support (OpenCV 5 removed it).
 `detector="none"` treats the whole image as one face, for inputs that already are face crops.
+
+No detector looks at colour, so none depends on the caller's channel order (RGB from PIL, BGR from
+OpenCV): the cascades see the grayscale picture, MTCNN the mean of the three channels (a grey picture
+given as (H, W) or as RGB is the same input to it). An earlier skin-chrominance check on the cascades'
+faces is gone: it assumed RGB, failed under coloured light, and a CNN detector needs no colour rule.
 
 A box is [x, y, w, h] in pixels of the input image. Detector boxes are made square and may be grown by
 `margin`, so that a crop frames a face the way FER2013's tight square crops do.
@@ -19,12 +26,49 @@ from PIL import Image
 
 from .faces import Face, square_box
 
-DETECTORS = ("haar", "lbp", "none")
+DETECTORS = ("mtcnn", "haar", "lbp", "none")
 _ALIASES = {"cascade": "haar"}
 
 # Measured on FER2013 itself (`python bench/predict_speed.py --fer-margin`): on 400 FER2013 faces padded
-# with their border, the cascade's box has about the crop's own side (median ratio 0.97, margin 0.016).
+# with their border, each detector's squared box has about the crop's own side and centre (median side ratio:
+# mtcnn 1.05, haar and lbp 0.98; centres within 0.01 of the side), so no margin is added.
 FER_MARGIN = 0.0
+
+
+class MtcnnDetector:
+    """Faces, 0-1 scores and 5 landmarks from MTCNN (`inference/mtcnn.py`), on CPU or CUDA.
+
+    MTCNN is given the mean of the picture's three channels (or the grey picture), so that RGB and BGR give
+    the same faces. `min_face` (pixels) is the smallest face looked for: the image pyramid starts where such a
+    face fills P-Net's 12-pixel window, so raising it skips the largest, costliest levels. The default, 40,
+    is near the classifier's 48-pixel input (smaller faces are upscaled blur) and halves the time of
+    MTCNN's usual 20. Boxes are squared about their centre (MTCNN's are taller than wide) and grown by `margin`.
+    """
+
+    name = "mtcnn"
+
+    def __init__(self, margin: float = FER_MARGIN, min_face: float = 40,
+                 thresholds=None, device: str = "cpu"):
+        from .mtcnn import THRESHOLDS, Mtcnn
+        self._mtcnn = Mtcnn(device, min_face=min_face, thresholds=thresholds or THRESHOLDS)
+        self.margin, self.min_face = margin, min_face
+
+    def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
+        """Faces in the picture: `rgb` (any channel order) when given, else `gray`."""
+        if rgb is not None and rgb.ndim == 3 and rgb.shape[2] >= 3:
+            # uint8 sums are exact in float32, so the mean does not depend on the channels' order
+            plane = rgb[..., :3].astype(np.float32).sum(-1) / 3
+        else:
+            plane = np.asarray(gray, np.float32)
+        if min(plane.shape) < 12:
+            return []
+        found = self._mtcnn(plane)
+        h, w = plane.shape
+        faces = []
+        for (x1, y1, x2, y2), score, marks in zip(found["boxes"], found["scores"], found["landmarks"]):
+            box = square_box((x1, y1, x2 - x1, y2 - y1), self.margin, w, h)
+            faces.append(Face(box, float(score), tuple((float(x), float(y)) for x, y in marks)))
+        return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
 
 
 class WholeImage:
@@ -36,12 +80,9 @@ class WholeImage:
         return [Face((0, 0, gray.shape[1], gray.shape[0]), 1.0)]
 
 
-def _filter_faces(groups, gray_shape, rgb, margin: float, relative: float, min_skin: float) -> list[Face]:
-    """Skin check (colour pictures), the relative-score floor, squaring; faces sorted left to right."""
+def _filter_faces(groups, gray_shape, margin: float, relative: float) -> list[Face]:
+    """The relative-score floor, squaring; faces sorted left to right."""
     h, w = gray_shape
-    skin = _skin_mask(rgb) if rgb is not None and min_skin > 0 else None
-    if skin is not None:
-        groups = [g for g in groups if _central_share(skin, g[0]) >= min_skin]
     floor = relative * max((votes for _, votes in groups), default=0)
     faces = [Face(square_box(tuple(box), margin, w, h), float(votes)) for box, votes in groups if votes >= floor]
     return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
@@ -59,13 +100,13 @@ class HaarDetector:
     """Frontal faces from OpenCV's bundled Haar cascade; score = number of agreeing windows (minNeighbors).
 
     The picture is histogram-equalised (the cascade was trained on equalised faces) and searched at
-    `max_side` pixels at most; then the same skin and relative-score checks as `LbpDetector` follow.
+    `max_side` pixels at most; then the same relative-score check as `LbpDetector` follows.
     """
 
     name = "haar"
 
     def __init__(self, margin: float = FER_MARGIN, min_neighbors: int = 5, relative: float = 0.5,
-                 min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 640,
+                 scale_factor: float = 1.1, min_size: int = 24, max_side: int = 640,
                  cascade: str = "haarcascade_frontalface_default.xml"):
         import cv2
         if not hasattr(cv2, "CascadeClassifier"):
@@ -76,7 +117,7 @@ class HaarDetector:
         if self._cascade.empty():
             raise RuntimeError(f"could not load the Haar cascade {path}")
         self._cv2 = cv2
-        self.margin, self.min_neighbors, self.relative, self.min_skin = margin, min_neighbors, relative, min_skin
+        self.margin, self.min_neighbors, self.relative = margin, min_neighbors, relative
         self.scale_factor, self.min_size, self.max_side = scale_factor, min_size, max_side
 
     def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
@@ -87,7 +128,7 @@ class HaarDetector:
             self._cv2.equalizeHist(small), scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
             minSize=(self.min_size, self.min_size))
         groups = [(np.asarray(b, np.float64) / scale, int(v)) for b, v in zip(boxes, np.ravel(votes))]
-        return _filter_faces(groups, gray.shape, rgb, self.margin, self.relative, self.min_skin)
+        return _filter_faces(groups, gray.shape, self.margin, self.relative)
 
 
 class LbpDetector:
@@ -96,11 +137,7 @@ class LbpDetector:
     The cascade fires on many windows around a real face and on few around a false one, so raw windows
     are grouped here (instead of inside scikit-image) to keep that count as the detector's confidence,
     as OpenCV's minNeighbors does. LBP cascades also fire on face-like texture (badges, reflections),
-    so two cheap checks follow: a face must reach `relative` times the strongest face's score, and in a
-    colour picture at least `min_skin` of its central pixels must have skin chrominance (the classic
-    Cr in [133, 173], Cb in [77, 127] rule: chrominance rather than brightness, so it is meant to hold
-    across skin tones; it fails under strongly coloured light: pass min_skin=0 then, or when faces are
-    missed in colour photos that grayscale copies find). Large images are searched at `max_side`
+    so a face must reach `relative` times the strongest face's score. Large images are searched at `max_side`
     pixels for speed, so the smallest face found is min_size/max_side (1/20) of the longer side;
     raise max_side for small faces in large group photos.
     """
@@ -108,7 +145,7 @@ class LbpDetector:
     name = "lbp"
 
     def __init__(self, margin: float = FER_MARGIN, min_neighbors: int = 4, relative: float = 0.5,
-                 min_skin: float = 0.2, scale_factor: float = 1.1, min_size: int = 24, max_side: int = 480):
+                 scale_factor: float = 1.1, min_size: int = 24, max_side: int = 480):
         try:
             from skimage.data import lbp_frontal_face_cascade_filename
             from skimage.feature import Cascade
@@ -116,12 +153,12 @@ class LbpDetector:
             raise RuntimeError("the cascade face detector needs scikit-image (pip install scikit-image); "
                                "use detector='none' for images that already are face crops") from e
         self._cascade = Cascade(lbp_frontal_face_cascade_filename())
-        self.margin, self.min_neighbors, self.relative, self.min_skin = margin, min_neighbors, relative, min_skin
+        self.margin, self.min_neighbors, self.relative = margin, min_neighbors, relative
         self.scale_factor = scale_factor
         self.min_size, self.max_side = min_size, max_side
 
     def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
-        """Faces in `gray`; `rgb`, the same picture in colour when there is one, enables the skin check."""
+        """Faces in `gray`; `rgb` is not used (the interface's colour picture, for detectors that want it)."""
         small, scale = _downscale(gray, self.max_side)
         side = min(small.shape)
         if side < self.min_size:
@@ -132,7 +169,7 @@ class LbpDetector:
                                                min_neighbor_number=1, intersection_score_threshold=2.0)
         boxes = np.array([[d["c"], d["r"], d["width"], d["height"]] for d in raw], dtype=np.float64)
         groups = [(box / scale, votes) for box, votes in group_windows(boxes, self.min_neighbors)]
-        return _filter_faces(groups, gray.shape, rgb, self.margin, self.relative, self.min_skin)
+        return _filter_faces(groups, gray.shape, self.margin, self.relative)
 
 
 def group_windows(boxes: np.ndarray, min_votes: int, iou: float = 0.3) -> list[tuple[np.ndarray, int]]:
@@ -176,31 +213,16 @@ def _inside(a: np.ndarray, b: np.ndarray) -> float:
     return ix * iy / (a[2] * a[3])
 
 
-def _skin_mask(rgb: np.ndarray) -> np.ndarray | None:
-    """Pixels with skin chrominance, or None for a picture without colour (a gray photo saved as RGB)."""
-    import cv2
-    ycc = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2YCrCb)
-    cr, cb = ycc[..., 1], ycc[..., 2]
-    if max(np.abs(cr.astype(np.int16) - 128).mean(), np.abs(cb.astype(np.int16) - 128).mean()) < 2:
-        return None
-    return (cr >= 133) & (cr <= 173) & (cb >= 77) & (cb <= 127)
-
-
-def _central_share(mask: np.ndarray, box) -> float:
-    """Share of True in the middle 60% of a box (leaves out hair and background at its edges)."""
-    x, y, w, h = (int(round(v)) for v in box)
-    m = max(1, w // 5)
-    region = mask[max(0, y + m):y + h - m, max(0, x + m):x + w - m]
-    return float(region.mean()) if region.size else 0.0
-
-
-def make_detector(name: str = "haar", **kwargs):
-    """A detector by name: "haar" (alias "cascade"), "lbp", or "none" (the whole image is one face)."""
+def make_detector(name: str = "mtcnn", **kwargs):
+    """A detector by name: "mtcnn" (the default), "haar" (alias "cascade"), "lbp", or "none" (the whole image
+    is one face)."""
     key = _ALIASES.get(name, name)
     if key == "none":
         if kwargs:
             raise ValueError(f"detector 'none' takes no options; got {', '.join(kwargs)}")
         return WholeImage()
+    if key == "mtcnn":
+        return MtcnnDetector(**kwargs)
     if key == "haar":
         return HaarDetector(**kwargs)
     if key == "lbp":

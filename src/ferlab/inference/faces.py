@@ -1,4 +1,4 @@
-"""Crop + grayscale, the half of preprocessing before `to_model_input` (resize + normalise).
+"""Crop + grayscale (+ turning a tilted face upright), the half of preprocessing before `to_model_input`.
 
 Prediction, export checks and serving turn pictures into model input only through `image_to_input`
 (or `crops_to_input` for crops already cut), so they see faces exactly as training-time evaluation does.
@@ -19,6 +19,9 @@ from .preprocess import Preprocess, to_model_input, to_model_pixels
 class Face:
     box: tuple[int, int, int, int]  # x, y, w, h in pixels of the input image
     score: float
+    # (x, y) of the eye on the image's left, the other eye, the nose, the mouth's left and right corners
+    # (MTCNN's five), in pixels of the input image; None from detectors without landmarks
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
 
 def to_gray(image) -> np.ndarray:
@@ -50,10 +53,28 @@ def square_box(box, margin: float, width: int, height: int) -> tuple[int, int, i
     return nx, ny, side, side
 
 
-def crop_faces(gray: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+def crop_faces(gray: np.ndarray, faces: list[Face], align: bool = False) -> list[np.ndarray]:
     """The (h, w) uint8 crops of `faces` from a grayscale image, in order (copies: a crop waiting for
-    its batch must not keep a whole video frame alive)."""
-    return [gray[y:y + h, x:x + w].copy() for x, y, w, h in (f.box for f in faces)]
+    its batch must not keep a whole video frame alive). With `align`, a face with landmarks is first turned
+    about its box centre so that its eyes are level, as in FER2013's roughly upright crops."""
+    return [_upright_crop(gray, f) if align and f.landmarks is not None else
+            gray[f.box[1]:f.box[1] + f.box[3], f.box[0]:f.box[0] + f.box[2]].copy() for f in faces]
+
+
+def eye_angle(face: Face) -> float:
+    """Degrees the line from the image-left eye to the other eye dips below horizontal (y grows downwards)."""
+    (lx, ly), (rx, ry) = face.landmarks[:2]
+    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+
+
+def _upright_crop(gray: np.ndarray, face: Face) -> np.ndarray:
+    """The face's box cut from the picture turned by `eye_angle` about the box centre (one bilinear warp of
+    the box only; pixels beyond the picture repeat its edge, as FER2013's padded faces do)."""
+    import cv2
+    x, y, w, h = face.box
+    m = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), eye_angle(face), 1.0)
+    m[:, 2] -= (x, y)  # output pixel (0, 0) is the box's corner
+    return cv2.warpAffine(gray, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def crops_to_input(crops: list[np.ndarray], pre: Preprocess, device=None) -> torch.Tensor:
@@ -72,6 +93,7 @@ def crops_to_pixels(crops: list[np.ndarray], pre: Preprocess) -> torch.Tensor:
     return torch.cat([to_model_pixels(c[None], pre) for c in crops])
 
 
-def image_to_input(image, faces: list[Face], pre: Preprocess, device=None) -> torch.Tensor:
-    """The one path from a picture to the network: grayscale -> face crops -> resize -> normalise."""
-    return crops_to_input(crop_faces(to_gray(image), faces), pre, device)
+def image_to_input(image, faces: list[Face], pre: Preprocess, device=None, align: bool = False) -> torch.Tensor:
+    """The one path from a picture to the network: grayscale -> face crops (turned upright with `align`)
+    -> resize -> normalise."""
+    return crops_to_input(crop_faces(to_gray(image), faces, align), pre, device)

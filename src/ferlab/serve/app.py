@@ -38,7 +38,7 @@ class Face(BaseModel):
     frame: int | None = None
     time_s: float | None = None
     box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
-    score: float = Field(description="face detector confidence (haar / lbp: agreeing windows; 1 with detector none)")
+    score: float = Field(description="face detector confidence (mtcnn: 0-1 face probability; haar / lbp: agreeing windows; 1 with detector none)")
     label: str = Field(description="the most probable expression")
     probs: dict[str, float] = Field(description="probability of every class")
 
@@ -68,7 +68,7 @@ class Problem(BaseModel):
     detail: str
 
 
-def create_app(predictor=None, *, model: str = "default", detector: str = "haar", device: str = "cpu",
+def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn", device: str = "cpu",
                max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, workers: int = WORKERS) -> FastAPI:
     """The FastAPI app. `predictor` (anything with `.predict(rgb_uint8)` and `.classes`) is built from
     `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each upload, and `workers`
