@@ -131,6 +131,33 @@ def _cmd_predict(a):
                            "were processed); pass --keep-going to exit 0 anyway")
 
 
+def _cmd_explain(a):
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .inference.explain import draw_explained
+    from .inference.predictor import Predictor, read_image
+    options = {"align": a.align} if a.align is not None else {}
+    predictor = Predictor(a.model, detector=a.detector, device=a.device, tta=not a.no_tta, **options)
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
+    for path in a.photos:
+        rgb = read_image(path)
+        faces = predictor.explain(rgb)
+        target, i = out_dir / f"{Path(path).stem}_explained.png", 2
+        while target in written:  # two photos of the same name
+            target, i = out_dir / f"{Path(path).stem}-{i}_explained.png", i + 1
+        written.add(target)
+        Image.fromarray(draw_explained(rgb, faces)).save(target)
+        for f in faces:
+            row = {k: v for k, v in f.items() if k != "heatmap"}
+            print(json.dumps({**row, "source": path, "explained": str(target)}), flush=True)
+        print(f"{path}: {len(faces)} face(s){'' if faces else ' (no face found)'} -> {target}", file=sys.stderr)
+
+
 def _cmd_export(a):
     from .inference.onnx import PARITY_TOL, export_onnx
     rep = export_onnx(a.checkpoint, a.output, data=a.data, opset=a.opset)
@@ -243,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-going", action="store_true", help="exit 0 even when some inputs could not be read")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_predict)
+
+    s = sub.add_parser("explain", help="Grad-CAM: which regions of each face drove its label, drawn on the photo")
+    s.add_argument("photos", nargs="+", metavar="PHOTO", help="image files")
+    s.add_argument("--out", default="explained", metavar="DIR",
+                   help="folder for PHOTO_explained.png (default: explained/)")
+    s.add_argument("--model", default="default", help="'default', a run folder or a .pt checkpoint")
+    s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES, help="face detector (default: mtcnn)")
+    s.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                   help="turn each face upright by its eyes first (mtcnn only; default: on)")
+    s.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:1 (default: cpu)")
+    s.add_argument("--no-tta", action="store_true", help="explain the face alone, not also its mirror image")
+    s.set_defaults(fn=_cmd_explain)
 
     s = sub.add_parser("export", help="export a model to standalone ONNX (preprocessing inside), checked against "
                                       "PyTorch")
