@@ -91,6 +91,7 @@ def test_run_folder_written_once_and_complete(ddp_run):
         (PER_RANK_BATCH, 2, 2 * PER_RANK_BATCH)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["name"] == "ddp" and summary["epochs"] == EPOCHS
+    assert (summary["hosts"], summary["world_size"]) == ([socket.gethostname()] * 2, 2)  # one name per rank
     assert load_checkpoint(run / "last.pt")["world_size"] == 2
     # rank 0 alone prints: one header line and one summary line, not one per process
     assert proc.stdout.count("2 process(es) x batch 8 = global batch 16") == 1, proc.stdout
