@@ -46,7 +46,7 @@ def _cmd_train(a):
 def _cmd_sweep(a):
     from .engine.sweep import run_sweep
     run_sweep(a.sweep, trials=a.trials, timeout=a.timeout, storage=a.storage, study_name=a.study,
-              overrides=_overrides(a))
+              overrides=_overrides(a), total_trials=a.total_trials, heartbeat=a.heartbeat, report_only=a.report)
 
 
 def _cmd_serve(a):
@@ -164,11 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="hyper-parameter search with Optuna; each trial is a run folder")
     s.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial, e.g. epochs=3")
-    s.add_argument("--trials", type=int, help="trials this worker runs (default: the sweep's 'trials')")
+    s.add_argument("--trials", type=int, help="trials this worker runs at most (default: the sweep's 'trials', "
+                   "else 20, else no cap when a total is set)")
+    s.add_argument("--total-trials", type=int, metavar="N", help="the study's budget: stop when it holds N finished "
+                   "trials, counted over all workers (default: the sweep's 'total_trials')")
     s.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
     s.add_argument("--storage", metavar="URL", help="Optuna storage shared by workers, e.g. "
                    "postgresql://user@host/db (default: sqlite study.db in the sweep folder)")
     s.add_argument("--study", help="study name (default: the sweep's 'name'); workers with the same one share it")
+    s.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="seconds between a running trial's heartbeats; a trial silent for 3 beats (its worker died) "
+                        "is marked FAIL by the next worker to look (default: 60)")
+    s.add_argument("--report", action="store_true",
+                   help="run no trial: print the study's best trials and write best.yaml and plots (also while "
+                        "workers run)")
     s.add_argument("--data", help="FER2013 location (default: the config's, else $FERLAB_DATA)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(fn=_cmd_sweep)
