@@ -112,6 +112,39 @@ def test_total_trials_is_the_whole_studys_budget(fer_folder, tmp_path, capsys):
     assert "3 trials (3 complete" in capsys.readouterr().out
 
 
+def test_report_groups_a_sweeps_trials_beside_plain_runs(fer_folder, tmp_path, capsys):
+    path = _write_sweep(tmp_path, fer_folder, epochs=2, pruner={"type": "none"}, total_trials=3,
+                        space={"lr": {"float": [1e-4, 3e-3], "log": True}})
+    assert main(["sweep", str(path)]) == 0
+    seed_run = tmp_path / "runs" / "seed_iter1"  # a plain run of the base config, as the seed study's are
+    assert main(["train", str(tmp_path / "base.yaml"), "name=seed_iter1", f"out_dir={seed_run.parent}",
+                 "--no-progress"]) == 0
+    study = optuna.load_study(study_name="tiny", storage=_storage(path))
+    best = study.best_trial
+    capsys.readouterr()
+
+    plot, md = tmp_path / "report.png", tmp_path / "report.md"
+    assert main(["report", str(seed_run), str(tmp_path / "sweeps" / "tiny"), "--plot", str(plot),
+                 "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    tables = [[[c.strip() for c in ln.strip("|").split("|")] for ln in block.splitlines() if ln.startswith("|")]
+              for block in out.split("\n\n") if block.startswith("|")]
+    main_rows, trial_rows = tables[0][2:], tables[1][2:]
+    label = f"tiny best (trial-{best.number:04d})"
+    assert [r[0] for r in main_rows] == ["seed_iter1", label]
+    assert main_rows[1][5] == f"{best.value:.2f}"  # the study's best is the report's best
+    head = tables[1][0]
+    assert head == ["trial", "val acc", "test acc", "epochs", "lr", "hosts"]  # the swept key, not the fixed ones
+    assert len(trial_rows) == 3 and trial_rows[0][0] == f"trial-{best.number:04d}"
+    assert [float(r[1]) for r in trial_rows] == sorted((float(r[1]) for r in trial_rows), reverse=True)
+    for row in trial_rows:
+        t = study.trials[int(row[0].split("-")[1])]
+        assert row[1] == f"{t.value:.2f}" and row[5] == socket.gethostname()
+        assert float(row[4]) == pytest.approx(t.params["lr"], rel=1e-3)
+    assert f"(curves: seed_iter1, {label})" in out
+    assert plot.stat().st_size > 0 and md.read_text().count("| trial-") == 3
+
+
 def test_shipped_regularisation_sweep_sets_enhanced_cnn_v2_dropouts():
     spec = load_sweep(REPO / "configs" / "sweeps" / "seed_regularisation.yaml")
     seed_cfg = load_config(REPO / "configs" / "seed" / "iter5_enhanced_cnn_v2.yaml")

@@ -108,13 +108,17 @@ def _cmd_calibrate(a):
 def _cmd_report(a):
     from pathlib import Path
 
-    from .engine.report import find_runs, report_plot, report_table
-    runs = find_runs(a.runs)
-    table = report_table(runs)
-    print(table)
+    from .engine.report import best_label, find_runs, report_plot, report_table, sweep_table
+    runs, sweeps = find_runs(a.runs)
+    # each sweep's best trial stands beside the runs; its own table lists every trial
+    runs, labels = runs + [s.best for s in sweeps], [r.name for r in runs] + [best_label(s) for s in sweeps]
+    text = "\n\n".join([report_table(runs, labels)] + [
+        f"sweep {s.name} ({s.folder}): {len(s.trials)} finished trials, best first\n\n{sweep_table(s)}"
+        for s in sweeps])
+    print(text)
     if a.markdown:
-        Path(a.markdown).write_text(table + "\n")
-    print(f"\ncomparison plot: {report_plot(runs, Path(a.plot))}")
+        Path(a.markdown).write_text(text + "\n")
+    print(f"\ncomparison plot: {report_plot(runs, Path(a.plot), labels)} (curves: {', '.join(labels)})")
 
 
 def _cmd_predict(a):
@@ -207,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_calibrate)
 
     s = sub.add_parser("report", help="the seed's iteration table for a set of runs, plus a comparison plot")
-    s.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    s.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or sweep folders (a row per "
+                                           "trial; the best trial's curves beside the runs')")
     s.add_argument("--markdown", help="also write the table to this file")
     s.add_argument("--plot", default="report.png", help="comparison plot path (default: report.png)")
     s.set_defaults(fn=_cmd_report)
