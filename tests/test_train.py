@@ -7,6 +7,8 @@ from __future__ import annotations
 import builtins
 import csv
 import json
+import socket
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -158,6 +160,21 @@ def test_run_folder_contents(runs, fer_folder):
         assert _is_png(run / png), png
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
     assert not list(run.glob("*.tmp"))  # checkpoints are written atomically
+
+
+def test_summary_records_where_and_with_what_the_run_was_made(runs, monkeypatch):
+    run, _ = runs
+    s = json.loads((run / "summary.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(trainer.__file__).parent, capture_output=True,
+                          text=True).stdout.strip()
+    assert len(head) == 40  # the tests run from a git checkout
+    assert (s["hosts"], s["world_size"], s["torch"], s["git_commit"]) == \
+        ([socket.gethostname()], 1, torch.__version__, head)
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(trainer.subprocess, "run", no_git)
+    assert trainer.git_commit() is None  # no git: the run goes on, the commit is null
 
 
 def test_same_name_never_overwrites(runs):
