@@ -36,11 +36,11 @@ def _cmd_train(a):
         if a.config:
             raise ValueError(f"give a config or --resume RUN_DIR, not both: a resumed run keeps the config it was "
                              f"started with ({a.resume}/config.yaml)")
-        fit(None, resume=a.resume, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress,
+        fit(None, resume=a.resume, wandb_project=a.wandb_project if a.wandb else None, progress=_progress(a),
             resume_overrides=_overrides(a))
         return
     cfg = load_config(a.config, _overrides(a))
-    fit(cfg, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress)
+    fit(cfg, wandb_project=a.wandb_project if a.wandb else None, progress=_progress(a))
 
 
 def _cmd_sweep(a):
@@ -121,6 +121,11 @@ def _cmd_report(a):
     print(f"\ncomparison plot: {report_plot(runs, Path(a.plot), labels)} (curves: {', '.join(labels)})")
 
 
+def _progress(a) -> bool:
+    """Progress bars only on a terminal: piped or logged output stays free of carriage-return noise."""
+    return not a.no_progress and sys.stderr.isatty()
+
+
 def _cmd_predict(a):
     from .inference.output import predict_paths
     from .inference.predictor import Predictor
@@ -129,7 +134,7 @@ def _cmd_predict(a):
         raise ValueError(f"--min-face is an mtcnn option; the {a.detector} detector does not take it")
     predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size,
                           tta=not a.no_tta, **options)
-    res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=not a.no_progress)
+    res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=_progress(a))
     if res["errors"] and not a.keep_going:
         raise RuntimeError(f"{len(res['errors'])} of the inputs could not be read (listed above; the rest "
                            "were processed); pass --keep-going to exit 0 anyway")

@@ -80,12 +80,20 @@ class WholeImage:
         return [Face((0, 0, gray.shape[1], gray.shape[0]), 1.0)]
 
 
-def _filter_faces(groups, gray_shape, margin: float, relative: float) -> list[Face]:
-    """The relative-score floor, squaring; faces sorted left to right."""
+def _filter_faces(groups, gray_shape, margin: float, relative: float, min_votes: int) -> list[Face]:
+    """The relative-score floor, squaring; faces sorted left to right. The score is `cascade_score`."""
     h, w = gray_shape
     floor = relative * max((votes for _, votes in groups), default=0)
-    faces = [Face(square_box(tuple(box), margin, w, h), float(votes)) for box, votes in groups if votes >= floor]
+    faces = [Face(square_box(tuple(box), margin, w, h), cascade_score(votes, min_votes))
+             for box, votes in groups if votes >= floor]
     return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+
+def cascade_score(votes: int, min_votes: int) -> float:
+    """A cascade's agreeing windows as a 0-1 confidence: votes / (votes + min_votes), so a face at the
+    detector's own vote threshold scores 0.5 and more agreement tends to 1. Monotone in the votes, for sorting
+    and thresholding like MTCNN's probability; not itself a calibrated probability."""
+    return float(votes) / (float(votes) + max(1, min_votes))
 
 
 def _downscale(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -97,7 +105,7 @@ def _downscale(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 
 class HaarDetector:
-    """Frontal faces from OpenCV's bundled Haar cascade; score = number of agreeing windows (minNeighbors).
+    """Frontal faces from OpenCV's bundled Haar cascade; score from the agreeing windows (`cascade_score`).
 
     The picture is histogram-equalised (the cascade was trained on equalised faces) and searched at
     `max_side` pixels at most; then the same relative-score check as `LbpDetector` follows.
@@ -128,11 +136,12 @@ class HaarDetector:
             self._cv2.equalizeHist(small), scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
             minSize=(self.min_size, self.min_size))
         groups = [(np.asarray(b, np.float64) / scale, int(v)) for b, v in zip(boxes, np.ravel(votes))]
-        return _filter_faces(groups, gray.shape, self.margin, self.relative)
+        return _filter_faces(groups, gray.shape, self.margin, self.relative, self.min_neighbors)
 
 
 class LbpDetector:
-    """Frontal faces from scikit-image's bundled LBP cascade; score = number of agreeing raw windows.
+    """Frontal faces from scikit-image's bundled LBP cascade; score from the agreeing raw windows
+    (`cascade_score`).
 
     The cascade fires on many windows around a real face and on few around a false one, so raw windows
     are grouped here (instead of inside scikit-image) to keep that count as the detector's confidence,
@@ -169,7 +178,7 @@ class LbpDetector:
                                                min_neighbor_number=1, intersection_score_threshold=2.0)
         boxes = np.array([[d["c"], d["r"], d["width"], d["height"]] for d in raw], dtype=np.float64)
         groups = [(box / scale, votes) for box, votes in group_windows(boxes, self.min_neighbors)]
-        return _filter_faces(groups, gray.shape, self.margin, self.relative)
+        return _filter_faces(groups, gray.shape, self.margin, self.relative, self.min_neighbors)
 
 
 def group_windows(boxes: np.ndarray, min_votes: int, iou: float = 0.3) -> list[tuple[np.ndarray, int]]:

@@ -14,39 +14,61 @@ FORMATS = ("jsonl", "csv", "table")
 
 
 class _Rows:
-    """Writes one face per line in the chosen format, as the faces arrive."""
+    """Writes one row per face as the faces arrive, and one row for each image or frame without a face and
+    for each unreadable input, so every input shows up. Probabilities are rounded to 4 decimals; paths are
+    written whole (the table puts the source last, where its length breaks no column)."""
 
     def __init__(self, fmt: str, classes: tuple[str, ...], out: TextIO):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self.fmt, self.classes, self.out = fmt, classes, out
-        self.header = ["source", "frame", "time_s", "track", "x", "y", "w", "h", "score", "label", *classes]
+        self.header = ["source", "frame", "time_s", "track", "x", "y", "w", "h", "score", "label", *classes,
+                       "error"]
         if fmt == "csv":
             self.csv = csv.writer(out)
             self.csv.writerow(self.header)
         elif fmt == "table":
-            self.widths = [24, 6, 8, 5, 5, 5, 5, 5, 6, 9, *[max(7, len(c)) for c in classes]]
-            print(self._line(self.header), file=out)
-            print(self._line(["-" * w for w in self.widths]), file=out)
+            self.widths = [6, 8, 5, 5, 5, 5, 5, 6, 9, *[max(7, len(c)) for c in classes]]
+            print(self._line(self.header[1:-1] + ["source"]), file=out)
+            print(self._line(["-" * w for w in self.widths] + ["-" * 6]), file=out)
 
     def _line(self, cells) -> str:
-        left = (0, 9)  # source and label read better left-aligned; numbers right-aligned
-        return "  ".join(f"{c:<{w}}" if i in left else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, self.widths)))
+        # numbers right-aligned, the label left-aligned, the source (last, unpadded) whole
+        return "  ".join(f"{c:<{w}}" if i == 8 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, self.widths))) \
+            + "  " + str(cells[-1])
 
     def write(self, face: dict):
+        face = {**face, "probs": None if face.get("probs") is None else
+                {c: round(float(v), 4) for c, v in face["probs"].items()}}
+        if face.get("score") is not None:
+            face["score"] = round(float(face["score"]), 4)
         if self.fmt == "jsonl":
             print(json.dumps(face), file=self.out, flush=True)
             return
-        cells = [face["source"] or "", "" if face["frame"] is None else face["frame"],
-                 "" if face["time_s"] is None else f"{face['time_s']:.3f}",
-                 "" if face.get("track") is None else face["track"], *face["box"], f"{face['score']:g}",
-                 face["label"], *[f"{face['probs'][c]:.4f}" for c in self.classes]]
+        box = face.get("box") or ["", "", "", ""]
+        cells = ["" if face.get("frame") is None else face["frame"],
+                 "" if face.get("time_s") is None else f"{face['time_s']:.3f}",
+                 "" if face.get("track") is None else face["track"], *box,
+                 "" if face.get("score") is None else f"{face['score']:g}", face.get("label") or "",
+                 *(["" if face.get("probs") is None else f"{face['probs'][c]:.4f}" for c in self.classes])]
         if self.fmt == "csv":
-            self.csv.writerow(cells)
+            self.csv.writerow([face.get("source") or "", *cells, face.get("error") or ""])
         else:
-            src = str(cells[0])
-            cells[0] = src if len(src) <= self.widths[0] else "..." + src[-self.widths[0] + 3:]
-            print(self._line([str(c) for c in cells]), file=self.out, flush=True)
+            source = face.get("source") or ""
+            if face.get("error"):
+                cells[8] = "UNREADABLE"
+                source = face["error"]
+            elif face.get("label") is None:
+                cells[8] = "no face"
+            print(self._line([str(c) for c in cells] + [source]), file=self.out, flush=True)
+
+    def no_face(self, fr) -> None:
+        self.write({"source": fr.source, "frame": fr.frame, "time_s": fr.time_s, "track": None, "box": None,
+                    "score": None, "label": None, "probs": None})
+
+    def unreadable(self, source: str, reason: str) -> None:
+        self.write({"source": source, "frame": None, "time_s": None, "track": None, "box": None, "score": None,
+                    "label": None, "probs": None, "error": reason})
 
 
 def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", save: str | Path | None = None,
@@ -63,11 +85,16 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
     n_frames = n_faces = n_empty = 0
     try:
         for fr, faces in predictor.stream(paths, every, errors, progress, keep_images=writer is not None):
+            if fr.error is not None:  # an unreadable input, in its place among the others
+                rows.unreadable(fr.source, fr.error)
+                continue
             n_frames += 1
             n_faces += len(faces)
             n_empty += not faces
             for face in faces:
                 rows.write(face)
+            if not faces:
+                rows.no_face(fr)
             if writer:
                 writer.write(fr, faces)
     finally:

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ class Frame:
     root: Path | None = None   # the folder it was found in, so saved copies keep their relative path
     fps: float | None = None   # frames per second of the sampled stream (video only)
     live: bool = False         # a camera: answer every frame at once instead of filling a batch
+    item: int = 0              # index of the input it came from, when several were given as a list
+    error: str | None = None   # set (and no image) for an input that could not be read, in its place in order
 
 
 class TorchClassifier:
@@ -109,10 +111,21 @@ class Predictor:
         """The model's `Preprocess` (input size, channels, mean/std), read from its checkpoint or ONNX file."""
         return self.classifier.pre
 
-    def predict(self, source, every: int = 1) -> list[dict]:
-        """Faces in `source`: a path (image, folder searched recursively, video), a list of paths, or an
-        image (numpy (H, W, 3) RGB / (H, W) gray uint8, or PIL). Unreadable files raise."""
-        return [face for _, faces in self.stream(source, every) for face in faces]
+    def predict(self, source, every: int = 1, color: str = "rgb") -> list:
+        """Faces in `source`: a path (image, folder searched recursively, video), a PIL image, or a numpy
+        uint8 image ((H, W, 3) RGB, or BGR as OpenCV gives it with `color="bgr"`, or (H, W) gray). A list or
+        tuple of any of these gives one list of faces per item, in order (faces are still classified in
+        batches across the items). Unreadable files raise."""
+        if isinstance(source, (list, tuple)):
+            grouped: list[list[dict]] = [[] for _ in source]
+            for fr, faces in self.stream(source, every, color=color):
+                grouped[fr.item] += faces
+            return grouped
+        return [face for _, faces in self.stream(source, every, color=color) for face in faces]
+
+    def top_emotion(self, image, color: str = "rgb") -> tuple[str | None, float | None]:
+        """(label, probability) of the largest face in one picture; (None, None) when it has none."""
+        return top_emotion(self.predict(image, color=color))
 
     def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, classes) for grayscale face crops of any size, in batches."""
@@ -155,23 +168,26 @@ class Predictor:
         return out
 
     def stream(self, source, every: int = 1, errors: list | None = None, progress: bool = False,
-               keep_images: bool = False) -> Iterator[tuple[Frame, list[dict]]]:
-        """(frame, its faces) in input order. With an `errors` list, unreadable files are appended to it
-        as (path, reason) and skipped; without one they raise. Frames keep their pixels only with
-        `keep_images` (to draw on them); at most PENDING_FRAMES of them wait for a batch."""
-        if isinstance(source, (np.ndarray, Image.Image)):
-            frames: Iterable[Frame] = [Frame(_as_array(source))]
-        else:
-            frames = iter_frames(source, every, errors, progress)
+               keep_images: bool = False, color: str = "rgb") -> Iterator[tuple[Frame, list[dict]]]:
+        """(frame, its faces) in input order, for any `source` `predict` takes (`Frame.item` is the index of
+        the item a frame came from when `source` is a list). With an `errors` list, unreadable files are
+        appended to it as (path, reason) and skipped; without one they raise. Frames keep their pixels only
+        with `keep_images` (to draw on them); at most PENDING_FRAMES of them wait for a batch."""
+        if color not in ("rgb", "bgr"):
+            raise ValueError(f"color must be 'rgb' or 'bgr' (the channel order of numpy images), got {color!r}")
+        frames = _frames(source, every, errors, progress, color)
         pending: list[tuple[Frame, list]] = []
         crops: list[np.ndarray] = []
         for fr in frames:
+            if fr.error is not None:  # an unreadable input keeps its place in the output
+                pending.append((fr, []))
+                continue
             gray = to_gray(fr.image)
             colour = fr.image.ndim == 3 and fr.image.shape[2] >= 3
             faces = self.detector(gray, fr.image if colour else None)
-            if not faces and fr.frame is None:
-                log.warning("no face found in %s; for pictures that already are face crops use detector "
-                            "'none'", fr.source or "the image")
+            if not faces and fr.frame is None:  # a normal outcome: an empty list, and a note for debugging
+                log.debug("no face found in %s; for pictures that already are face crops use detector 'none'",
+                          fr.source or "the image")
             crops += crop_faces(gray, faces, self.align)
             if not keep_images:
                 fr.image = None
@@ -215,18 +231,52 @@ def _cam_on_box(cam: np.ndarray, face, aligned: bool) -> np.ndarray:
     return np.clip(out, 0, 1)
 
 
-def _as_array(image) -> np.ndarray:
+def top_emotion(faces: list[dict]) -> tuple[str | None, float | None]:
+    """(label, probability) of the largest of `faces` (as `Predictor.predict` gives them for one picture);
+    (None, None) for no face."""
+    if not faces:
+        return None, None
+    face = max(faces, key=lambda f: f["box"][2] * f["box"][3])
+    return face["label"], face["probs"][face["label"]]
+
+
+def _frames(source, every: int, errors: list | None, progress: bool, color: str) -> Iterator[Frame]:
+    """Frames of one source or of a list of them, each tagged with the index of its item in the list."""
+    if not isinstance(source, (list, tuple)) or all(isinstance(s, (str, Path)) for s in source):
+        if isinstance(source, (np.ndarray, Image.Image)):
+            yield Frame(_as_array(source, color))
+            return
+        yield from iter_frames(source, every, errors, progress)  # frames carry the index of their item
+        return
+    for i, item in enumerate(source):
+        if isinstance(item, (np.ndarray, Image.Image)):
+            yield Frame(_as_array(item, color), item=i)
+        else:
+            for fr in iter_frames(item, every, errors, progress=False):
+                fr.item = i
+                yield fr
+
+
+def _as_array(image, color: str = "rgb") -> np.ndarray:
     if isinstance(image, Image.Image):
         im = to_8bit(image)
         return to_array(im if im.mode == "RGB" else im.convert("RGB"))
-    return np.asarray(image)
+    a = np.asarray(image)
+    if color == "bgr" and a.ndim == 3 and a.shape[2] in (3, 4):  # OpenCV's order -> RGB(A)
+        a = a[..., [2, 1, 0, 3][:a.shape[2]]]
+    return a
 
 
 def expand_sources(source) -> list[tuple[str, Path | None]]:
     """Paths -> (file or camera index, folder it came from); folders searched recursively, sorted."""
+    return [(path, root) for path, root, _ in _expand(source)]
+
+
+def _expand(source) -> list[tuple[str, Path | None, int]]:
+    """`expand_sources`, each file with the index of the item of `source` it came from."""
     items = source if isinstance(source, (list, tuple)) else [source]
     out = []
-    for item in items:
+    for i, item in enumerate(items):
         s = str(item)
         p = Path(s)
         if p.is_dir():
@@ -234,9 +284,9 @@ def expand_sources(source) -> list[tuple[str, Path | None]]:
             if not found:
                 log.warning("no images or videos in folder %s (looked for %s)", p,
                             ", ".join(sorted(IMAGE_EXTS | VIDEO_EXTS)))
-            out += [(str(f), p) for f in found]
+            out += [(str(f), p, i) for f in found]
         else:
-            out.append((s, None))
+            out.append((s, None, i))
     return out
 
 
@@ -244,21 +294,25 @@ def iter_frames(source, every: int = 1, errors: list | None = None, progress: bo
     """Frames of images, videos (every `every`-th frame) and camera indices, decoded one at a time."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    items = expand_sources(source)
+    items = _expand(source)
     bar = _bar(len(items), "file", progress and len(items) > 1)
-    for path, root in items:
+    for path, root, item in items:
         try:
             if path.isdigit() and not Path(path).exists():
-                yield from _video_frames(int(path), every, progress)
+                frames = _video_frames(int(path), every, progress)
             elif Path(path).suffix.lower() in VIDEO_EXTS:
-                yield from _video_frames(path, every, progress, root)
+                frames = _video_frames(path, every, progress, root)
             else:
-                yield Frame(read_image(path), path, root=root)
+                frames = iter([Frame(read_image(path), path, root=root)])
+            for fr in frames:
+                fr.item = item
+                yield fr
         except (OSError, ValueError) as e:
             if errors is None:
                 raise
             errors.append((path, str(e)))
             log.warning("skipping: %s", e)
+            yield Frame(None, path, item=item, error=str(e))
         bar.update()
     bar.close()
 

@@ -39,7 +39,8 @@ class Face(BaseModel):
     frame: int | None = None
     time_s: float | None = None
     box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
-    score: float = Field(description="face detector confidence (mtcnn: 0-1 face probability; haar / lbp: agreeing windows; 1 with detector none)")
+    score: float = Field(description="face detector confidence, 0-1 (mtcnn: face probability; haar / lbp: "
+                                     "votes / (votes + threshold); 1 with detector none)")
     label: str = Field(description="the most probable expression")
     probs: dict[str, float] = Field(description="probability of every class")
     track: int | None = Field(None, description="the face's id across a video's frames (None for photos)")
