@@ -5,8 +5,10 @@
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
 skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (MTCNN, the
 default; OpenCV's Haar cascade; scikit-image's LBP cascade), and over real FER2013 face crops with --detector none.
-Classifier only = model input ready, per face, at batch 1 and 64, on real FER2013 faces. --fer-margin
-measures how each detector's box relates to a FER2013 crop.
+Classifier only = model input ready, per face, at batch 1 and 64, on real FER2013 faces. With the `fer`
+package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed on the
+same photos by bench/fer_worker.py and the end-to-end ratio printed. --fer-margin measures how each
+detector's box relates to a FER2013 crop.
 Prints Markdown tables.
 """
 from __future__ import annotations
@@ -57,6 +59,35 @@ def end_to_end(model: str, folder: Path, detector: str, batch_size: int) -> dict
     return {"images": n_images, "faces": n_faces, "s": time.perf_counter() - t}
 
 
+def boxes_per_image(model: str, folder: Path, detector: str) -> list[list[list[int]]]:
+    return [[f["box"] for f in faces] for _, faces in Predictor(model, detector=detector).stream(folder)]
+
+
+def against_fer(fer_python: str, folder: Path, threads: int, ours: dict, our_boxes: list) -> None:
+    """`fer` on the same photos in its own Python (it needs TensorFlow): images/s, the ratio, and whether
+    both found the same faces (same count per photo, each box overlapping one of the other's by IoU >= 0.5)."""
+    import json
+    import subprocess
+    from ferlab.inference.video import iou
+    worker = Path(__file__).with_name("fer_worker.py")
+    proc = subprocess.run([fer_python, str(worker), str(folder), "--threads", str(threads)], capture_output=True,
+                          text=True, timeout=1800)
+    if proc.returncode != 0:
+        print(f"\nfer could not run with {fer_python}: {proc.stderr.strip().splitlines()[-1:]}")
+        return
+    fer = json.loads(proc.stdout.strip().splitlines()[-1])
+    same = sum(len(a) == len(b) and all(any(iou(x, y) >= 0.5 for y in b) for x in a)
+               for a, b in zip(our_boxes, fer["boxes"]))
+    ours_rate, fer_rate = ours["images"] / ours["s"], fer["images"] / fer["s"]
+    print(f"\n| end to end, {threads} thread(s) | images | images/s | faces found |")
+    print("|---|---:|---:|---:|")
+    print(f"| ferlab (mtcnn + vgg_s, flip TTA, PyTorch) | {ours['images']} | {ours_rate:.1f} | "
+          f"{sum(map(len, our_boxes))} |")
+    print(f"| fer {fer['fer']} (Haar + its CNN, TensorFlow {fer['tensorflow']}) | {fer['images']} | "
+          f"{fer_rate:.1f} | {sum(map(len, fer['boxes']))} |")
+    print(f"\nferlab / fer: {ours_rate / fer_rate:.2f}x; the same faces found in {same} of {len(our_boxes)} photos")
+
+
 def latency(fn, x: torch.Tensor, repeats: int) -> float:
     """Median seconds per call of fn(x) after one warm-up call."""
     fn(x)
@@ -103,11 +134,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--fer-margin", action="store_true", help="only measure the cascade box vs FER2013 crops")
+    ap.add_argument("--fer-python", help="a Python with the `fer` package (and TensorFlow) installed, to time it "
+                                         "on the same photos (default: this one, if it has fer)")
     a = ap.parse_args()
     if a.fer_margin:
         fer_margin(a.data)
         return
+    import importlib.util
+    import sys
+
+    import cv2
+    fer_python = a.fer_python or (sys.executable if importlib.util.find_spec("fer") else None)
     torch.set_num_threads(a.threads)
+    cv2.setNumThreads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="ferlab-bench-"))
     model = a.model
     if model is None:
@@ -133,6 +172,7 @@ def main():
           f"{a.threads} thread(s), torch {torch.__version__}\n")
     print("| end to end (`Predictor.predict(folder)`) | model | images | faces | images/s | faces/s |")
     print("|---|---|---:|---:|---:|---:|")
+    results = {}
     for what, folder, det, backends in (
             ("photos 512x512, mtcnn detector (default)", photos, "mtcnn", ("PyTorch", "ONNX Runtime")),
             ("photos 512x512, haar detector", photos, "haar", ("PyTorch",)),
@@ -141,21 +181,35 @@ def main():
         for name, m in (("PyTorch", model), ("ONNX Runtime", str(onnx_path))):
             if name not in backends:
                 continue
-            r = end_to_end(m, folder, det, 64)
+            r = results[det, name] = end_to_end(m, folder, det, 64)
             print(f"| {what} | {name} | {r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | "
                   f"{r['faces'] / r['s']:.1f} |", flush=True)
+
+    if fer_python:
+        against_fer(fer_python, photos, a.threads, results["mtcnn", "PyTorch"], boxes_per_image(model, photos, "mtcnn"))
+    else:
+        print("\n(fer not installed: pass --fer-python to compare against it)")
 
     ort_model = OnnxClassifier(onnx_path, threads=a.threads)
     with torch.no_grad():
         # both from uint8 faces at the model's size: the ONNX graph holds the preprocessing, PyTorch runs it first
-        backends = {"PyTorch": lambda x: net(to_model_input(x, pre)).softmax(1), "ONNX Runtime": ort_model}
+        fast = net.to(memory_format=torch.channels_last)  # as the Predictor runs it on the CPU
+
+        def bf16(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fast(to_model_input(x, pre).contiguous(memory_format=torch.channels_last)).float().softmax(1)
+
+        backends = {"PyTorch fp32": lambda x: fast(to_model_input(x, pre).contiguous(
+                        memory_format=torch.channels_last)).softmax(1),
+                    "PyTorch bf16 autocast": bf16, "ONNX Runtime": ort_model}
         pixels = to_model_pixels(faces[:64], pre)
-        print("\n| classifier only, per face | batch 1 (ms) | batch 64 (ms/face) |")
-        print("|---|---:|---:|")
+        print("\n| classifier only (uint8 faces in, probabilities out) | batch 1 (ms) | batch 64 (ms/face) | "
+              "faces/s |")
+        print("|---|---:|---:|---:|")
         for name, fn in backends.items():
             one = latency(fn, pixels[:1], a.repeats)
             many = latency(fn, pixels, max(3, a.repeats // 5))
-            print(f"| {name} | {1000 * one:.2f} | {1000 * many / 64:.3f} |", flush=True)
+            print(f"| {name} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

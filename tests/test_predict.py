@@ -458,3 +458,13 @@ def test_dataset_reader_names_an_image_over_the_pixel_limit(fer_folder, fer_slic
     assert "train/happy/Training_bomb.png: too many pixels" in err and "Traceback" not in err
     assert main(["data", str(root), "--no-cache", "--skip-bad"]) == 0
     assert "skipped bad rows: 1" in capsys.readouterr().out
+
+
+def test_threads_option_is_applied_and_checked(run_dir, fer_slice, tmp_path):
+    Image.fromarray(fer_slice["pixels"][0]).save(tmp_path / "face.png")
+    code = ("import sys, torch; from ferlab.cli import main; rc = main(sys.argv[1:]); "
+            "print('threads', torch.get_num_threads()); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "face.png"), "--model", str(run_dir),
+                           "--detector", "none", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "threads 1"
+    assert main(["predict", str(tmp_path / "face.png"), "--model", str(run_dir), "--threads", "0"]) == 2

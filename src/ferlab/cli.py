@@ -51,6 +51,7 @@ def _cmd_sweep(a):
 
 def _cmd_serve(a):
     import uvicorn
+    _set_threads(a.threads)
 
     from .serve.app import MAX_PIXELS, create_app
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
@@ -126,7 +127,20 @@ def _progress(a) -> bool:
     return not a.no_progress and sys.stderr.isatty()
 
 
+def _set_threads(n: int | None) -> None:
+    """--threads: the CPU threads PyTorch and OpenCV may use (default: theirs, every core)."""
+    if n is None:
+        return
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    import cv2
+    import torch
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+
+
 def _cmd_predict(a):
+    _set_threads(a.threads)
     from .inference.output import predict_paths
     from .inference.predictor import Predictor
     options = {k: v for k, v in (("margin", a.margin), ("min_face", a.min_face), ("align", a.align)) if v is not None}
@@ -264,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1,
                    help="uploads decoded and analysed at once; the rest wait (default: 1). Memory for pixels is "
                         "about workers x max-pixels x 7 bytes")
+    s.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for detection and classification (default: all cores)")
     s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a camera")
@@ -287,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tta", action="store_true",
                    help="classify each face once, not also its mirror image (faster, slightly less accurate)")
     s.add_argument("--keep-going", action="store_true", help="exit 0 even when some inputs could not be read")
+    s.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for detection and classification (default: all cores)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_predict)
 

@@ -54,13 +54,16 @@ class TorchClassifier:
         from ..engine.trainer import resolve_device
         self.device = resolve_device(device)
         model, self.pre = model_from_checkpoint(ckpt)
-        self.model = model.to(self.device)
+        # on the CPU, oneDNN's convolutions run faster on channels-last tensors (measured 1.3-1.9x for vgg_s)
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.classes = tuple(ckpt["classes"])
         self.name = ckpt["model"]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        return self.model(x.to(self.device)).float().softmax(1).cpu().numpy()
+        x = x.to(self.device).contiguous(memory_format=self.memory_format)
+        return self.model(x).float().softmax(1).cpu().numpy()
 
 
 def load_classifier(model: str | Path = "default", device: str = "cpu"):
@@ -138,7 +141,8 @@ class Predictor:
 
     def _probs(self, x: torch.Tensor) -> np.ndarray:
         views = tta_views(x, "flip" if self.tta else "none")  # the views `ferlab eval` averages
-        return np.mean([self.classifier(v) for v in views], axis=0)
+        probs = self.classifier(torch.cat(views))  # one forward pass for all views: less per-call overhead
+        return probs.reshape(len(views), len(x), -1).mean(0)
 
     def explain(self, image) -> list[dict]:
         """The faces of one picture (a path, numpy RGB / gray, or PIL) as `predict` gives them, each with
