@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +101,82 @@ def calibrated_run(fer_folder, tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return out / "cal"
+
+
+# ----------------------------------------------------------------------------------------------- PostgreSQL
+
+def _pg_program(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin (newest)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(versions[-1]) if versions else None
+
+
+def _no_postgres(reason: str):
+    if os.environ.get("FERLAB_REQUIRE_POSTGRES") == "1":  # CI installs the server: its absence is a failure
+        pytest.fail(f"{reason}; FERLAB_REQUIRE_POSTGRES=1 says this machine must have it")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> dict:
+    """A throwaway PostgreSQL cluster listening on 127.0.0.1 only, password-authenticated, stopped and deleted
+    at the end: {"url": "postgresql://ferlab:...@127.0.0.1:PORT/optuna", "port", "user", "password", "db"}.
+    Skips (fails with FERLAB_REQUIRE_POSTGRES=1) where the server or the driver is missing."""
+    initdb, pg_ctl = _pg_program("initdb"), _pg_program("pg_ctl")
+    if not (initdb and pg_ctl):
+        _no_postgres("PostgreSQL server programs initdb/pg_ctl not found (Debian: apt-get install postgresql)")
+    try:
+        import psycopg
+    except ImportError:
+        _no_postgres("the PostgreSQL driver psycopg is not installed (pip install -e '.[sweep]')")
+    as_user, owner = [], None
+    if os.geteuid() == 0:  # initdb refuses to run as root: the cluster belongs to the server's own account
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            _no_postgres("running as root, and there is no 'postgres' account to run initdb as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    # not under pytest's tmp_path: that folder is private to this user, and the server's account must write here
+    root = Path(tempfile.mkdtemp(prefix="ferlab-pg-"))
+    user, password, db, port = "ferlab", secrets.token_hex(8), "optuna", _free_port()
+    (root / "pw").write_text(password + "\n")
+    (root / "sock").mkdir()
+    if owner is not None:
+        for p in (root, root / "pw", root / "sock"):
+            os.chown(p, owner.pw_uid, owner.pw_gid)
+    data, log = root / "data", root / "server.log"
+
+    def run(*cmd):
+        proc = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            log_tail = log.read_text()[-2000:] if log.exists() else ""
+            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+                        f"{log_tail}")
+
+    started = False
+    try:
+        run(initdb, "-D", str(data), "-U", user, "--pwfile", str(root / "pw"), "--auth-local", "trust",
+            "--auth-host", "scram-sha-256", "--no-locale", "-E", "UTF8", "--no-sync")
+        # fsync off: a test database need not survive a power cut, and the disk is shared
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root / 'sock'} -c fsync=off -c max_connections=200"
+        run(pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        started = True
+        with psycopg.connect(host="127.0.0.1", port=port, user=user, password=password, dbname="postgres",
+                             connect_timeout=10, autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {db}")
+        yield {"url": f"postgresql://{user}:{password}@127.0.0.1:{port}/{db}", "port": port, "user": user,
+               "password": password, "db": db}
+    finally:
+        if started:
+            subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "-t", "60", "stop"],
+                           capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)

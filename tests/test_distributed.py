@@ -1,4 +1,5 @@
-"""`ferlab train` under torchrun (2 CPU processes, gloo) on real FER2013 faces.
+"""`ferlab train` under torchrun (2 CPU processes, gloo) on real FER2013 faces: on one host, and on two hosts
+made of network namespaces (one process each, c10d rendezvous).
 
 With identical global batches, DDP's averaged gradient is the big-batch gradient, so a model without
 BatchNorm and without dropout (simple_cnn, dropout 0, augmentation off) must track a single-process run
@@ -9,10 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +94,7 @@ def test_run_folder_written_once_and_complete(ddp_run):
         (PER_RANK_BATCH, 2, 2 * PER_RANK_BATCH)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["name"] == "ddp" and summary["epochs"] == EPOCHS
+    assert (summary["hosts"], summary["world_size"]) == ([socket.gethostname()] * 2, 2)  # one name per rank
     assert load_checkpoint(run / "last.pt")["world_size"] == 2
     # rank 0 alone prints: one header line and one summary line, not one per process
     assert proc.stdout.count("2 process(es) x batch 8 = global batch 16") == 1, proc.stdout
@@ -170,3 +174,101 @@ def test_distributed_resume_continues_the_same_trajectory(config_file, single_ru
     assert [p.name for p in out.iterdir()] == ["ddp"]
     assert (run / "summary.json").is_file()
     _assert_same_trajectory(_rows(run), _rows(single_run))
+
+
+# ----------------------------------------------------------------------------------------------- two hosts
+# Two network namespaces joined by a veth pair stand in for two machines: each has its own interface, address
+# and host name (a UTS namespace), and /etc/hosts that names only the two namespace addresses, so nothing
+# outside them is reachable or used. The processes still share this machine's files, as nodes share a NFS.
+
+SUBNET = "10.213.7"  # private to the namespaces: the root namespace never gets an address in it
+RDZV_PORT = 29500
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+@pytest.fixture
+def two_hosts():
+    """[(namespace, interface, address, host name)] for two joined namespaces; deleted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("making network namespaces needs root (ip netns add); run as root, as CI does")
+    missing = [p for p in ("ip", "unshare") if shutil.which(p) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not found (Debian: iproute2, util-linux)")
+    tag = os.getpid()
+    hosts = [(f"ferlab-{n}-{tag}", f"fl{n}{tag}"[:15], f"{SUBNET}.{i + 1}", f"ferlab-host-{n}")
+             for i, n in enumerate("ab")]
+    etc = [Path("/etc/netns") / ns for ns, *_ in hosts]  # `ip netns exec` mounts these over /etc
+    etc_made = not etc[0].parent.exists()
+    made = []
+
+    def remove_hosts_files():
+        for folder in etc:
+            shutil.rmtree(folder, ignore_errors=True)
+        if etc_made and etc[0].parent.exists() and not any(etc[0].parent.iterdir()):
+            etc[0].parent.rmdir()
+    try:
+        for ns, *_ in hosts:
+            _ip("netns", "add", ns)
+            made.append(ns)
+        (a, ifa, *_), (b, ifb, *_) = hosts
+        _ip("link", "add", ifa, "type", "veth", "peer", "name", ifb)
+        names = "127.0.0.1 localhost\n" + "".join(f"{addr} {host}\n" for _, _, addr, host in hosts)
+        for (ns, iface, addr, _), folder in zip(hosts, etc):
+            _ip("link", "set", iface, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", iface)
+            _ip("-n", ns, "link", "set", iface, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hosts").write_text(names)
+    except (RuntimeError, OSError) as e:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        remove_hosts_files()
+        pytest.skip(f"cannot make two network namespaces here: {e}")
+    try:
+        yield hosts
+    finally:
+        for ns in made:  # deleting a namespace deletes its end of the veth pair, and so the pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        remove_hosts_files()
+
+
+def test_torchrun_across_two_hosts_matches_single_host(two_hosts, config_file, single_run, tmp_path):
+    out = tmp_path / "runs"
+    first_addr = two_hosts[0][2]
+    procs = []
+    try:
+        for ns, iface, addr, host in two_hosts:
+            cmd = ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host,
+                   sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{first_addr}:{RDZV_PORT}",
+                   "--rdzv-id", f"ferlab-{os.getpid()}", "--rdzv-conf", "join_timeout=120", "--local-addr", addr,
+                   "-m", "ferlab.cli", "train", str(config_file), f"out_dir={out}", "--no-progress"]
+            # gloo picks its interface by the host name unless told: tell it the namespace's only real one
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": iface}
+            procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        logs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+
+    assert [d.name for d in out.iterdir()] == ["ddp"]
+    run = out / "ddp"
+    _assert_same_trajectory(_rows(run), _rows(single_run))
+    summary = json.loads((run / "summary.json").read_text())
+    single_summary = json.loads((single_run / "summary.json").read_text())
+    assert abs(summary["test_accuracy"] - single_summary["test_accuracy"]) <= ONE_FACE
+    # one process on each host; rank order is the rendezvous' join order
+    assert sorted(summary["hosts"]) == [h for *_, h in two_hosts] and summary["world_size"] == 2
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert (written["world_size"], written["global_batch_size"]) == (2, 2 * PER_RANK_BATCH)

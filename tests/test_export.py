@@ -197,3 +197,9 @@ def test_resized_crops_reach_onnx_as_rounded_pixels(fer_slice):
     assert px.dtype == torch.uint8 and tuple(px.shape) == (4, 32, 32)
     exact = (to_model_input(big, Preprocess(input_size=32, mean=(0.0,), std=(1.0,))) * 255)[:, 0]
     assert (px.float() - exact).abs().max() <= 0.5 + 1e-4
+
+
+def test_an_onnx_model_cannot_explain_and_says_why(exported, fer_slice):
+    path, _ = exported
+    with pytest.raises(ValueError, match="needs the PyTorch model's gradients"):
+        ferlab.Predictor(path, detector="none").explain(fer_slice["pixels"][0])

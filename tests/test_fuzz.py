@@ -67,10 +67,12 @@ def _claim_huge(data: bytes, fmt: str, side: int) -> bytes:
             b[at + 14:at + 18] = struct.pack("<HH", min(side, 16383), min(side, 16383))
     elif fmt == "TIFF":  # the ImageWidth/ImageLength tags (256, 257) of the first IFD
         order = "<" if b[:2] == b"II" else ">"
-        ifd = struct.unpack(order + "I", bytes(b[4:8]))[0]
-        n = struct.unpack(order + "H", bytes(b[ifd:ifd + 2]))[0]
-        for i in range(n):
+        ifd = struct.unpack(order + "I", bytes(b[4:8]))[0] if len(b) >= 8 else len(b)
+        n = struct.unpack(order + "H", bytes(b[ifd:ifd + 2]))[0] if ifd + 2 <= len(b) else 0
+        for i in range(n):  # an earlier mutation may have damaged the header: claim what is still there
             e = ifd + 2 + 12 * i
+            if e + 12 > len(b):
+                break
             tag, typ = struct.unpack(order + "HH", bytes(b[e:e + 4]))
             if tag in (256, 257):
                 b[e + 2:e + 4] = struct.pack(order + "H", 4)  # LONG

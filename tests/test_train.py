@@ -7,7 +7,10 @@ from __future__ import annotations
 import builtins
 import csv
 import json
+import socket
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +160,21 @@ def test_run_folder_contents(runs, fer_folder):
         assert _is_png(run / png), png
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
     assert not list(run.glob("*.tmp"))  # checkpoints are written atomically
+
+
+def test_summary_records_where_and_with_what_the_run_was_made(runs, monkeypatch):
+    run, _ = runs
+    s = json.loads((run / "summary.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(trainer.__file__).parent, capture_output=True,
+                          text=True).stdout.strip()
+    assert len(head) == 40  # the tests run from a git checkout
+    assert (s["hosts"], s["world_size"], s["torch"], s["git_commit"]) == \
+        ([socket.gethostname()], 1, torch.__version__, head)
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(trainer.subprocess, "run", no_git)
+    assert trainer.git_commit() is None  # no git: the run goes on, the commit is null
 
 
 def test_same_name_never_overwrites(runs):
@@ -407,8 +425,11 @@ def test_wandb_offline_logs_seed_keys(fer_folder, tmp_path, monkeypatch):
     # the offline run really was written, and its summary carries the seed's final overfitting gap
     (offline,) = (tmp_path / "tiny" / "wandb").glob("offline-run-*")
     (records,) = offline.glob("*.wandb")
-    written = records.read_bytes()
-    assert all(key.encode() in written for key in (*SEED_COLUMNS, "overfitting_gap"))
+    keys = [key.encode() for key in (*SEED_COLUMNS, "overfitting_gap")]
+    deadline = time.monotonic() + 30  # wandb's service process may still be flushing on a busy machine
+    while not all(k in (written := records.read_bytes()) for k in keys) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(k in written for k in keys)
     assert f"{summary['gap']}".encode()[:6] in written
 
 

@@ -46,7 +46,7 @@ def _cmd_train(a):
 def _cmd_sweep(a):
     from .engine.sweep import run_sweep
     run_sweep(a.sweep, trials=a.trials, timeout=a.timeout, storage=a.storage, study_name=a.study,
-              overrides=_overrides(a))
+              overrides=_overrides(a), total_trials=a.total_trials, heartbeat=a.heartbeat, report_only=a.report)
 
 
 def _cmd_serve(a):
@@ -109,13 +109,17 @@ def _cmd_calibrate(a):
 def _cmd_report(a):
     from pathlib import Path
 
-    from .engine.report import find_runs, report_plot, report_table
-    runs = find_runs(a.runs)
-    table = report_table(runs)
-    print(table)
+    from .engine.report import best_label, find_runs, report_plot, report_table, sweep_table
+    runs, sweeps = find_runs(a.runs)
+    # each sweep's best trial stands beside the runs; its own table lists every trial
+    runs, labels = runs + [s.best for s in sweeps], [r.name for r in runs] + [best_label(s) for s in sweeps]
+    text = "\n\n".join([report_table(runs, labels)] + [
+        f"sweep {s.name} ({s.folder}): {len(s.trials)} finished trials, best first\n\n{sweep_table(s)}"
+        for s in sweeps])
+    print(text)
     if a.markdown:
-        Path(a.markdown).write_text(table + "\n")
-    print(f"\ncomparison plot: {report_plot(runs, Path(a.plot))}")
+        Path(a.markdown).write_text(text + "\n")
+    print(f"\ncomparison plot: {report_plot(runs, Path(a.plot), labels)} (curves: {', '.join(labels)})")
 
 
 def _cmd_predict(a):
@@ -130,6 +134,33 @@ def _cmd_predict(a):
     if res["errors"] and not a.keep_going:
         raise RuntimeError(f"{len(res['errors'])} of the inputs could not be read (listed above; the rest "
                            "were processed); pass --keep-going to exit 0 anyway")
+
+
+def _cmd_explain(a):
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .inference.explain import draw_explained
+    from .inference.predictor import Predictor, read_image
+    options = {"align": a.align} if a.align is not None else {}
+    predictor = Predictor(a.model, detector=a.detector, device=a.device, tta=not a.no_tta, **options)
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
+    for path in a.photos:
+        rgb = read_image(path)
+        faces = predictor.explain(rgb)
+        target, i = out_dir / f"{Path(path).stem}_explained.png", 2
+        while target in written:  # two photos of the same name
+            target, i = out_dir / f"{Path(path).stem}-{i}_explained.png", i + 1
+        written.add(target)
+        Image.fromarray(draw_explained(rgb, faces)).save(target)
+        for f in faces:
+            row = {k: v for k, v in f.items() if k != "heatmap"}
+            print(json.dumps({**row, "source": path, "explained": str(target)}), flush=True)
+        print(f"{path}: {len(faces)} face(s){'' if faces else ' (no face found)'} -> {target}", file=sys.stderr)
 
 
 def _cmd_export(a):
@@ -167,11 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="hyper-parameter search with Optuna; each trial is a run folder")
     s.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial, e.g. epochs=3")
-    s.add_argument("--trials", type=int, help="trials this worker runs (default: the sweep's 'trials')")
+    s.add_argument("--trials", type=int, help="trials this worker runs at most (default: the sweep's 'trials', "
+                   "else 20, else no cap when a total is set)")
+    s.add_argument("--total-trials", type=int, metavar="N", help="the study's budget: stop when it holds N finished "
+                   "trials, counted over all workers (default: the sweep's 'total_trials')")
     s.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
     s.add_argument("--storage", metavar="URL", help="Optuna storage shared by workers, e.g. "
                    "postgresql://user@host/db (default: sqlite study.db in the sweep folder)")
     s.add_argument("--study", help="study name (default: the sweep's 'name'); workers with the same one share it")
+    s.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="seconds between a running trial's heartbeats; a trial silent for 3 beats (its worker died) "
+                        "is marked FAIL by the next worker to look (default: 60)")
+    s.add_argument("--report", action="store_true",
+                   help="run no trial: print the study's best trials and write best.yaml and plots (also while "
+                        "workers run)")
     s.add_argument("--data", help="FER2013 location (default: the config's, else $FERLAB_DATA)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(fn=_cmd_sweep)
@@ -201,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_calibrate)
 
     s = sub.add_parser("report", help="the seed's iteration table for a set of runs, plus a comparison plot")
-    s.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    s.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or sweep folders (a row per "
+                                           "trial; the best trial's curves beside the runs')")
     s.add_argument("--markdown", help="also write the table to this file")
     s.add_argument("--plot", default="report.png", help="comparison plot path (default: report.png)")
     s.set_defaults(fn=_cmd_report)
@@ -248,6 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-going", action="store_true", help="exit 0 even when some inputs could not be read")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_predict)
+
+    s = sub.add_parser("explain", help="Grad-CAM: which regions of each face drove its label, drawn on the photo")
+    s.add_argument("photos", nargs="+", metavar="PHOTO", help="image files")
+    s.add_argument("--out", default="explained", metavar="DIR",
+                   help="folder for PHOTO_explained.png (default: explained/)")
+    s.add_argument("--model", default="default", help="'default', a run folder or a .pt checkpoint")
+    s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES, help="face detector (default: mtcnn)")
+    s.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                   help="turn each face upright by its eyes first (mtcnn only; default: on)")
+    s.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:1 (default: cpu)")
+    s.add_argument("--no-tta", action="store_true", help="explain the face alone, not also its mirror image")
+    s.set_defaults(fn=_cmd_explain)
 
     s = sub.add_parser("export", help="export a model to standalone ONNX (preprocessing inside), checked against "
                                       "PyTorch")

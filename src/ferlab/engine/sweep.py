@@ -6,6 +6,11 @@ from their validation accuracy after each epoch, and the study lives in SQLite i
 any database Optuna supports, so workers on several machines can share one study. Trials are chosen on
 validation accuracy only; the test split is never consulted.
 
+Many workers, one study (PostgreSQL): every worker runs `ferlab sweep SWEEP.yaml --storage URL`. With a
+study-wide budget (`total_trials`, --total-trials) each worker keeps starting trials until the study holds that
+many finished ones. Each running trial sends a heartbeat (--heartbeat S); a trial whose worker died (killed,
+machine lost) misses three beats, the next worker to look marks it FAIL, and the budget is met by a new trial.
+
     name: seed_regularisation            # study name and folder: <out_dir>/<name>
     base: ../seed/iter5_enhanced_cnn_v2.yaml   # relative to this file
     fixed: {epochs: 15}                  # overrides applied to every trial
@@ -14,13 +19,16 @@ validation accuracy only; the test split is never consulted.
       batch_size: {choices: [32, 64]}
       model_args.dropout: [{float: [0.2, 0.5]}, {float: [0.4, 0.7]}, 0.4]   # a list: one parameter each
     trials: 20                           # per worker; --trials overrides
+    total_trials: 60                     # optional: the study's budget over all workers; --total-trials overrides
     pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 3}
 """
 from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +41,7 @@ import yaml
 from .config import TrainConfig, load_config, read_yaml_mapping
 from .trainer import fit
 
-SPEC_KEYS = ("name", "base", "fixed", "space", "trials", "timeout", "out_dir", "sampler", "pruner")
+SPEC_KEYS = ("name", "base", "fixed", "space", "trials", "total_trials", "timeout", "out_dir", "sampler", "pruner")
 KINDS = ("float", "int", "choices")
 PRUNERS = ("median", "threshold", "none")
 
@@ -44,7 +52,8 @@ class SweepSpec:
     base: Path
     space: dict                      # config key -> parameter, or a list of parameters / constants
     fixed: dict = field(default_factory=dict)
-    trials: int = 20
+    trials: int | None = None        # per worker; None: 20, or no cap when total_trials is set
+    total_trials: int | None = None  # finished trials the study needs, over all workers
     timeout: float | None = None
     out_dir: str = "runs/sweeps"
     sampler: dict = field(default_factory=dict)   # TPE: seed, n_startup_trials
@@ -110,7 +119,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if pruner["type"] not in PRUNERS:
         raise ValueError(f"{path}: pruner.type {pruner['type']!r} is not one of {', '.join(PRUNERS)}")
     spec = SweepSpec(name=values.get("name") or path.stem, base=base, space=space, fixed=values.get("fixed") or {},
-                     trials=int(values.get("trials", 20)),
+                     trials=None if values.get("trials") is None else int(values["trials"]),
+                     total_trials=None if values.get("total_trials") is None else int(values["total_trials"]),
                      timeout=None if values.get("timeout") is None else float(values["timeout"]),
                      out_dir=values.get("out_dir", "runs/sweeps"), sampler=values.get("sampler") or {},
                      pruner=pruner)
@@ -158,25 +168,63 @@ def trial_config(spec: SweepSpec, pick, name: str, out_dir: str | Path | None = 
     return load_config(spec.base, items + list(overrides or []))
 
 
-def open_study(spec: SweepSpec, storage: str | None = None, study_name: str | None = None) -> optuna.Study:
-    """Create or join the study: SQLite in the sweep folder by default, else any Optuna storage URL."""
+HEARTBEAT_S = 60       # a running trial's heartbeat; three missed beats and another worker marks it FAIL
+CONNECT_TIMEOUT_S = 10  # an unreachable database host fails a worker in this long, not after TCP's minutes
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _one_line(e: BaseException) -> str:
+    """The database's own reason, on one line (SQLAlchemy appends the SQL and a help link on further lines)."""
+    text = str(getattr(e, "orig", None) or e)
+    return " ".join(text.split()).rstrip(".")
+
+
+def open_storage(url: str, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage with heartbeats, or a ValueError in one line that says what was expected."""
+    engine = None
+    if url.startswith("sqlite"):  # several workers on one SQLite file: wait for the lock instead of failing
+        engine = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):  # pre-ping: a worker outlives connections the server or a NAT dropped
+        engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+    for attempt in range(4):
+        try:
+            # heartbeats: a trial whose worker died (machine lost, killed) is marked failed instead of running forever
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beat = max(1, round(heartbeat))
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=beat,
+                                                  grace_period=3 * beat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # workers started together on an empty PostgreSQL race to create Optuna's tables and types ("duplicate
+            # key ... pg_type"): the losers find them made when they try again
+            error = e
+            time.sleep(0.5 + attempt)
+        except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
+            error = e
+            break
+    raise ValueError(f"cannot open storage {_hide_password(url)!r}: {_one_line(error)}. Expected a reachable "
+                     "database URL such as sqlite:///study.db or postgresql://user:password@host:5432/db (with "
+                     "its driver installed: pip install 'ferlab[sweep]')")
+
+
+def open_study(spec: SweepSpec, storage: str | None = None, study_name: str | None = None,
+               heartbeat: float = HEARTBEAT_S, create: bool = True) -> optuna.Study:
+    """Create or join the study (only join when not `create`): SQLite in the sweep folder by default, else any
+    Optuna storage URL."""
     study_name = study_name or spec.name
     if storage is None:
         folder = Path(spec.out_dir) / study_name
         folder.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(folder / 'study.db').resolve()}"
-    # several workers on one SQLite file: wait for the lock instead of failing
-    engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
-    try:
-        # heartbeats: a trial whose worker died (machine lost, killed) is marked failed instead of running forever
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=60,
-                                                 grace_period=180)
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
-        raise ValueError(f"cannot open storage {storage!r}: {str(e).rstrip('.')}. Expected a database URL such "
-                         "as sqlite:///study.db or postgresql://user:password@host/db (with its driver installed)"
-                         ) from None
+    url, storage = storage, open_storage(storage, heartbeat)
+    if not create:
+        names = [s.study_name for s in storage.get_all_studies()]
+        if study_name not in names:
+            raise ValueError(f"no study {study_name!r} in {_hide_password(url)}; it holds "
+                             f"{', '.join(map(repr, names)) or 'no study'} (start one with ferlab sweep, or pass --study)")
     with warnings.catch_warnings():  # constant_liar: parallel workers do not all pick the same promising point
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=spec.sampler.get("seed"), constant_liar=True,
@@ -193,14 +241,30 @@ def open_study(spec: SweepSpec, storage: str | None = None, study_name: str | No
 
 
 def run_sweep(path: str | Path, trials: int | None = None, timeout: float | None = None, storage: str | None = None,
-              study_name: str | None = None, overrides: list[str] | None = None) -> optuna.Study:
-    """Run `trials` trials of the sweep in this process (joining the study if it exists), then report."""
+              study_name: str | None = None, overrides: list[str] | None = None, total_trials: int | None = None,
+              heartbeat: float = HEARTBEAT_S, report_only: bool = False) -> optuna.Study:
+    """Run trials of the sweep in this process (joining the study if it exists), then report.
+
+    This worker stops after `trials` trials of its own, after `timeout` seconds, or when the study holds
+    `total_trials` finished trials over all workers, whichever comes first. `report_only`: run nothing, report
+    the study as it stands (also while other workers run)."""
     spec = load_sweep(path)
     if overrides:
         trial_config(spec, _pick_first, "check", ".", overrides)  # a bad override fails before trial 0 exists
-    study = open_study(spec, storage, study_name)
+    study = open_study(spec, storage, study_name, heartbeat, create=not report_only)
     folder = Path(spec.out_dir) / study.study_name
+    if report_only:
+        report(study, spec, folder, overrides)
+        return study
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    total = total_trials if total_trials is not None else spec.total_trials
+    if total is not None and total < 1:
+        raise ValueError(f"total_trials must be at least 1, got {total}")
+    cap = trials if trials is not None else spec.trials
+    if cap is None and total is None:
+        cap = 20
+    timeout = timeout if timeout is not None else spec.timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
 
     def objective(trial: optuna.Trial) -> float:
         run_dir = folder / "trials" / f"trial-{trial.number:04d}"  # numbers are unique across workers
@@ -217,12 +281,41 @@ def run_sweep(path: str | Path, trials: int | None = None, timeout: float | None
         trial.set_user_attr("best_epoch", summary["best_epoch"])
         return summary["val_accuracy"]
 
-    # a diverged trial (NaN loss) or one too big for the GPU is recorded as failed and the sweep goes on
-    study.optimize(objective, n_trials=trials if trials is not None else spec.trials,
-                   timeout=timeout if timeout is not None else spec.timeout,
-                   catch=(FloatingPointError, torch.cuda.OutOfMemoryError))
+    ran = 0
+    while cap is None or ran < cap:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if total is not None and _budget_met(study, total, min(heartbeat, 10.0), deadline):
+            break
+        # one trial per call: the budget is checked before each. A diverged trial (NaN loss) or one too big for
+        # the GPU is recorded as failed and the sweep goes on
+        study.optimize(objective, n_trials=1, catch=(FloatingPointError, torch.cuda.OutOfMemoryError))
+        ran += 1
     report(study, spec, folder, overrides)
     return study
+
+
+def _budget_met(study: optuna.Study, total: int, poll: float, deadline: float | None) -> bool:
+    """Whether the study holds `total` finished (complete or pruned) trials, over all workers.
+
+    Running trials count as on their way, so N workers do not overshoot the budget. While finished plus
+    running trials would meet it, wait (every `poll` s) until they finish or, where their worker died, go stale
+    and are marked FAIL (three missed heartbeats): then a new trial replaces the dead one.
+    """
+    states = optuna.trial.TrialState
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        live = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
+        finished = sum(t.state != states.RUNNING for t in live)
+        if finished >= total:
+            return True
+        if len(live) < total:
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        time.sleep(poll)
 
 
 def best_table(study: optuna.Study, top: int = 5) -> str:
@@ -265,7 +358,8 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
     header = (f"# Best trial of study {study.study_name!r}: trial {best.number}, validation accuracy "
               f"{best.value:.2f}% at epoch {best.user_attrs.get('best_epoch')}\n# run: {best.user_attrs.get('run_dir')}"
               f"\n# train it: ferlab train {folder / 'best.yaml'}\n")
-    (folder / "best.yaml").write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    # workers sharing a study may share the folder too: each file appears whole (write, then rename)
+    _replace(folder / "best.yaml", lambda tmp: tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     # importance is fitted over completed trials: it needs at least two
     plots = [("history.png", ovm.plot_optimization_history, 1), ("importance.png", ovm.plot_param_importances, 2)]
     with warnings.catch_warnings():
@@ -279,6 +373,12 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
             except ImportError as e:  # older Optuna's default importance evaluator needs scikit-learn
                 print(f"{name}: skipped ({e})", flush=True)
                 continue
-            ax.figure.savefig(folder / name, dpi=110, bbox_inches="tight")
+            _replace(folder / name, lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
             plt.close(ax.figure)
     print(f"best config: {folder / 'best.yaml'}; plots in {folder}", flush=True)
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)

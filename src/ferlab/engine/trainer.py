@@ -9,6 +9,8 @@ import copy
 import json
 import math
 import os
+import socket
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -80,6 +82,14 @@ class DistInfo:
         dist.all_reduce(t)
         return t.tolist()
 
+    def all_gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order (a sync point)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank (a sync point)."""
         if self.world == 1:
@@ -94,6 +104,25 @@ class DistInfo:
         if self.world > 1:
             for b in module.buffers():
                 dist.broadcast(b, src=0)
+
+
+def git_commit() -> str | None:
+    """HEAD of the git checkout ferlab's code lives in, or None (an installed wheel, no git): provenance only,
+    so it never fails a run."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def provenance(dinfo: DistInfo) -> dict:
+    """What makes runs comparable across machines: every rank's host name, the world size, torch's version and
+    the code's git commit. Called on every rank (the host names are gathered)."""
+    return {"hosts": dinfo.all_gather(socket.gethostname()), "world_size": dinfo.world, "torch": torch.__version__,
+            "git_commit": git_commit() if dinfo.main else None}
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
@@ -399,6 +428,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             cbs.append(WandbLogger(wandb_project, run_dir.name, cfg_dict, run_dir))
         cbs += callbacks or []
     n_params = count_params(model)
+    origin = provenance(dinfo)
     if dinfo.main:
         print(f"run {run_dir}: {cfg.model} ({n_params:,} params) on {device}, input {pre.in_channels}x"
               f"{pre.input_size}x{pre.input_size}, train/val/test {len(ytr)}/{len(yva)}/{len(yte)}, "
@@ -459,14 +489,15 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     summary = {}
     if dinfo.main:
         summary = finish_run(run_dir, cfg, pre, xte, yte, xva, yva, device, n_params,
-                             wall_time_s=trained_s + time.perf_counter() - t_start, throughput=throughput)
+                             wall_time_s=trained_s + time.perf_counter() - t_start, throughput=throughput,
+                             origin=origin)
         for cb in cbs:
             cb.on_train_end(summary)
     return dinfo.broadcast(summary)  # other ranks wait here while rank 0 tests best.pt
 
 
 def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device, n_params, wall_time_s,
-               throughput) -> dict:
+               throughput, origin: dict | None = None) -> dict:
     """Fit best.pt's temperature on the validation split, then evaluate it once on the test split; write
     summary.json and the plots (rank 0 alone, whole split)."""
     from .calibration import calibrate_checkpoint, expected_calibration_error
@@ -496,6 +527,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
         "test_ece_uncalibrated": expected_calibration_error(raw["probs"], yte),
         "wall_time_s": wall_time_s, "images_per_s": float(np.mean(throughput)) if throughput else None,
         "precision": cfg.precision, "device": str(device),
+        **(origin or {}),  # hosts, world_size, torch, git_commit
     }
     if cfg.tta:
         summary["val_accuracy_tta"] = evaluate(model, xva, yva, pre, device, cfg.eval_batch_size, True,

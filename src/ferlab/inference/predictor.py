@@ -20,7 +20,7 @@ from PIL import Image
 from ..data.images import to_8bit, to_array, upright_rgb
 from ..engine.trainer import tta_views
 from .detect import make_detector
-from .faces import crop_faces, crops_to_input, crops_to_pixels, to_gray
+from .faces import crop_faces, crops_to_input, crops_to_pixels, eye_angle, to_gray
 from .video import IoUTracker
 
 log = logging.getLogger("ferlab.predict")
@@ -127,6 +127,33 @@ class Predictor:
         views = tta_views(x, "flip" if self.tta else "none")  # the views `ferlab eval` averages
         return np.mean([self.classifier(v) for v in views], axis=0)
 
+    def explain(self, image) -> list[dict]:
+        """The faces of one picture (a path, numpy RGB / gray, or PIL) as `predict` gives them, each with
+        "heatmap": its Grad-CAM map for the reported label, float32 (h, w) in 0..1 over the face's box (turned
+        back where the crop was aligned). With TTA the map is the mean of the face's and of its mirror's
+        (flipped back), as the label is the mean of their probabilities."""
+        from .explain import grad_cam
+        if not isinstance(self.classifier, TorchClassifier):
+            raise ValueError("explaining needs the PyTorch model's gradients; an ONNX export has none: pass the "
+                             "run folder or .pt checkpoint it came from")
+        rgb = read_image(image) if isinstance(image, (str, Path)) else _as_array(image)
+        gray = to_gray(rgb)
+        faces = self.detector(gray, rgb if rgb.ndim == 3 and rgb.shape[2] >= 3 else None)
+        crops = crop_faces(gray, faces, self.align)
+        fr = Frame(None, str(image) if isinstance(image, (str, Path)) else None)
+        _, out = next(self._flush([(fr, faces)], crops))
+        if not faces:
+            return out
+        x = crops_to_input(crops, self.preprocess, self.device)
+        target = [self.classes.index(f["label"]) for f in out]
+        cams, _ = grad_cam(self.classifier.model, x, target)
+        if self.tta:
+            cams = (cams + grad_cam(self.classifier.model, x.flip(-1), target)[0][:, :, ::-1]) / 2
+            cams /= np.maximum(cams.max((1, 2), keepdims=True), 1e-12)
+        for f, face, cam in zip(out, faces, cams):
+            f["heatmap"] = _cam_on_box(cam, face, self.align)
+        return out
+
     def stream(self, source, every: int = 1, errors: list | None = None, progress: bool = False,
                keep_images: bool = False) -> Iterator[tuple[Frame, list[dict]]]:
         """(frame, its faces) in input order. With an `errors` list, unreadable files are appended to it
@@ -174,6 +201,18 @@ class Predictor:
                             "label": self.classes[int(p.argmax())],
                             "probs": {c: float(v) for c, v in zip(self.classes, p)}})
             yield fr, out
+
+
+def _cam_on_box(cam: np.ndarray, face, aligned: bool) -> np.ndarray:
+    """A Grad-CAM map over the model input -> over the face's box in the picture: resized to the box, and
+    turned back by the eye angle where the crop had been turned upright."""
+    import cv2
+    w, h = int(face.box[2]), int(face.box[3])
+    out = cv2.resize(np.ascontiguousarray(cam, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    if aligned and face.landmarks is not None:
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), -eye_angle(face), 1.0)
+        out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return np.clip(out, 0, 1)
 
 
 def _as_array(image) -> np.ndarray:

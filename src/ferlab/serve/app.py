@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..data.images import upright_rgb
+from ..inference.explain import heatmap_rgba
 
 STATIC = Path(__file__).parent / "static"
 MAX_BYTES = 10 * 2**20          # upload limit (10 MiB)
@@ -57,7 +58,9 @@ class Face(BaseModel):
     score: float = Field(description="face detector confidence (mtcnn: 0-1 face probability; haar / lbp: agreeing windows; 1 with detector none)")
     label: str = Field(description="the most probable expression")
     probs: dict[str, float] = Field(description="probability of every class")
-    track: int | None = Field(None, description="video only: the face's id, kept from frame to frame (from 1)")
+    track: int | None = Field(None, description="the face's id across a video's frames, from 1 (None for photos)")
+    heatmap: str | None = Field(None, description="with explain=true: a data:image/png;base64 RGBA picture the "
+                                                  "size of `box`, to lay over it: where the label came from")
 
 
 class Prediction(BaseModel):
@@ -171,7 +174,9 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
 
     @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
               responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
-    async def predict(file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo")):
+    async def predict(file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo"),
+                      explain: bool = Query(False, description="add each face's class activation map (HiResCAM "
+                                                                "for the reported label) as `heatmap`")):
         t0 = time.perf_counter()
         _check_part_type(file.content_type)
         data = await file.read(max_bytes + 1)
@@ -184,7 +189,15 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
             try:
                 rgb = decode_image(data, max_pixels)
                 with lock:
-                    return rgb.shape[:2], predictor.predict(rgb)
+                    if not explain:
+                        return rgb.shape[:2], predictor.predict(rgb)
+                    if not callable(getattr(predictor, "explain", None)):
+                        raise HTTPException(400, "this server's model cannot explain its answers (an ONNX export "
+                                                 "has no gradients); ask without explain=true")
+                    try:
+                        return rgb.shape[:2], predictor.explain(rgb)
+                    except ValueError as e:
+                        raise HTTPException(400, str(e)) from None
             finally:
                 rgb = None
                 _release_memory()
@@ -501,7 +514,14 @@ def _face(f: dict) -> Face:
                 time_s=None if f.get("time_s") is None else float(f["time_s"]),
                 box=[int(round(float(v))) for v in f["box"]], score=float(f["score"]), label=str(f["label"]),
                 probs={str(k): float(v) for k, v in f["probs"].items()},
-                track=None if f.get("track") is None else int(f["track"]))
+                track=None if f.get("track") is None else int(f["track"]),
+                heatmap=None if f.get("heatmap") is None else _png_data_url(heatmap_rgba(f["heatmap"])))
+
+
+def _png_data_url(rgba: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _describe(predictor, model: str, detector: str) -> tuple[str, str]:
