@@ -347,3 +347,53 @@ def test_api_docs_render_offline(server, page):
     assert {"/health", "/v1/predict"} <= {p.replace("\u200b", "") for p in paths}, paths
     assert requests and all(u.startswith(server) for u in requests), requests
     docs.close()
+
+
+def test_explain_lays_each_heat_map_over_its_box(page, tmp_path):
+    """Explain asks for explain=true and lays each face's heat map (a PNG the size of its box, in photo pixels) exactly
+    over the box; the screenshot changes inside the box only; switching it off removes the maps without a request."""
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(photo)
+    if page.is_checked("#explain"):
+        page.uncheck("#explain")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#result:not([hidden]) .face", timeout=60_000)
+    stage = page.locator("#stage")
+    plain = shot(stage, "explain-off.png")
+
+    with page.expect_response("**/v1/predict?explain=true", timeout=60_000) as answer:
+        page.check("#explain")
+    assert answer.value.status == 200
+    [face] = answer.value.json()["faces"]
+    assert face["heatmap"].startswith("data:image/png;base64,")
+    page.wait_for_selector("#boxes img.heat")
+    assert page.locator("#boxes img.heat").count() == 1
+    heat = page.locator("#boxes img.heat")
+    poll(page, lambda: heat.evaluate("i => i.complete && i.naturalWidth > 0"), 5, "the heat map never loaded")
+    x, y, w, h = face["box"]
+    assert heat.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [w, h]  # the box's size in photo pixels
+    hb, bb = heat.bounding_box(), page.locator("#boxes .box").bounding_box()
+    for k in ("x", "y", "width", "height"):
+        assert hb[k] == pytest.approx(bb[k], abs=0.5), (k, hb, bb)  # laid exactly over the box on screen
+    assert "heat maps" in page.inner_text("#status")
+    explained = shot(stage, "explain-on.png")
+    shot(page, "explain-page.png")
+    origin = stage.bounding_box()
+    inside = np.abs(explained - plain)[round(bb["y"] - origin["y"]) + 4:round(bb["y"] + bb["height"] - origin["y"]) - 4,
+                                       round(bb["x"] - origin["x"]) + 4:round(bb["x"] + bb["width"] - origin["x"]) - 4]
+    assert inside.mean() > 10  # the map shows over the face
+    below = round(bb["y"] + bb["height"] - origin["y"]) + 10
+    assert np.abs(explained - plain)[below:].max() <= 2  # and nowhere else (below the box)
+
+    with page.expect_download() as dl:
+        page.click("#download-image")
+    drawn = np.asarray(Image.open(dl.value.path()).convert("RGB")).astype(int)
+    assert np.abs(drawn - astronaut())[y + 10:y + h - 10, x + 10:x + w - 10].mean() > 10  # the map is in the download
+
+    sent = []
+    page.on("request", lambda r: sent.append(r.url) if "/v1/" in r.url else None)
+    page.uncheck("#explain")
+    page.wait_for_timeout(300)
+    assert page.locator("#boxes img.heat").count() == 0 and page.locator("#boxes .box").count() == 1
+    assert not sent, sent
+    assert not page.errors, page.errors

@@ -127,13 +127,13 @@ function drawBoxes(layer, data, { mirror = false, heatmaps = false } = {}) {
 function render(data, name) {
   last = { data, name };
   $("photo").src = photoUrl;
-  drawBoxes($("boxes"), data, { heatmaps: true });
+  const explained = $("explain").checked && data.faces.some((f) => f.heatmap);
+  drawBoxes($("boxes"), data, { heatmaps: explained });
   const faces = $("faces");
   faces.replaceChildren();
   data.faces.forEach((face, i) => faces.append(faceCard(face, i, data.classes, colorOf(face.label))));
   if (!data.faces.length) faces.append(el("p", "empty", data.message || "No face found."));
   const n = data.faces.length;
-  const explained = data.faces.some((f) => f.heatmap);
   setStatus(n ? `${n} face${n > 1 ? "s" : ""} found in ${data.width}×${data.height} px (${Math.round(data.elapsed_ms)} ms)`
     + (explained ? "; the heat maps show the regions that drove each label" : "") : "");
   $("drop").classList.add("compact");
