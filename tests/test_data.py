@@ -615,7 +615,7 @@ def test_empty_or_missing_class_folder_is_named(fer_folder, tmp_path, capsys):
 def test_serve_max_pixels_zero_is_refused_not_read_as_the_default(capsys):
     assert main(["serve", "--max-pixels", "0", "--detector", "none"]) == 2
     err = capsys.readouterr().err
-    assert "max_pixels and workers must be positive" in err and "got 10485760, 0 and 1" in err
+    assert "max_pixels must be positive, got 0" in err
 
 
 def test_16_bit_images_keep_their_brightness_everywhere(fer_folder, fer_slice, tmp_path):

@@ -5,6 +5,7 @@ job is to carry the Predictor's answer faithfully, which is checked against the 
 """
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -17,7 +18,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from skimage.data import astronaut
-from test_predict import tiny_checkpoint
+from test_predict import _video, tiny_checkpoint
 
 from ferlab.cli import main
 from ferlab.data.classes import CLASSES
@@ -182,7 +183,7 @@ def test_fuzzed_requests_never_get_a_5xx(crops_predictor):
         seen.add((case.method, case.path, response.status_code))
 
     check()
-    assert {(m, p) for m, p, _ in seen} == {("GET", "/health"), ("POST", "/v1/predict")}, seen
+    assert {(m, p) for m, p, _ in seen} == {("GET", "/health"), ("POST", "/v1/predict"), ("POST", "/v1/video")}, seen
 
 
 def test_cli_serve_refuses_a_missing_model(tmp_path, capsys):
@@ -245,3 +246,83 @@ def test_docs_work_offline(crops_predictor, monkeypatch):
     monkeypatch.setattr(app_mod, "DOCS_ASSETS", lambda: None)
     r = TestClient(create_app(crops_predictor)).get("/docs")
     assert r.status_code == 503 and "pip install fastapi-offline" in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def astronaut_video(tmp_path_factory):
+    """8 frames at 5 fps of the astronaut (256 px) moving right 6 px a frame: made here, never committed."""
+    small = np.asarray(Image.fromarray(astronaut()).resize((256, 256), Image.BILINEAR))
+    path = tmp_path_factory.mktemp("serve-video") / "astronaut.mp4"
+    _video(path, small, n=8, fps=5.0, dx=6)
+    return path
+
+
+def upload_video(client, data: bytes, name="astronaut.mp4", ctype="video/mp4", **params):
+    return client.post("/v1/video", params=params, files={"file": (name, data, ctype)})
+
+
+def test_video_gives_tracked_faces_summary_and_timeline(haar_client, checkpoint, astronaut_video):
+    """The frames, tracks and probabilities are the Predictor's own on the same file; the summary has one row per
+    analysed frame, each track's label is its mean's top class, and the timeline is a real PNG."""
+    r = upload_video(haar_client, astronaut_video.read_bytes(), every=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"], body["fps"], body["frames_total"]) == (256, 256, 5.0, 8)
+    assert body["every"] == 2 and body["frames_analysed"] == 4 and body["note"] is None
+    assert [f["frame"] for f in body["frames"]] == [0, 2, 4, 6]
+    assert [f["time_s"] for f in body["frames"]] == pytest.approx([0.0, 0.4, 0.8, 1.2])
+
+    direct = [(fr.frame, faces) for fr, faces in Predictor(str(checkpoint), detector="haar").stream(astronaut_video, 2)]
+    assert [f["frame"] for f in body["frames"]] == [frame for frame, _ in direct]
+    for got, (_, want) in zip(body["frames"], direct):
+        assert [f["box"] for f in got["faces"]] == [f["box"] for f in want]
+        assert [f["track"] for f in got["faces"]] == [f["track"] for f in want]
+        for g, w in zip(got["faces"], want):
+            assert g["label"] == w["label"] and g["probs"] == pytest.approx(w["probs"], abs=1e-6)
+            assert g["source"] == "astronaut.mp4"  # the upload's name, never the server's temp path
+    assert all(len(f["faces"]) == 1 for f in body["frames"])  # she is found in every frame, as one track
+    [track] = body["tracks"]
+    assert track["track"] == 1 and track["frames"] == 4 and (track["first_s"], track["last_s"]) == (0.0, pytest.approx(1.2))
+    mean = {c: np.mean([f["faces"][0]["probs"][c] for f in body["frames"]]) for c in CLASSES}
+    assert track["probs"] == pytest.approx(mean, abs=1e-5) and track["label"] == max(mean, key=mean.get)
+
+    assert [(row["frame"], row["faces"]) for row in body["summary"]] == [(0, 1), (2, 1), (4, 1), (6, 1)]
+    assert body["summary"][1]["share"] == pytest.approx(body["frames"][1]["faces"][0]["probs"], abs=1e-5)
+    assert body["timeline_png"].startswith("data:image/png;base64,")
+    plot = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["timeline_png"].split(",", 1)[1]))).convert("RGB"))
+    assert plot.shape[1] > 500 and plot.std() > 20  # drawn, not blank
+
+
+def test_long_video_is_sampled_within_the_frame_limit(checkpoint, astronaut_video):
+    c = TestClient(create_app(Predictor(str(checkpoint), detector="haar"), max_video_frames=3))
+    body = upload_video(c, astronaut_video.read_bytes()).json()
+    assert body["every"] == 3 and [f["frame"] for f in body["frames"]] == [0, 3, 6]
+    assert body["max_frames"] == 3 and body["note"] == ("the video has 8 frames: 1 in 3 analysed, to stay "
+                                                                 "within the limit of 3 frames")
+    assert c.get("/health").json()["max_video_frames"] == 3
+
+
+def test_bad_videos_get_clear_4xx_and_leave_no_temp_file(checkpoint, astronaut_video, tmp_path, monkeypatch, photo):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    c = TestClient(create_app(Predictor(str(checkpoint), detector="haar"), max_video_bytes=60_000, max_pixels=50_000))
+    mp4 = astronaut_video.read_bytes()
+    assert len(mp4) < 60_000
+    cases = {  # what is sent -> (status, a word the message must contain)
+        "an image": (upload_video(c, photo, "a.jpg", "image/jpeg"), 415, "video"),
+        "not a video": (upload_video(c, b"hello, this is not a video at all", "a.mp4"), 415, "MP4"),
+        "a playlist": (upload_video(c, b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n", "a.mp4"), 415, "MP4"),
+        "empty": (upload_video(c, b""), 400, "empty"),
+        "truncated": (upload_video(c, mp4[:2000]), 415, "could not open"),
+        "no frames": (upload_video(c, mp4[:24] + bytes(3000)), 415, "astronaut.mp4"),
+        "over size": (upload_video(c, mp4 + bytes(60_000)), 413, "limit"),
+        "over pixels": (upload_video(c, mp4), 413, "pixels"),  # 256x256 frames, 50,000 pixel limit
+        "every 0": (upload_video(c, mp4, every=0), 422, "every"),
+    }
+    for what, (r, status, word) in cases.items():
+        assert r.status_code == status, (what, r.status_code, r.text)
+        assert word in r.json()["detail"], (what, r.json())
+        assert str(tmp_path) not in r.json()["detail"], (what, r.json())  # temp paths stay private
+    assert list(tmp_path.iterdir()) == []
+    ok = upload_video(TestClient(create_app(Predictor(str(checkpoint), detector="haar"))), mp4)
+    assert ok.status_code == 200 and list(tmp_path.iterdir()) == []

@@ -1,17 +1,25 @@
-"""The web page end to end: real server, real headless Chromium, a real photo through the file input."""
+"""The web page end to end: real server, real headless Chromium, a real photo through the file input, a video
+made in the test, and Chromium's fake camera for the webcam and live mode.
+
+Each test saves a screenshot (in $FERLAB_WEB_SCREENSHOTS, default /tmp/ferlab-web) and checks its pixels.
+"""
 from __future__ import annotations
 
+import io
+import json
 import os
 import socket
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from skimage.data import astronaut
+from test_predict import _video
 from test_serve import checkpoint  # noqa: F401  (the same small real checkpoint, trained once)
 
 from ferlab.data.classes import CLASSES
@@ -21,9 +29,38 @@ from ferlab.serve.app import create_app
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT = Path(os.environ.get("FERLAB_WEB_SCREENSHOT", "/tmp/ferlab-web-result.png"))
+SHOTS = Path(os.environ.get("FERLAB_WEB_SCREENSHOTS", "/tmp/ferlab-web"))
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
+
+
+def shot(target, name: str) -> np.ndarray:
+    """Screenshot of a page or locator, saved under SHOTS for people to look at, returned as RGB pixels."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    png = target.screenshot(path=str(SHOTS / name))
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def rgb_of(css: str) -> tuple[int, int, int]:
+    """'rgb(229, 72, 77)' -> (229, 72, 77)"""
+    return tuple(int(v) for v in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def poll(page, check, timeout: float, what: str):
+    """Wait for check() to be truthy, polled from Python (the page's CSP forbids wait_for_function's eval).
+    Waiting through the page lets Playwright deliver its events (request, response) in the meantime."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, what
+        page.wait_for_timeout(50)
+    return value
+
+
+def border_pixel_matches(pixels: np.ndarray, box: dict, origin: dict, colour: tuple) -> bool:
+    """The box's left border, halfway down, has the box's colour in a screenshot taken at `origin`."""
+    x = round(box["x"] - origin["x"] + 1.5)  # inside the 3 px border
+    y = round(box["y"] - origin["y"] + box["height"] / 2)
+    return bool(np.abs(pixels[y, x] - np.array(colour)).max() <= 12)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +99,13 @@ def page(server):
         browser.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_errors(request):
+    """Each test checks only its own page errors (the page is shared; a deliberate 4xx logs one)."""
+    if "page" in request.fixturenames:
+        request.getfixturevalue("page").errors.clear()
+
+
 def test_upload_shows_the_face_box_and_seven_bars(page, tmp_path):
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut()).save(photo)
@@ -70,7 +114,7 @@ def test_upload_shows_the_face_box_and_seven_bars(page, tmp_path):
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#result:not([hidden]) .face", timeout=60_000)
 
-    assert page.locator(".box").count() == 1 and page.locator(".face").count() == 1
+    assert page.locator("#boxes .box").count() == 1 and page.locator(".face").count() == 1
     label = page.text_content(".face .label")
     assert label in CLASSES
     bars = page.locator(".face .bar-row")
@@ -82,13 +126,49 @@ def test_upload_shows_the_face_box_and_seven_bars(page, tmp_path):
     assert CLASSES[max(range(len(CLASSES)), key=values.__getitem__)] == label
 
     # the box sits on her face: the nose (222, 118) of the 512x512 photo is inside it on screen
-    img, box = page.locator("#photo").bounding_box(), page.locator(".box").bounding_box()
+    img, box = page.locator("#photo").bounding_box(), page.locator("#boxes .box").bounding_box()
     nose_x = img["x"] + 222 / 512 * img["width"]
     nose_y = img["y"] + 118 / 512 * img["height"]
     assert box["x"] < nose_x < box["x"] + box["width"] and box["y"] < nose_y < box["y"] + box["height"]
     assert "1 face found" in page.inner_text("#status")
     assert not page.errors, page.errors
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    shot(page, "photo-page.png")
+    # in the screenshot, the box's border is drawn in its label's colour where the box says
+    stage = page.locator("#stage")
+    pixels = shot(stage, "photo-stage.png")
+    colour = rgb_of(page.locator("#boxes .box").evaluate("b => getComputedStyle(b).borderLeftColor"))
+    assert border_pixel_matches(pixels, box, stage.bounding_box(), colour), colour
+
+
+def test_downloads_give_the_annotated_photo_and_the_json(page, tmp_path):
+    """'Download image' is the photo at its own size with the box drawn on it; 'Download JSON' is the server's answer."""
+    original = astronaut()
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(original).save(photo)
+    with page.expect_response("**/v1/predict") as answer:
+        page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#result:not([hidden]) .face", timeout=60_000)
+    response = answer.value.json()
+    [face] = response["faces"]
+
+    with page.expect_download() as dl:
+        page.click("#download-image")
+    assert dl.value.suggested_filename == "astronaut-ferlab.png"
+    dl.value.save_as(SHOTS / "download-annotated.png")  # kept to look at, with the screenshots
+    drawn = np.asarray(Image.open(dl.value.path()).convert("RGB")).astype(int)
+    assert drawn.shape == original.shape  # the photo's own size, not the size on screen
+    x, y, w, h = face["box"]
+    diff = np.abs(drawn - original).max(axis=2)
+    assert (diff[y + h // 2, x:x + 3] > 60).all()  # the box's left edge is drawn in
+    assert diff[y + 10:y + h - 10, x + 10:x + w - 10].max() <= 2  # inside the box the face is untouched
+    assert diff[-60:, -60:].max() <= 2  # and so is a corner far from it
+    shot(page, "photo-downloads.png")
+
+    with page.expect_download() as dl:
+        page.click("#download-json")
+    assert dl.value.suggested_filename == "astronaut-ferlab.json"
+    assert json.loads(Path(dl.value.path()).read_text()) == response
+    assert not page.errors, page.errors
 
 
 def test_non_image_shows_the_servers_message(page, tmp_path):
@@ -115,6 +195,145 @@ def test_webcam_photo_is_sent_and_answered(page):
     page.wait_for_selector("#result:not([hidden]) .empty")
     assert "no face" in page.inner_text("#faces")
     assert page.locator("#camera").is_hidden() and page.locator(".box").count() == 0
+    pixels = shot(page, "webcam-photo.png")
+    assert pixels.std() > 5  # a rendered page, not a blank one
+
+
+class Traffic:
+    """Counts the page's /v1/predict requests, answers and the most of them in flight at once."""
+
+    def __init__(self, page):
+        self.page, self.sent, self.answers, self.in_flight, self.peak = page, 0, [], 0, 0
+        self.handlers = {"request": self.request, "requestfinished": self.finished, "requestfailed": self.finished,
+                         "response": self.response}
+        for event, fn in self.handlers.items():
+            page.on(event, fn)
+
+    @staticmethod
+    def ours(r) -> bool:
+        return r.url.split("?")[0].endswith("/v1/predict")
+
+    def request(self, r):
+        if self.ours(r):
+            self.sent += 1
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+
+    def finished(self, r):
+        if self.ours(r):
+            self.in_flight -= 1
+
+    def response(self, r):
+        if self.ours(r):
+            self.answers.append(r.status)
+
+    def close(self):
+        for event, fn in self.handlers.items():
+            self.page.remove_listener(event, fn)
+
+
+def test_live_mode_sends_frames_one_at_a_time_and_stop_releases_the_camera(page):
+    """Live mode against the real server: the fake camera's test pattern has no face, so what is checked is the
+    loop: several 200 answers, never two requests in flight, the frames/s readout, and Stop ending it all."""
+    traffic = Traffic(page)
+    try:
+        page.click("#go-live")
+        poll(page, lambda: page.get_attribute("#live", "aria-pressed") == "true", 10, "live mode did not start")
+        assert page.locator("#camera").is_visible() and page.locator("#capture").is_disabled()
+        poll(page, lambda: len(traffic.answers) >= 5, 30, f"live mode sent {traffic.sent} frames in 30 s")
+        assert set(traffic.answers) == {200} and traffic.peak == 1, (traffic.answers, traffic.peak)
+        fps = poll(page, lambda: float(page.get_attribute("#fps", "data-fps") or 0), 5, "the frames/s readout never updated")
+        assert 0.5 < fps < 4, fps  # a frame every 400 ms at best: 2.5 frames/s
+        assert "frames/s · 0 faces" in page.inner_text("#fps")
+        frames = int(page.get_attribute("#fps", "data-frames"))
+        poll(page, lambda: int(page.get_attribute("#fps", "data-frames")) > frames, 5, "the readout stopped updating")
+        pixels = shot(page.locator("#live-stage"), "live-test-pattern.png")
+        assert pixels.std() > 20  # the camera's picture is on show
+
+        page.evaluate("window.__track = document.getElementById('video').srcObject.getVideoTracks()[0]")
+        page.click("#stop")
+        sent = traffic.sent
+        page.wait_for_timeout(1500)
+        assert traffic.sent == sent, "frames were still sent after Stop"
+        assert page.evaluate("window.__track.readyState") == "ended"  # the camera is released
+        assert page.evaluate("document.getElementById('video').srcObject") is None
+        assert page.locator("#camera").is_hidden() and page.locator("#drop").is_visible()
+        assert not page.errors, page.errors
+    finally:
+        traffic.close()
+
+
+def test_live_mode_draws_each_face_box_over_the_video(page, server):
+    """The server's real answer for the astronaut photo, given to every live frame (the fake camera shows no face):
+    the overlay box lands where the answer's box says, mirrored like the video, in the label's colour."""
+    png = io.BytesIO()
+    Image.fromarray(astronaut()).save(png, "PNG")
+    real = page.request.post(server + "/v1/predict", multipart={
+        "file": {"name": "astronaut.png", "mimeType": "image/png", "buffer": png.getvalue()}})
+    assert real.status == 200
+    answer = real.json()
+    [face] = answer["faces"]
+    page.route("**/v1/predict", lambda route: route.fulfill(status=200, json=answer))
+    try:
+        page.click("#go-live")
+        poll(page, lambda: page.locator("#live-boxes .box").count() == 1, 20, "no box drawn over the live video")
+        assert f"1 face: {face['label']}" in page.inner_text("#fps")
+        layer, box = page.locator("#live-boxes").bounding_box(), page.locator("#live-boxes .box").bounding_box()
+        video = page.locator("#video").bounding_box()
+        assert video["x"] - 1 <= layer["x"] and layer["x"] + layer["width"] <= video["x"] + video["width"] + 1
+        x, y, w, h = face["box"]
+        W, H = answer["width"], answer["height"]
+        assert box["x"] == pytest.approx(layer["x"] + (W - x - w) / W * layer["width"], abs=1.5)  # mirrored
+        assert box["y"] == pytest.approx(layer["y"] + y / H * layer["height"], abs=1.5)
+        assert box["width"] == pytest.approx(w / W * layer["width"], abs=1.5)
+        assert box["height"] == pytest.approx(h / H * layer["height"], abs=1.5)
+        stage = page.locator("#live-stage")
+        pixels = shot(stage, "live-box.png")
+        colour = rgb_of(page.locator("#live-boxes .box").evaluate("b => getComputedStyle(b).borderLeftColor"))
+        assert border_pixel_matches(pixels, box, stage.bounding_box(), colour), colour
+        page.click("#live")  # the toggle: the loop stops, the camera stays on
+        assert page.get_attribute("#live", "aria-pressed") == "false"
+        assert page.locator("#live-boxes .box").count() == 0 and page.locator("#camera").is_visible()
+        page.click("#stop")
+        assert not page.errors, page.errors
+    finally:
+        page.unroute("**/v1/predict")
+
+
+def test_video_upload_shows_the_timeline_and_each_tracks_emotion(page, tmp_path):
+    """A video made here (the astronaut moving right) through the same file input: progress text, then the
+    timeline plot and one table row per face track with its dominant emotion; its JSON downloads as answered."""
+    small = np.asarray(Image.fromarray(astronaut()).resize((256, 256), Image.BILINEAR))
+    video = tmp_path / "astronaut.mp4"
+    _video(video, small, n=8, fps=5.0, dx=6)
+    page.evaluate("""() => { window.__statuses = [];
+        new MutationObserver(() => window.__statuses.push(document.getElementById('status').textContent))
+            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true}); }""")
+    with page.expect_response("**/v1/video", timeout=60_000) as answer:
+        page.set_input_files("#file", str(video))
+    assert answer.value.status == 200
+    body = answer.value.json()
+    page.wait_for_selector("#video-result:not([hidden])")
+    statuses = page.evaluate("window.__statuses")
+    assert any(s.startswith(("Uploading astronaut.mp4", "Analysing astronaut.mp4")) for s in statuses), statuses
+    assert page.locator("#result").is_hidden()
+
+    assert body["frames_analysed"] == 8 and len(body["tracks"]) == 1
+    [track] = body["tracks"]
+    assert poll(page, lambda: page.evaluate("document.getElementById('timeline').naturalWidth"), 5, "no timeline") > 500
+    rows = page.locator("#tracks tbody tr")
+    assert rows.count() == 1 and rows.first.get_attribute("data-track") == str(track["track"])
+    assert page.text_content("#tracks tbody .chip") == track["label"]
+    assert "astronaut.mp4: all 8 frames analysed, 1 face track" in page.inner_text("#video-caption")
+    shot(page, "video-page.png")
+    figure = page.locator(".timeline img")
+    pixels = shot(figure, "video-timeline.png")
+    assert pixels.std() > 20 and (pixels < 200).any(axis=2).mean() > 0.05  # a plot, not a blank image
+
+    with page.expect_download() as dl:
+        page.click("#download-video-json")
+    assert json.loads(Path(dl.value.path()).read_text()) == body
+    assert not page.errors, page.errors
 
 
 def test_api_docs_render_offline(server, page):
@@ -128,3 +347,53 @@ def test_api_docs_render_offline(server, page):
     assert {"/health", "/v1/predict"} <= {p.replace("\u200b", "") for p in paths}, paths
     assert requests and all(u.startswith(server) for u in requests), requests
     docs.close()
+
+
+def test_explain_lays_each_heat_map_over_its_box(page, tmp_path):
+    """Explain asks for explain=true and lays each face's heat map (a PNG the size of its box, in photo pixels) exactly
+    over the box; the screenshot changes inside the box only; switching it off removes the maps without a request."""
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(photo)
+    if page.is_checked("#explain"):
+        page.uncheck("#explain")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#result:not([hidden]) .face", timeout=60_000)
+    stage = page.locator("#stage")
+    plain = shot(stage, "explain-off.png")
+
+    with page.expect_response("**/v1/predict?explain=true", timeout=60_000) as answer:
+        page.check("#explain")
+    assert answer.value.status == 200
+    [face] = answer.value.json()["faces"]
+    assert face["heatmap"].startswith("data:image/png;base64,")
+    page.wait_for_selector("#boxes img.heat")
+    assert page.locator("#boxes img.heat").count() == 1
+    heat = page.locator("#boxes img.heat")
+    poll(page, lambda: heat.evaluate("i => i.complete && i.naturalWidth > 0"), 5, "the heat map never loaded")
+    x, y, w, h = face["box"]
+    assert heat.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [w, h]  # the box's size in photo pixels
+    hb, bb = heat.bounding_box(), page.locator("#boxes .box").bounding_box()
+    for k in ("x", "y", "width", "height"):
+        assert hb[k] == pytest.approx(bb[k], abs=0.5), (k, hb, bb)  # laid exactly over the box on screen
+    assert "heat maps" in page.inner_text("#status")
+    explained = shot(stage, "explain-on.png")
+    shot(page, "explain-page.png")
+    origin = stage.bounding_box()
+    inside = np.abs(explained - plain)[round(bb["y"] - origin["y"]) + 4:round(bb["y"] + bb["height"] - origin["y"]) - 4,
+                                       round(bb["x"] - origin["x"]) + 4:round(bb["x"] + bb["width"] - origin["x"]) - 4]
+    assert inside.mean() > 10  # the map shows over the face
+    below = round(bb["y"] + bb["height"] - origin["y"]) + 10
+    assert np.abs(explained - plain)[below:].max() <= 2  # and nowhere else (below the box)
+
+    with page.expect_download() as dl:
+        page.click("#download-image")
+    drawn = np.asarray(Image.open(dl.value.path()).convert("RGB")).astype(int)
+    assert np.abs(drawn - astronaut())[y + 10:y + h - 10, x + 10:x + w - 10].mean() > 10  # the map is in the download
+
+    sent = []
+    page.on("request", lambda r: sent.append(r.url) if "/v1/" in r.url else None)
+    page.uncheck("#explain")
+    page.wait_for_timeout(300)
+    assert page.locator("#boxes img.heat").count() == 0 and page.locator("#boxes .box").count() == 1
+    assert not sent, sent
+    assert not page.errors, page.errors

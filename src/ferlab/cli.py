@@ -55,7 +55,8 @@ def _cmd_serve(a):
 
     from .serve.app import MAX_PIXELS, create_app
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
-                     max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers)
+                     max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers,
+                     max_video_bytes=round(a.max_video_mb * 2**20), max_video_frames=a.max_video_frames)
     print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
     uvicorn.run(app, host=a.host, port=a.port)
 
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default="report.png", help="comparison plot path (default: report.png)")
     s.set_defaults(fn=_cmd_report)
 
-    s = sub.add_parser("serve", help="REST API (POST /v1/predict) and web page for emotion recognition")
+    s = sub.add_parser("serve", help="REST API (POST /v1/predict, /v1/video) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', a run folder, a .pt checkpoint or a .onnx file")
     s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES,
                    help="face detector: mtcnn (default), haar (OpenCV; alias cascade), lbp (scikit-image) or none")
@@ -280,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "about workers x max-pixels x 7 bytes")
     s.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for detection and classification (default: all cores)")
+    s.add_argument("--max-video-mb", type=float, default=50.0,
+                   help="largest video upload in MiB (default: 50; larger -> 413)")
+    s.add_argument("--max-video-frames", type=int, default=150,
+                   help="frames analysed per video at most; a longer video is sampled more sparsely (default: 150)")
     s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a camera")

@@ -112,6 +112,13 @@ class VideoSummary:
         self._plot(png_path)
         return [Path(csv_path), Path(png_path)]
 
+    def timeline_png(self) -> bytes:
+        """The PNG timeline `write` saves, as bytes (the REST API sends it inline)."""
+        import io
+        buf = io.BytesIO()
+        self._plot(buf)
+        return buf.getvalue()
+
     def _plot(self, path) -> None:
         import matplotlib
         matplotlib.use("Agg")

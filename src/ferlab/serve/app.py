@@ -1,12 +1,25 @@
-"""REST API and web page: `POST /v1/predict` takes an uploaded photo and returns every face's emotion.
+"""REST API and web page: `POST /v1/predict` takes an uploaded photo and returns every face's emotion;
+`POST /v1/video` takes a video and returns its faces frame by frame, tracked, with the emotion timeline.
 
 Untrusted uploads are checked in the order that keeps the server cheap to attack: request size (before
 the body is parsed), declared type, image header (format and pixel count, before any pixel is decoded),
 then decoding. Each failure is a 4xx with a JSON `detail` that says what was expected and what came.
+
+Videos follow the same order. OpenCV (FFmpeg underneath) needs a path, so the upload is copied to a temp file
+that is removed whatever happens; before FFmpeg sees it, its first bytes must name a plain container (MP4/MOV,
+WebM/Matroska or AVI), because FFmpeg also reads playlists and other formats that point at further files.
+The frame size is read from the container and checked against the pixel limit before a frame is decoded,
+and at most `max_video_frames` frames are analysed (a longer video is sampled more sparsely, and the answer
+says so). A video holds the inference lock for its whole analysis, like a batch of photos would.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
+import math
+import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +45,9 @@ WORKERS = 1                     # uploads decoded and analysed at once (inferenc
 MULTIPART_SLACK = 64 * 2**10
 # formats with mature, header-first decoders; PIL's others (EPS, PSD, ...) are not worth the attack surface
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+MAX_VIDEO_BYTES = 50 * 2**20    # video upload limit (50 MiB)
+MAX_VIDEO_FRAMES = 150          # frames analysed per video at most; a longer one is sampled more sparsely
+VIDEO_CONTAINERS = "MP4/MOV, WebM/Matroska or AVI"
 
 
 class Face(BaseModel):
@@ -43,7 +59,7 @@ class Face(BaseModel):
                                      "votes / (votes + threshold); 1 with detector none)")
     label: str = Field(description="the most probable expression")
     probs: dict[str, float] = Field(description="probability of every class")
-    track: int | None = Field(None, description="the face's id across a video's frames (None for photos)")
+    track: int | None = Field(None, description="the face's id across a video's frames, from 1 (None for photos)")
     heatmap: str | None = Field(None, description="with explain=true: a data:image/png;base64 RGBA picture the "
                                                   "size of `box`, to lay over it: where the label came from")
 
@@ -59,6 +75,47 @@ class Prediction(BaseModel):
     elapsed_ms: float
 
 
+class VideoFrame(BaseModel):
+    frame: int = Field(description="index of the frame in the video, from 0")
+    time_s: float = Field(description="its time in the video, in seconds")
+    faces: list[Face]
+
+
+class ShareRow(BaseModel):
+    time_s: float
+    frame: int
+    faces: int = Field(description="faces seen in this frame")
+    share: dict[str, float] | None = Field(description="mean of the frame's faces' probabilities; null with no face")
+
+
+class Track(BaseModel):
+    track: int
+    frames: int = Field(description="analysed frames in which this face was seen")
+    first_s: float
+    last_s: float
+    label: str = Field(description="the dominant expression: the most probable class of the mean probabilities")
+    probs: dict[str, float] = Field(description="mean probability of every class over the track's frames")
+
+
+class VideoPrediction(BaseModel):
+    filename: str | None
+    width: int
+    height: int
+    fps: float | None = Field(description="frames per second of the video, as its container states")
+    frames_total: int | None = Field(description="frames in the video, as its container states (None if unstated)")
+    every: int = Field(description="every n-th frame was analysed")
+    frames_analysed: int
+    max_frames: int = Field(description="the server's limit on frames analysed per video")
+    note: str | None = Field(None, description="set when the server sampled more sparsely than asked, or stopped early")
+    frames: list[VideoFrame]
+    summary: list[ShareRow] = Field(description="the emotion share over time (the rows of `ferlab predict --save`'s CSV)")
+    tracks: list[Track]
+    timeline_png: str = Field(description="the emotion timeline plot as a data:image/png;base64 URL")
+    model: str
+    classes: list[str]
+    elapsed_ms: float
+
+
 class Health(BaseModel):
     status: str
     model: str
@@ -66,6 +123,8 @@ class Health(BaseModel):
     classes: list[str]
     max_bytes: int
     max_pixels: int
+    max_video_bytes: int
+    max_video_frames: int
     version: str
 
 
@@ -74,14 +133,18 @@ class Problem(BaseModel):
 
 
 def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn", device: str = "cpu",
-               max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, workers: int = WORKERS) -> FastAPI:
-    """The FastAPI app. `predictor` (anything with `.predict(rgb_uint8)` and `.classes`) is built from
-    `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each upload, and `workers`
-    the uploads decoded and analysed at once (the rest wait, holding only their compressed bytes), so the
-    pixel memory in use is at most about workers x max_pixels x 7 bytes whatever the number of clients."""
-    if max_bytes < 1 or max_pixels < 1 or workers < 1:
-        raise ValueError(f"max_bytes, max_pixels and workers must be positive, got {max_bytes}, {max_pixels} "
-                         f"and {workers}")
+               max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, workers: int = WORKERS,
+               max_video_bytes: int = MAX_VIDEO_BYTES, max_video_frames: int = MAX_VIDEO_FRAMES) -> FastAPI:
+    """The FastAPI app. `predictor` (anything with `.predict(rgb_uint8)` and `.classes`; `.stream` too for
+    videos) is built from `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each
+    photo upload (the pixel limit bounds video frames too), `max_video_bytes` and `max_video_frames` each video,
+    and `workers` the uploads decoded and analysed at once (the rest wait, holding only their compressed bytes),
+    so the pixel memory in use is at most about workers x max_pixels x 7 bytes whatever the number of clients."""
+    limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, max_video_bytes=max_video_bytes,
+                  max_video_frames=max_video_frames)
+    for name, value in limits.items():
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
     max_pixels = pixel_limit(max_pixels)
     map_big_buffers()
     if predictor is None:
@@ -95,18 +158,20 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
 
     app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None,
                   description="Facial expression recognition: upload a photo, get each face's emotion.")
-    app.add_middleware(UploadLimit, path="/v1/predict", max_body=max_bytes + MULTIPART_SLACK)
+    app.add_middleware(UploadLimit, limits={"/v1/predict": max_bytes + MULTIPART_SLACK,
+                                            "/v1/video": max_video_bytes + MULTIPART_SLACK})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
         return JSONResponse(status_code=422, content={
-            "detail": "expected multipart/form-data with the image in field 'file'; " + "; ".join(parts)})
+            "detail": "expected multipart/form-data with the upload in field 'file'; " + "; ".join(parts)})
 
     @app.get("/health", response_model=Health, summary="liveness and model information")
     async def health() -> Health:  # on the event loop: never queued behind uploads in the thread pool
         return Health(status="ok", model=model_name, detector=detector_name, classes=classes, max_bytes=max_bytes,
-                      max_pixels=max_pixels, version=__version__)
+                      max_pixels=max_pixels, max_video_bytes=max_video_bytes, max_video_frames=max_video_frames,
+                      version=__version__)
 
     @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
               responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
@@ -143,6 +208,22 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
             filename=file.filename, width=width, height=height, faces=[_face(f) for f in faces],
             message=None if faces else "no face found; try a brighter, frontal photo with the face larger in frame",
             model=model_name, classes=classes, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+
+    @app.post("/v1/video", response_model=VideoPrediction, summary="emotion of every face in an uploaded video, "
+              "frame by frame, with the emotion timeline", responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
+    async def video(file: UploadFile = File(..., description=f"a video ({VIDEO_CONTAINERS})"),
+                    every: int = Query(1, ge=1, le=100_000, description="analyse every n-th frame (the server may "
+                                       "choose a larger n to stay within its frame limit)")):
+        t0 = time.perf_counter()
+        _check_part_type(file.content_type, video=True)
+
+        def work():
+            with upload_copy(file.file, max_video_bytes) as path:
+                return analyse_video(predictor, lock, path, file.filename, every, max_video_frames, max_pixels)
+
+        out = await anyio.to_thread.run_sync(work, limiter=limiter)
+        return VideoPrediction(filename=file.filename, **out, model=model_name, classes=classes,
+                               elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -225,17 +306,125 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise HTTPException(400, f"could not decode the {im.format} image (truncated or corrupt?): {e}") from None
 
 
-class UploadLimit:
-    """ASGI middleware: refuse a POST to `path` from its headers alone (wrong type, empty, declared too
-    large), and stop reading a body sent without Content-Length once it passes `max_body` bytes."""
+def sniff_video(head: bytes) -> str | None:
+    """The file suffix for a plain video container recognised from its first bytes, or None."""
+    if head[4:8] == b"ftyp":
+        return ".mp4"   # ISO base media: MP4, MOV, M4V, 3GP
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return ".mkv"   # EBML: Matroska and WebM
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return ".avi"
+    return None
 
-    def __init__(self, app, path: str, max_body: int):
-        self.app, self.path, self.max_body = app, path, max_body
+
+@contextlib.contextmanager
+def upload_copy(src, limit: int):
+    """`with upload_copy(fileobj, limit) as path`: the upload copied to a temp file (OpenCV reads paths), once
+    its first bytes were recognised as a video container; the file is removed on leaving, whatever happened."""
+    head = src.read(64)
+    if not head:
+        raise HTTPException(400, "the uploaded file is empty; expected a video")
+    suffix = sniff_video(head)
+    if suffix is None:
+        raise HTTPException(415, f"not a supported video: expected {VIDEO_CONTAINERS} (file starts with {head[:12]!r})")
+    fd, path = tempfile.mkstemp(prefix="ferlab-video-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(head)
+            size = len(head)
+            while chunk := src.read(2**20):
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"file is larger than the {_mib(limit)} limit")
+                out.write(chunk)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def analyse_video(predictor, lock, path: str, filename: str | None, every: int, max_frames: int,
+                  max_pixels: int) -> dict:
+    """The faces of a video file, frame by frame, with the summary and the timeline: the fields of
+    `VideoPrediction` that depend on the video. Raises HTTPException (4xx) for a video that cannot be read."""
+    import cv2
+
+    from ..inference.video import VideoSummary
+    name = filename or "video"
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise HTTPException(415, f"could not open {name} as a video (OpenCV/FFmpeg refused it); "
+                                     f"expected {VIDEO_CONTAINERS} with a common codec (H.264, VP8/9, MPEG-4)")
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or None
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        total = total if total > 0 else None
+    finally:
+        cap.release()
+    limit = pixel_limit(max_pixels)
+    if width * height > limit:
+        raise HTTPException(413, f"video frames are {width}x{height} = {width * height:,} pixels; the limit is {limit:,}")
+    asked = every
+    if total is not None:
+        every = max(every, math.ceil(total / max_frames))
+    frames, summary = [], VideoSummary(name, tuple(str(c) for c in predictor.classes))
+    stopped = False
+    with lock:
+        try:
+            for fr, faces in predictor.stream(path, every):
+                if len(frames) == max_frames:  # the container understated its length
+                    stopped = True
+                    break
+                faces = [_face({**f, "source": filename}) for f in faces]
+                frames.append(VideoFrame(frame=int(fr.frame), time_s=float(fr.time_s or 0.0), faces=faces))
+                summary.add(fr.frame, fr.time_s, [f.model_dump() for f in faces])
+        except ValueError as e:  # OpenCV opened it but no frame decodes: a truncated or corrupt file
+            raise HTTPException(400, str(e).replace(path, name)) from None
+        if not frames:
+            raise HTTPException(400, f"{name}: no frames could be decoded (truncated or corrupt?)")
+        png = summary.timeline_png()
+    notes = []
+    if every > asked:
+        notes.append(f"the video has {total} frames: 1 in {every} analysed, to stay within the limit of "
+                     f"{max_frames} frames")
+    if stopped:
+        notes.append(f"stopped after {max_frames} frames (the server's limit)")
+    return dict(width=width, height=height, fps=fps, frames_total=total, every=every, frames_analysed=len(frames),
+                max_frames=max_frames, note="; ".join(notes) or None, frames=frames,
+                summary=[ShareRow(time_s=t, frame=f, faces=n, share=None if share is None else
+                                  {c: round(float(v), 6) for c, v in zip(summary.classes, share)})
+                         for t, f, n, share in summary.rows],
+                tracks=_tracks(frames, summary.classes),
+                timeline_png="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+
+
+def _tracks(frames: list[VideoFrame], classes) -> list[Track]:
+    """Each track's frames, time span and mean probabilities; its label is the class those make most likely."""
+    seen: dict[int, list[tuple[float, dict]]] = {}
+    for fr in frames:
+        for f in fr.faces:
+            if f.track is not None:
+                seen.setdefault(f.track, []).append((fr.time_s, f.probs))
+    out = []
+    for tid, rows in sorted(seen.items()):
+        mean = {c: float(np.mean([p[c] for _, p in rows])) for c in classes}
+        out.append(Track(track=tid, frames=len(rows), first_s=rows[0][0], last_s=rows[-1][0],
+                         label=max(mean, key=mean.get), probs={c: round(v, 6) for c, v in mean.items()}))
+    return out
+
+
+class UploadLimit:
+    """ASGI middleware: refuse a POST to one of the paths in `limits` from its headers alone (wrong type, empty,
+    declared too large), and stop reading a body sent without Content-Length once it passes that path's limit."""
+
+    def __init__(self, app, limits: dict[str, int]):
+        self.app, self.limits = app, limits
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.limits:
             return await self.app(scope, receive, send)
-        problem = _check_request(Request(scope), self.max_body)
+        max_body = self.limits[scope["path"]]
+        problem = _check_request(Request(scope), max_body)
         if problem is not None:
             return await problem(scope, receive, send)
         seen = 0
@@ -244,9 +433,9 @@ class UploadLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_body:
+            if seen > max_body:
                 # raised inside body parsing, so FastAPI's exception handling turns it into the 413
-                limit = _mib(self.max_body - MULTIPART_SLACK)
+                limit = _mib(max_body - MULTIPART_SLACK)
                 raise HTTPException(413, f"request body passed the upload limit of {limit}")
             return message
 
@@ -296,7 +485,7 @@ def _check_request(request: Request, limit: int) -> JSONResponse | None:
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         return JSONResponse(status_code=415, content={
-            "detail": "expected multipart/form-data with the image in field 'file', "
+            "detail": "expected multipart/form-data with the upload in field 'file', "
                       f"got {ctype or 'no content type'!r}"})
     length = request.headers.get("content-length")
     if length is not None:
@@ -304,7 +493,7 @@ def _check_request(request: Request, limit: int) -> JSONResponse | None:
             return JSONResponse(status_code=400, content={"detail": f"bad Content-Length {length!r}"})
         if int(length) == 0:
             return JSONResponse(status_code=400, content={
-                "detail": "empty request body; expected multipart/form-data with the image in field 'file'"})
+                "detail": "empty request body; expected multipart/form-data with the upload in field 'file'"})
         if int(length) > limit:
             return JSONResponse(status_code=413, content={
                 "detail": f"request body is {int(length):,} bytes; "
@@ -312,10 +501,12 @@ def _check_request(request: Request, limit: int) -> JSONResponse | None:
     return None
 
 
-def _check_part_type(content_type: str | None) -> None:
-    # browsers send image/*; curl and scripts often send octet-stream for unknown extensions
-    if content_type and not content_type.startswith(("image/", "application/octet-stream")):
-        raise HTTPException(415, f"field 'file' must be an image (image/jpeg, image/png, ...), got {content_type!r}")
+def _check_part_type(content_type: str | None, video: bool = False) -> None:
+    # browsers send image/* or video/*; curl and scripts often send octet-stream for unknown extensions
+    kind, examples = ("video", "video/mp4, video/webm, ...") if video else ("image", "image/jpeg, image/png, ...")
+    if content_type and not content_type.startswith((f"{kind}/", "application/octet-stream")):
+        raise HTTPException(415, f"field 'file' must be {'a video' if video else 'an image'} ({examples}), "
+                                 f"got {content_type!r}")
 
 
 def _face(f: dict) -> Face:
@@ -329,7 +520,6 @@ def _face(f: dict) -> Face:
 
 
 def _png_data_url(rgba: np.ndarray) -> str:
-    import base64
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,11 +1,18 @@
-// ferlab web page: send a photo (file, drop or webcam) to POST /v1/predict, draw each face's box and bars.
+// ferlab web page: a photo (file, drop or webcam) goes to POST /v1/predict and each face gets its box and bars;
+// live mode sends webcam frames to the same endpoint a few times a second and draws the boxes over the video;
+// a video goes to POST /v1/video and its emotion timeline and face tracks are shown.
 // DOM is built with createElement and styles set through the CSSOM, so the page runs under a strict CSP.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const COLORS = new Set(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]);
+const LIVE_INTERVAL_MS = 400;   // a frame is taken this often, unless the previous one is still being answered
+const FPS_WINDOW = 8;           // answers the frames/s readout averages over
 let photoUrl = null;
+let photoFile = null;           // the photo on show, sent again when Explain is switched on
 let stream = null;
+let last = null;                // {data, name}: the server's latest answer on show, for "Download JSON"
+const live = { on: false, timer: null, busy: false, abort: null, done: [], frames: 0, canvas: null };
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -18,6 +25,11 @@ function colorOf(label) {
   return COLORS.has(label) ? `var(--${label})` : "var(--accent)";
 }
 
+function cssColor(label) {  // a canvas cannot read var(--x)
+  const style = getComputedStyle(document.documentElement);
+  return style.getPropertyValue(COLORS.has(label) ? `--${label}` : "--accent").trim() || "#3e63dd";
+}
+
 function pct(p) {
   return `${Math.round(p * 100)}%`;
 }
@@ -27,29 +39,49 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+function isVideo(file) {
+  return (file.type || "").startsWith("video/") || /\.(mp4|m4v|mov|webm|mkv|avi)$/i.test(file.name || "");
+}
+
 async function loadHealth() {
   try {
     const r = await fetch("/health");
     const h = await r.json();
     $("model").textContent = `model ${h.model} · detector ${h.detector}`;
-    $("limits").textContent = `JPEG, PNG, WebP, BMP, GIF or TIFF · up to ${Math.round(h.max_bytes / 2 ** 20)} MB`;
+    $("limits").textContent = `Photos: JPEG, PNG, WebP, BMP, GIF or TIFF, up to ${Math.round(h.max_bytes / 2 ** 20)} MB · `
+      + `videos: MP4, MOV, WebM, MKV or AVI, up to ${Math.round(h.max_video_bytes / 2 ** 20)} MB`;
   } catch (e) {
     $("model").textContent = "server unreachable";
   }
 }
+
+function showOnly(section) {  // one result at a time: the photo's or the video's
+  $("result").hidden = section !== "result";
+  $("video-result").hidden = section !== "video-result";
+}
+
+function pick(file) {
+  if (!file) return;
+  if (isVideo(file)) analyseVideo(file);
+  else analyse(file);
+}
+
+// ---- photos -------------------------------------------------------------------------------------------------
 
 async function analyse(file) {
   if (!file) return;
   stopCamera();
   if (photoUrl) URL.revokeObjectURL(photoUrl);
   photoUrl = URL.createObjectURL(file);
-  $("result").hidden = true;
-  setStatus(`Analysing ${file.name || "photo"}…`);
+  photoFile = file;
+  showOnly(null);
+  const explain = $("explain").checked;
+  setStatus(`Analysing ${file.name || "photo"}${explain ? " and explaining each label" : ""}…`);
   const body = new FormData();
   body.append("file", file, file.name || "photo.jpg");
   let r, data;
   try {
-    r = await fetch("/v1/predict", { method: "POST", body });
+    r = await fetch(explain ? "/v1/predict?explain=true" : "/v1/predict", { method: "POST", body });
     data = await r.json();
   } catch (e) {
     setStatus(`Could not reach the server: ${e.message}`, true);
@@ -59,36 +91,54 @@ async function analyse(file) {
     setStatus(`Error ${r.status}: ${data.detail || r.statusText}`, true);
     return;
   }
-  render(data);
+  render(data, file.name || "photo");
 }
 
-function render(data) {
-  const img = $("photo");
-  img.src = photoUrl;
-  const boxes = $("boxes");
-  const faces = $("faces");
-  boxes.replaceChildren();
-  faces.replaceChildren();
+// Box (and heat map) positions are fractions of the picture, so they follow the picture whatever its size on screen.
+function place(node, [x, y, w, h], width, height, mirror = false) {
+  node.style.left = `${(100 * (mirror ? width - x - w : x)) / width}%`;
+  node.style.top = `${(100 * y) / height}%`;
+  node.style.width = `${(100 * w) / width}%`;
+  node.style.height = `${(100 * h) / height}%`;
+}
+
+function drawBoxes(layer, data, { mirror = false, heatmaps = false } = {}) {
+  layer.replaceChildren();
   data.faces.forEach((face, i) => {
-    const [x, y, w, h] = face.box;
-    const color = colorOf(face.label);
+    if (heatmaps && face.heatmap) {
+      const heat = el("img", "heat");
+      heat.alt = "";
+      heat.dataset.face = i;
+      heat.src = face.heatmap;
+      place(heat, face.box, data.width, data.height, mirror);
+      layer.append(heat);
+    }
     const box = el("div", "box");
     box.dataset.face = i;
-    box.style.setProperty("--c", color);
-    box.style.left = `${(100 * x) / data.width}%`;
-    box.style.top = `${(100 * y) / data.height}%`;
-    box.style.width = `${(100 * w) / data.width}%`;
-    box.style.height = `${(100 * h) / data.height}%`;
-    if (y < data.height * 0.08) box.classList.add("low");  // no room for the tag above the box
+    box.dataset.label = face.label;
+    box.style.setProperty("--c", colorOf(face.label));
+    place(box, face.box, data.width, data.height, mirror);
+    if (face.box[1] < data.height * 0.08) box.classList.add("low");  // no room for the tag above the box
     box.append(el("span", "tag", `${i + 1} · ${face.label} ${pct(face.probs[face.label])}`));
-    boxes.append(box);
-    faces.append(faceCard(face, i, data.classes, color));
+    layer.append(box);
   });
+}
+
+function render(data, name) {
+  last = { data, name };
+  $("photo").src = photoUrl;
+  const explained = $("explain").checked && data.faces.some((f) => f.heatmap);
+  drawBoxes($("boxes"), data, { heatmaps: explained });
+  const faces = $("faces");
+  faces.replaceChildren();
+  data.faces.forEach((face, i) => faces.append(faceCard(face, i, data.classes, colorOf(face.label))));
   if (!data.faces.length) faces.append(el("p", "empty", data.message || "No face found."));
   const n = data.faces.length;
-  setStatus(n ? `${n} face${n > 1 ? "s" : ""} found in ${data.width}×${data.height} px (${Math.round(data.elapsed_ms)} ms)` : "");
+  setStatus(n ? `${n} face${n > 1 ? "s" : ""} found in ${data.width}×${data.height} px (${Math.round(data.elapsed_ms)} ms)`
+    + (explained ? "; the heat maps show the regions that drove each label" : "") : "");
   $("drop").classList.add("compact");
-  $("result").hidden = false;
+  $("download-image").disabled = false;
+  showOnly("result");
 }
 
 function faceCard(face, i, classes, color) {
@@ -117,28 +167,101 @@ function faceCard(face, i, classes, color) {
     card.append(row);
   }
   // pointing at a card lights up its box on the photo
-  const hot = (on) => () => document.querySelector(`.box[data-face="${i}"]`)?.classList.toggle("hot", on);
+  const hot = (on) => () => document.querySelector(`#boxes .box[data-face="${i}"]`)?.classList.toggle("hot", on);
   card.addEventListener("mouseenter", hot(true));
   card.addEventListener("mouseleave", hot(false));
   return card;
 }
 
+function toggleExplain() {
+  if (!photoFile || !last || $("result").hidden) return;
+  if ($("explain").checked && !last.data.faces.some((f) => f.heatmap)) analyse(photoFile);
+  else render(last.data, last.name);  // maps already here: show them; switched off: drop them from view
+}
+
+// ---- downloads ----------------------------------------------------------------------------------------------
+
+function save(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = el("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+function baseName(name) {
+  return (name || "result").replace(/\.[^.]*$/, "") || "result";
+}
+
+function downloadJson() {
+  if (!last) return;
+  save(new Blob([JSON.stringify(last.data, null, 2)], { type: "application/json" }), `${baseName(last.name)}-ferlab.json`);
+}
+
+// The photo at its own size with what the page shows drawn on it: heat maps (when on), boxes and labels.
+async function downloadImage() {
+  if (!last) return;
+  const img = $("photo");
+  await img.decode();
+  const { data } = last;
+  const canvas = el("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const g = canvas.getContext("2d");
+  g.drawImage(img, 0, 0);
+  const sx = canvas.width / data.width, sy = canvas.height / data.height;
+  const line = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 200));
+  const font = Math.max(12, Math.round(Math.max(canvas.width, canvas.height) / 40));
+  for (const heat of $("boxes").querySelectorAll("img.heat")) {
+    const [x, y, w, h] = data.faces[Number(heat.dataset.face)].box;
+    await heat.decode();
+    g.drawImage(heat, x * sx, y * sy, w * sx, h * sy);
+  }
+  data.faces.forEach((face, i) => {
+    const [x, y, w, h] = [face.box[0] * sx, face.box[1] * sy, face.box[2] * sx, face.box[3] * sy];
+    const color = cssColor(face.label);
+    g.strokeStyle = color;
+    g.lineWidth = line;
+    g.strokeRect(x + line / 2, y + line / 2, w - line, h - line);
+    const text = `${i + 1} · ${face.label} ${pct(face.probs[face.label])}`;
+    g.font = `bold ${font}px system-ui, sans-serif`;
+    const tw = g.measureText(text).width + font * 0.6, th = font * 1.4;
+    const ty = y - th >= 0 ? y - th : y + h;  // above the box, or below it at the top edge
+    g.fillStyle = color;
+    g.fillRect(x, ty, tw, th);
+    g.fillStyle = "#fff";
+    g.textBaseline = "middle";
+    g.fillText(text, x + font * 0.3, ty + th / 2);
+  });
+  canvas.toBlob((blob) => save(blob, `${baseName(last.name)}-ferlab.png`), "image/png");
+}
+
+// ---- webcam: a photo, or live ------------------------------------------------------------------------------
+
 async function startCamera() {
+  if (stream) return true;
   try {
     stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "user" }, audio: false });
   } catch (e) {
     setStatus(`Webcam unavailable: ${e.message}`, true);
-    return;
+    return false;
   }
   $("video").srcObject = stream;
   $("drop").hidden = true;
+  showOnly(null);
   $("camera").hidden = false;
-  setStatus("Look at the camera, then take the photo.");
+  setStatus("Look at the camera, then take the photo, or go live.");
+  return true;
 }
 
 function stopCamera() {
-  if (stream) stream.getTracks().forEach((t) => t.stop());
+  stopLive();
+  if (stream) stream.getTracks().forEach((t) => t.stop());  // releases the camera (its light goes off)
   stream = null;
+  $("video").srcObject = null;
   $("camera").hidden = true;
   $("drop").hidden = false;
 }
@@ -152,21 +275,178 @@ function capture() {
   canvas.toBlob((blob) => analyse(new File([blob], "webcam.jpg", { type: "image/jpeg" })), "image/jpeg", 0.92);
 }
 
+async function goLive() {
+  if (await startCamera()) startLive();
+}
+
+function startLive() {
+  if (live.on || !stream) return;
+  Object.assign(live, { on: true, busy: false, done: [], frames: 0 });
+  $("live").setAttribute("aria-pressed", "true");
+  $("capture").disabled = true;
+  $("fps").hidden = false;
+  $("fps").textContent = "Live: waiting for the first answer…";
+  setStatus("Live: each face is boxed over the video. Stop camera ends it.");
+  live.timer = setInterval(liveTick, LIVE_INTERVAL_MS);
+  liveTick();
+}
+
+function stopLive() {
+  if (!live.on) return;
+  live.on = false;
+  clearInterval(live.timer);
+  live.abort?.abort();  // the answer in flight would only be thrown away
+  $("live").setAttribute("aria-pressed", "false");
+  $("capture").disabled = false;
+  $("fps").hidden = true;
+  $("live-boxes").replaceChildren();
+  setStatus(stream ? "Live stopped." : "");
+}
+
+// One frame in flight at a time: a tick that finds the previous answer still pending skips its frame, so a slow
+// server gets fewer frames instead of a growing queue.
+function liveTick() {
+  const video = $("video");
+  if (!live.on || live.busy || !video.videoWidth) return;
+  live.busy = true;
+  const canvas = (live.canvas ||= el("canvas"));
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  canvas.toBlob((blob) => sendLive(blob).finally(() => { live.busy = false; }), "image/jpeg", 0.85);
+}
+
+async function sendLive(blob) {
+  if (!live.on || !blob) return;
+  const body = new FormData();
+  body.append("file", blob, "live.jpg");
+  live.abort = new AbortController();
+  let r, data;
+  try {
+    r = await fetch("/v1/predict", { method: "POST", body, signal: live.abort.signal });
+    data = await r.json();
+  } catch (e) {
+    if (live.on && e.name !== "AbortError") setStatus(`Could not reach the server: ${e.message}`, true);
+    return;
+  }
+  if (!live.on) return;
+  if (!r.ok) {
+    setStatus(`Error ${r.status}: ${data.detail || r.statusText}`, true);
+    return;
+  }
+  drawLive(data);
+}
+
+function drawLive(data) {
+  const now = performance.now();
+  live.done.push(now);
+  if (live.done.length > FPS_WINDOW) live.done.shift();
+  live.frames += 1;
+  const span = (live.done[live.done.length - 1] - live.done[0]) / 1000;
+  const fps = live.done.length > 1 && span > 0 ? (live.done.length - 1) / span : 0;
+  const n = data.faces.length;
+  const readout = $("fps");
+  readout.dataset.fps = fps.toFixed(2);
+  readout.dataset.frames = live.frames;
+  readout.textContent = `Live · ${fps ? fps.toFixed(1) : "–"} frames/s · ${n} face${n === 1 ? "" : "s"}`
+    + (n ? ": " + data.faces.map((f) => f.label).join(", ") : "");
+  // the layer covers the picture inside the <video> box (letterboxed when the shapes differ)
+  const video = $("video"), layer = $("live-boxes");
+  const scale = Math.min(video.clientWidth / data.width, video.clientHeight / data.height);
+  const w = data.width * scale, h = data.height * scale;
+  layer.style.left = `${video.offsetLeft + (video.clientWidth - w) / 2}px`;
+  layer.style.top = `${video.offsetTop + (video.clientHeight - h) / 2}px`;
+  layer.style.width = `${w}px`;
+  layer.style.height = `${h}px`;
+  drawBoxes(layer, data, { mirror: true });  // the video is shown mirrored, like a mirror; so are the boxes
+}
+
+// ---- videos -------------------------------------------------------------------------------------------------
+
+function analyseVideo(file) {
+  stopCamera();
+  showOnly(null);
+  const name = file.name || "video";
+  const body = new FormData();
+  body.append("file", file, name);
+  const xhr = new XMLHttpRequest();  // fetch cannot report upload progress
+  let ticker = null;
+  xhr.open("POST", "/v1/video");
+  xhr.responseType = "json";
+  xhr.upload.addEventListener("progress", (e) => {
+    if (e.lengthComputable) setStatus(`Uploading ${name}… ${Math.round((100 * e.loaded) / e.total)}%`);
+  });
+  xhr.upload.addEventListener("load", () => {
+    const t0 = performance.now();
+    setStatus(`Analysing ${name}…`);
+    ticker = setInterval(() => setStatus(`Analysing ${name}… ${Math.round((performance.now() - t0) / 1000)} s`), 2000);
+  });
+  xhr.addEventListener("loadend", () => clearInterval(ticker));
+  xhr.addEventListener("error", () => setStatus("Could not reach the server.", true));
+  xhr.addEventListener("load", () => {
+    const data = xhr.response || {};
+    if (xhr.status !== 200) setStatus(`Error ${xhr.status}: ${data.detail || xhr.statusText}`, true);
+    else renderVideo(data, name);
+  });
+  setStatus(`Uploading ${name}…`);
+  xhr.send(body);
+}
+
+function renderVideo(data, name) {
+  last = { data, name };
+  $("timeline").src = data.timeline_png;
+  const n = data.tracks.length, k = data.frames_analysed;
+  const frames = data.every === 1 && data.frames_total === k ? `all ${k} frames analysed`
+    : `${k} frame${k === 1 ? "" : "s"} analysed (1 in ${data.every}${data.frames_total ? ` of ${data.frames_total}` : ""})`;
+  $("video-caption").textContent = `${name}: ${frames}, ${n} face track${n === 1 ? "" : "s"}` + (data.note ? `. ${data.note}` : "");
+  const rows = $("tracks").tBodies[0];
+  rows.replaceChildren();
+  for (const t of data.tracks) {
+    const tr = el("tr");
+    tr.dataset.track = t.track;
+    const chip = el("span", "chip", t.label);
+    chip.style.setProperty("--c", colorOf(t.label));
+    const label = el("td");
+    label.append(chip);
+    tr.append(el("td", "", `#${t.track}`), el("td", "", `${t.frames} frame${t.frames === 1 ? "" : "s"}`),
+      el("td", "", `${t.first_s.toFixed(1)}–${t.last_s.toFixed(1)} s`), label, el("td", "num", pct(t.probs[t.label])));
+    rows.append(tr);
+  }
+  if (!n) {
+    const tr = el("tr");
+    const td = el("td", "empty-row", "No face found in the analysed frames.");
+    td.colSpan = 5;
+    tr.append(td);
+    rows.append(tr);
+  }
+  setStatus(`${name}: analysed in ${(data.elapsed_ms / 1000).toFixed(1)} s`);
+  $("drop").classList.add("compact");
+  showOnly("video-result");
+}
+
 function init() {
   const drop = $("drop");
-  $("file").addEventListener("change", (e) => analyse(e.target.files[0]));
+  $("file").addEventListener("change", (e) => { pick(e.target.files[0]); e.target.value = ""; });
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
-  drop.addEventListener("drop", (e) => { e.preventDefault(); analyse(e.dataTransfer.files[0]); });
+  drop.addEventListener("drop", (e) => { e.preventDefault(); pick(e.dataTransfer.files[0]); });
   drop.addEventListener("keydown", (e) => { if (e.target === drop && (e.key === "Enter" || e.key === " ")) $("file").click(); });
   if (navigator.mediaDevices?.getUserMedia) {
     $("webcam").addEventListener("click", startCamera);
+    $("go-live").addEventListener("click", goLive);
   } else {
-    $("webcam").disabled = true;
-    $("webcam").title = "the webcam needs a secure page (https or localhost)";
+    for (const id of ["webcam", "go-live"]) {
+      $(id).disabled = true;
+      $(id).title = "the webcam needs a secure page (https or localhost)";
+    }
   }
   $("capture").addEventListener("click", capture);
+  $("live").addEventListener("click", () => (live.on ? stopLive() : startLive()));
   $("stop").addEventListener("click", () => { stopCamera(); setStatus(""); });
+  $("explain").addEventListener("change", toggleExplain);
+  $("download-image").addEventListener("click", downloadImage);
+  $("download-json").addEventListener("click", downloadJson);
+  $("download-video-json").addEventListener("click", downloadJson);
   loadHealth();
 }
 
