@@ -43,6 +43,23 @@ def _cmd_train(a):
     fit(cfg, wandb_project=a.wandb_project if a.wandb else None, progress=not a.no_progress)
 
 
+def _cmd_configs(a):
+    from textwrap import shorten
+
+    from . import configs
+    if a.name:  # the file itself, to read or to copy and edit: ferlab configs vgg_s_cpu48 > mine.yaml
+        found = configs.packaged(a.name, "config") or configs.packaged(a.name, "sweep")
+        print((found or configs.resolve(a.name, "config")).read_text(), end="")
+        return
+    for kind, title in (("config", "training configs: ferlab train NAME"), ("sweep", "sweeps: ferlab sweep NAME")):
+        found = configs.names(kind)
+        width = max(map(len, found))
+        print(f"{title}" if kind == "config" else f"\n{title}")
+        for name in found:
+            print(f"  {name:<{width}}  {shorten(configs.describe(configs.packaged(name, kind)), 100 - width)}")
+    print(f"\n(in {configs.CONFIG_DIR}; a path to a YAML file of your own works wherever a name does)")
+
+
 def _cmd_sweep(a):
     from .engine.sweep import run_sweep
     run_sweep(a.sweep, trials=a.trials, timeout=a.timeout, storage=a.storage, study_name=a.study,
@@ -184,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_data)
 
     s = sub.add_parser("train", help="train one model from a YAML config")
-    s.add_argument("config", nargs="?", help="YAML config (see configs/); optional with --resume")
+    s.add_argument("config", nargs="?", help="a packaged config's name (ferlab configs lists them, e.g. "
+                   "vgg_s_cpu48) or a YAML file; optional with --resume")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 lr=0.01 augment.erase=0")
     s.add_argument("--data", help="FER2013 location (default: the config's, else $FERLAB_DATA)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -194,8 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     s.set_defaults(fn=_cmd_train)
 
+    s = sub.add_parser("configs", help="list the configs shipped with ferlab, or print one (to copy and edit)")
+    s.add_argument("name", nargs="?", help="a config's or a sweep's name: print its YAML")
+    s.set_defaults(fn=_cmd_configs)
+
     s = sub.add_parser("sweep", help="hyper-parameter search with Optuna; each trial is a run folder")
-    s.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
+    s.add_argument("sweep", help="a packaged sweep's name (ferlab configs lists them, e.g. seed_regularisation) "
+                                 "or a sweep YAML file")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial, e.g. epochs=3")
     s.add_argument("--trials", type=int, help="trials this worker runs at most (default: the sweep's 'trials', "
                    "else 20, else no cap when a total is set)")

@@ -12,7 +12,7 @@ many finished ones. Each running trial sends a heartbeat (--heartbeat S); a tria
 machine lost) misses three beats, the next worker to look marks it FAIL, and the budget is met by a new trial.
 
     name: seed_regularisation            # study name and folder: <out_dir>/<name>
-    base: ../seed/iter5_enhanced_cnn_v2.yaml   # relative to this file
+    base: ../seed/iter5_enhanced_cnn_v2.yaml   # relative to this file, else a packaged config name
     fixed: {epochs: 15}                  # overrides applied to every trial
     space:
       lr: {float: [1.0e-5, 2.0e-4], log: true}
@@ -38,6 +38,7 @@ import sqlalchemy
 import torch
 import yaml
 
+from ..configs import resolve
 from .config import TrainConfig, load_config, read_yaml_mapping
 from .trainer import fit
 
@@ -90,8 +91,9 @@ def _param(key: str, p) -> dict:
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and check a sweep YAML; `base` is resolved relative to the sweep file."""
-    path = Path(path)
+    """Read and check a sweep YAML (a file, or a packaged sweep's name: "seed_regularisation"); `base` is a
+    file relative to the sweep file, else a packaged config's name."""
+    path = resolve(path, "sweep")
     values = read_yaml_mapping(path, "sweep")
     for k in values:
         if k not in SPEC_KEYS:
@@ -114,7 +116,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
             space[key] = _param(key, p)
     base = Path(os.path.normpath(path.parent / values["base"]))
     if not base.is_file():
-        raise FileNotFoundError(f"{path}: base config {values['base']!r} not found (looked for {base})")
+        try:
+            base = resolve(values["base"], "config")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{path}: base config {values['base']!r} not found (looked for {base}); {e}") \
+                from None
     pruner = {"type": "median", **(values.get("pruner") or {})}
     if pruner["type"] not in PRUNERS:
         raise ValueError(f"{path}: pruner.type {pruner['type']!r} is not one of {', '.join(PRUNERS)}")
