@@ -67,9 +67,9 @@ def _cmd_sweep(a):
 
 
 def _cmd_serve(a):
-    import uvicorn
-
-    from .serve.app import MAX_PIXELS, create_app
+    from ._optional import need
+    from .serve.app import MAX_PIXELS, create_app  # checks the rest of the 'serve' extra first
+    uvicorn = need("uvicorn", "serve", "ferlab serve")
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
                      max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers)
     print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
@@ -388,11 +388,15 @@ def _main(argv: list[str] | None = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = list(args.overrides) + extra
+    from ._optional import MissingExtra
     from .data import DataError
     try:
         args.fn(args)
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"ferlab {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except MissingExtra as e:  # one line that names the extra to install ("ferlab serve needs the 'serve' ...")
+        print(e if str(e).startswith(f"ferlab {args.verb} ") else f"ferlab {args.verb}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ferlab {args.verb}: interrupted", file=sys.stderr)

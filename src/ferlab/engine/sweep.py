@@ -33,14 +33,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import optuna
-import sqlalchemy
 import torch
 import yaml
 
+from .._optional import need
 from ..configs import resolve
 from .config import TrainConfig, load_config, read_yaml_mapping
 from .trainer import fit
+
+optuna = need("optuna", "sweep", "ferlab sweep")
+import sqlalchemy  # noqa: E402  (optuna's own dependency: there when optuna is)
 
 SPEC_KEYS = ("name", "base", "fixed", "space", "trials", "total_trials", "timeout", "out_dir", "sampler", "pruner")
 KINDS = ("float", "int", "choices")
