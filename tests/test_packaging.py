@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,64 @@ def test_core_install_trains_a_packaged_config_and_predicts(tmp_path, fer_folder
     assert r.returncode == 0, r.stderr
     (face,) = [json.loads(line) for line in r.stdout.splitlines()]
     assert (face["source"], face["label"]) == ("astronaut.jpg", "happy") and face["probs"]["happy"] > 0.5
+
+
+def test_version_and_python_m_ferlab(tmp_path):
+    import ferlab
+    ferlab_script = Path(sys.executable).with_name("ferlab")  # the console script beside this interpreter
+    for cmd in ([str(ferlab_script), "--version"], [sys.executable, "-m", "ferlab", "--version"]):
+        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"ferlab {ferlab.__version__}\n", ""), cmd
+    r = subprocess.run([sys.executable, "-m", "ferlab", "configs", "vgg_s_cpu48"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "name: vgg_s_cpu48" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "ferlab", "train", "vgg_s_cpu_48"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "did you mean 'vgg_s_cpu48'?" in r.stderr
+
+
+def test_wheel_ships_configs_weights_web_page_license_and_extras(tmp_path):
+    """Build the wheel as `pip install .` would (from a clean copy: setuptools' build/ folder keeps files
+    deleted since) and read what it holds."""
+    import email
+    import shutil
+    import zipfile
+
+    import ferlab
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "checkout"
+    shutil.copytree(repo / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(repo / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "dist").glob("ferlab-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        info = f"ferlab-{ferlab.__version__}.dist-info"
+        meta = email.message_from_bytes(z.read(f"{info}/METADATA"))
+        license_text = z.read(f"{info}/licenses/LICENSE").decode()
+    package = repo / "src" / "ferlab"
+    shipped = {f"ferlab/{p.relative_to(package).as_posix()}" for p in package.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert shipped - names == set()  # every module, config, the weights and the web page's files
+    for needed in ("ferlab/configs/vgg_s_cpu48.yaml", "ferlab/configs/seed/iter1_simple_cnn.yaml",
+                   "ferlab/configs/sweeps/seed_regularisation.yaml", "ferlab/weights/default.pt",
+                   "ferlab/serve/static/index.html", "ferlab/serve/static/app.js"):
+        assert needed in names
+
+    assert license_text == (repo / "LICENSE").read_text() and "MIT License" in license_text
+    assert (meta["Name"], meta["Version"], meta["License-Expression"]) == ("ferlab", ferlab.__version__, "MIT")
+    assert set(meta.get_all("Provides-Extra")) == {*EXTRAS, "all", "dev"}
+
+    def dist(requirement: str) -> str:  # "psycopg[binary]>=3.1; extra == ..." -> "psycopg"
+        return re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    requires = meta.get_all("Requires-Dist")
+    core = {dist(r) for r in requires if "extra ==" not in r}
+    for extra, modules in EXTRAS.items():  # ferlab._optional's names agree with the extras the wheel declares
+        declared = {dist(r) for r in requires if r.endswith(f'extra == "{extra}"')}
+        assert declared == {m.replace("_", "-") for m in modules}, extra
+        assert not declared & core, f"{extra} packages among the core dependencies"
+    assert {"torch", "numpy", "pillow", "pyyaml", "opencv-python-headless", "mtcnn"} <= core

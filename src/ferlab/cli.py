@@ -188,7 +188,9 @@ def _cmd_export(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition on FER2013.")
+    p.add_argument("--version", action="version", version=f"ferlab {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     s = sub.add_parser("data", help="describe a FER2013 source: form, counts per split and class, image size")
