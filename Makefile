@@ -8,7 +8,7 @@ DATA   ?= $(FERLAB_DATA)
 .PHONY: help install test eval-default seed-study train-cpu report
 
 help:
-	@echo "make install                      create $(VENV) and install ferlab (+ test tools)"
+	@echo "make install                      create $(VENV) and install ferlab -e with every extra and the test tools (pip install . for users)"
 	@echo "make test                         install, then run the test suite"
 	@echo "make eval-default DATA=PATH       install, then score the shipped model on PrivateTest"
 	@echo "make seed-study DATA=PATH         install, then train the seed's five iterations + report"
