@@ -145,8 +145,11 @@ def test_report_groups_a_sweeps_trials_beside_plain_runs(fer_folder, tmp_path, c
     assert plot.stat().st_size > 0 and md.read_text().count("| trial-") == 3
 
 
-def test_a_sweep_of_ones_own_may_name_a_packaged_base_config(tmp_path):
-    own = tmp_path / "mine.yaml"
+def test_a_sweep_of_ones_own_may_name_a_packaged_base_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vgg_s_cpu48.yaml").write_text("model: resnet_s\n")  # the working folder's: never a sweep's base
+    (tmp_path / "sweeps").mkdir()
+    own = tmp_path / "sweeps" / "mine.yaml"
     own.write_text(yaml.safe_dump({"base": "vgg_s_cpu48", "space": {"lr": {"float": [1e-3, 1e-1], "log": True}}}))
     assert load_sweep(own).base == configs.CONFIG_DIR / "vgg_s_cpu48.yaml"
     own.write_text(yaml.safe_dump({"base": "vgg_s_cpu_48", "space": {"lr": {"float": [1e-3, 1e-1]}}}))

@@ -49,7 +49,9 @@ def _cmd_configs(a):
     from . import configs
     if a.name:  # the file itself, to read or to copy and edit: ferlab configs vgg_s_cpu48 > mine.yaml
         found = configs.packaged(a.name, "config") or configs.packaged(a.name, "sweep")
-        print((found or configs.resolve(a.name, "config")).read_text(), end="")
+        if found is None:
+            raise configs.not_found(a.name, "config")
+        print(found.read_text(), end="")
         return
     for kind, title in (("config", "training configs: ferlab train NAME"), ("sweep", "sweeps: ferlab sweep NAME")):
         found = configs.names(kind)

@@ -42,11 +42,15 @@ def resolve(arg: str | Path, kind: str = "config") -> Path:
     if path.is_file():
         return path
     found = packaged(str(arg), kind)
-    if found is not None:
-        return found
+    if found is None:
+        raise not_found(arg, kind)
+    return found
+
+
+def not_found(arg: str | Path, kind: str = "config") -> FileNotFoundError:
+    """The error for an argument that is no file and no packaged name: the closest name, then all of them."""
     valid = names(kind)
-    stem = path.as_posix().removesuffix(".yaml").removesuffix(".yml")
-    # compare whole names and their last part, so that 'iter5_enhanced_cnn_v2' finds 'seed/iter5_enhanced_cnn_v2'
+    stem = Path(arg).as_posix().removesuffix(".yaml").removesuffix(".yml")
     # a part of one name ('seed_reg'), then whole names and their last part, so that 'iter5_enhanced_cnn_v2'
     # finds 'seed/iter5_enhanced_cnn_v2'
     by_last = {n.rsplit("/", 1)[-1]: n for n in valid}
@@ -54,8 +58,8 @@ def resolve(arg: str | Path, kind: str = "config") -> Path:
              [by_last[m] for m in difflib.get_close_matches(stem.rsplit("/", 1)[-1], by_last, n=1)])
     hint = f"; did you mean {close[0]!r}?" if close else "."
     verb = "ferlab sweep" if kind == "sweep" else "ferlab train"
-    raise FileNotFoundError(f"{kind} {str(arg)!r} is neither a file nor a packaged {kind} name{hint} Packaged "
-                            f"{kind}s ({verb} NAME): {', '.join(valid)}")
+    return FileNotFoundError(f"{kind} {str(arg)!r} is neither a file nor a packaged {kind} name{hint} Packaged "
+                             f"{kind}s ({verb} NAME): {', '.join(valid)}")
 
 
 def describe(path: Path) -> str:

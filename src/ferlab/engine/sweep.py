@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from .._optional import need
-from ..configs import resolve
+from ..configs import not_found, packaged, resolve
 from .config import TrainConfig, load_config, read_yaml_mapping
 from .trainer import fit
 
@@ -117,12 +117,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
         else:
             space[key] = _param(key, p)
     base = Path(os.path.normpath(path.parent / values["base"]))
-    if not base.is_file():
-        try:
-            base = resolve(values["base"], "config")
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{path}: base config {values['base']!r} not found (looked for {base}); {e}") \
-                from None
+    if not base.is_file():  # not beside the sweep file: a packaged config's name (never the working folder's)
+        base = packaged(str(values["base"]), "config")
+        if base is None:
+            raise FileNotFoundError(f"{path}: base config {values['base']!r} not found (looked for "
+                                    f"{os.path.normpath(path.parent / values['base'])}); "
+                                    f"{not_found(values['base'], 'config')}")
     pruner = {"type": "median", **(values.get("pruner") or {})}
     if pruner["type"] not in PRUNERS:
         raise ValueError(f"{path}: pruner.type {pruner['type']!r} is not one of {', '.join(PRUNERS)}")
