@@ -8,11 +8,11 @@ DATA   ?= $(FERLAB_DATA)
 .PHONY: help install test eval-default seed-study train-cpu report
 
 help:
-	@echo "make install                      create $(VENV) and install ferlab (+ test tools)"
+	@echo "make install                      create $(VENV) and install ferlab -e with every extra and the test tools (pip install . for users)"
 	@echo "make test                         install, then run the test suite"
 	@echo "make eval-default DATA=PATH       install, then score the shipped model on PrivateTest"
 	@echo "make seed-study DATA=PATH         install, then train the seed's five iterations + report"
-	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (configs/vgg_s_cpu48.yaml, 1.8 h on 1 core)"
+	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (vgg_s_cpu48, 1.8 h on 1 core)"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,8 +29,9 @@ eval-default: install
 	$(VENV)/bin/ferlab eval default --split test --data "$(DATA)"
 
 seed-study: install
-	for c in configs/seed/iter*.yaml; do $(VENV)/bin/ferlab train $$c --data "$(DATA)" --no-progress || exit 1; done
+	for i in 1_simple_cnn 2_simple_cnn_v2 3_improved_cnn 4_enhanced_cnn 5_enhanced_cnn_v2; do \
+	  $(VENV)/bin/ferlab train seed/iter$$i --data "$(DATA)" --no-progress || exit 1; done
 	$(VENV)/bin/ferlab report runs/seed_iter* --markdown runs/seed_report.md --plot runs/seed_report.png
 
 train-cpu: install
-	$(VENV)/bin/ferlab train configs/vgg_s_cpu48.yaml --data "$(DATA)"
+	$(VENV)/bin/ferlab train vgg_s_cpu48 --data "$(DATA)"

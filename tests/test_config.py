@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ferlab import configs
+from ferlab.cli import main
 from ferlab.data.augment import AugmentConfig
 from ferlab.engine.config import OPTIMIZERS, SCHEDULES, TrainConfig, load_config
 from ferlab.models import list_models
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
+CONFIGS = configs.names("config")
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:
@@ -101,13 +103,53 @@ def test_bad_config_files(tmp_path):
 
 
 def test_configs_were_found():
-    assert any(p.parent.name == "seed" for p in CONFIGS) and any(p.parent.name == "configs" for p in CONFIGS)
+    assert "vgg_s_cpu48" in CONFIGS and "seed/iter5_enhanced_cnn_v2" in CONFIGS
+    assert sum(n.startswith("seed/") for n in CONFIGS) == 5
+    assert configs.names("sweep") == ["seed_regularisation"] and not any("sweeps" in n for n in CONFIGS)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_loads(name):
+    cfg = load_config(name)
     assert cfg.model in list_models()
     assert isinstance(cfg.lr, float) and isinstance(cfg.weight_decay, float)
-    if path.parent.name == "seed":  # the seed's recipe: Adam, constant lr, no augmentation
+    if name.startswith("seed/"):  # the seed's recipe: Adam, constant lr, no augmentation
         assert cfg.optimizer == "adam" and not cfg.augment.enabled
+
+
+def test_config_argument_resolves_a_file_first_then_a_packaged_name(tmp_path, monkeypatch):
+    shipped = configs.CONFIG_DIR / "vgg_s_cpu48.yaml"
+    for spelling in ("vgg_s_cpu48", "vgg_s_cpu48.yaml"):
+        assert configs.resolve(spelling) == shipped
+    assert configs.resolve("seed/iter1_simple_cnn.yaml") == configs.CONFIG_DIR / "seed" / "iter1_simple_cnn.yaml"
+    assert configs.resolve("seed_regularisation", "sweep") == configs.CONFIG_DIR / "sweeps" / "seed_regularisation.yaml"
+    assert configs.packaged("seed_regularisation") is None  # sweeps are not training configs
+    # a file of one's own in the working folder wins over the packaged config of the same name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vgg_s_cpu48.yaml").write_text("model: resnet_s\nepochs: 2\n")
+    assert configs.resolve("vgg_s_cpu48.yaml") == Path("vgg_s_cpu48.yaml")
+    assert load_config("vgg_s_cpu48.yaml").model == "resnet_s" and load_config("vgg_s_cpu48").model == "vgg_s"
+
+
+@pytest.mark.parametrize("arg, suggestion", [("vgg_s_cpu4", "vgg_s_cpu48"), ("vgg_s_cpu_long", "vgg_s_cpu"),
+                                             ("iter5_enhanced_cnn_v2", "seed/iter5_enhanced_cnn_v2"),
+                                             ("seed/iter9.yaml", None)])
+def test_unknown_config_name_suggests_the_closest_and_lists_all(arg, suggestion):
+    with pytest.raises(FileNotFoundError) as e:
+        load_config(arg)
+    msg = str(e.value)
+    assert "\n" not in msg and f"config {arg!r} is neither a file nor a packaged config name" in msg
+    assert (f"did you mean {suggestion!r}?" in msg) if suggestion else "did you mean" not in msg
+    assert msg.endswith(", ".join(CONFIGS))
+
+
+def test_ferlab_configs_lists_and_prints_the_packaged_files(capsys):
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert listed == CONFIGS + configs.names("sweep")
+    assert "vgg_s_cpu48                 ferlab's CPU recipe and the shipped model" in out
+    assert main(["configs", "seed/iter5_enhanced_cnn_v2"]) == 0
+    assert capsys.readouterr().out == (configs.CONFIG_DIR / "seed" / "iter5_enhanced_cnn_v2.yaml").read_text()
+    assert main(["configs", "seed_regularisation.yaml"]) == 0 and "space:" in capsys.readouterr().out
+    assert main(["configs", "nope"]) == 2 and "Packaged configs" in capsys.readouterr().err

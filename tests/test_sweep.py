@@ -18,12 +18,12 @@ import torch
 import torch.nn as nn
 import yaml
 
+from ferlab import configs
 from ferlab.cli import main
 from ferlab.engine import load_config
 from ferlab.engine.sweep import load_sweep, report, run_sweep, trial_config
 from ferlab.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = dict(model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0], optimizer="adam",
             schedule="constant", warmup_epochs=0, batch_size=8, augment=dict(hflip=0, rotate=0, scale=0,
             translate=0, erase=0), tta=False, threads=1, fraction=0.5, device="cpu")
@@ -145,9 +145,22 @@ def test_report_groups_a_sweeps_trials_beside_plain_runs(fer_folder, tmp_path, c
     assert plot.stat().st_size > 0 and md.read_text().count("| trial-") == 3
 
 
+def test_a_sweep_of_ones_own_may_name_a_packaged_base_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vgg_s_cpu48.yaml").write_text("model: resnet_s\n")  # the working folder's: never a sweep's base
+    (tmp_path / "sweeps").mkdir()
+    own = tmp_path / "sweeps" / "mine.yaml"
+    own.write_text(yaml.safe_dump({"base": "vgg_s_cpu48", "space": {"lr": {"float": [1e-3, 1e-1], "log": True}}}))
+    assert load_sweep(own).base == configs.CONFIG_DIR / "vgg_s_cpu48.yaml"
+    own.write_text(yaml.safe_dump({"base": "vgg_s_cpu_48", "space": {"lr": {"float": [1e-3, 1e-1]}}}))
+    with pytest.raises(FileNotFoundError, match=r"base config 'vgg_s_cpu_48' not found .*did you mean 'vgg_s_cpu48'"):
+        load_sweep(own)
+
+
 def test_shipped_regularisation_sweep_sets_enhanced_cnn_v2_dropouts():
-    spec = load_sweep(REPO / "configs" / "sweeps" / "seed_regularisation.yaml")
-    seed_cfg = load_config(REPO / "configs" / "seed" / "iter5_enhanced_cnn_v2.yaml")
+    spec = load_sweep("seed_regularisation")  # packaged names, as `ferlab sweep seed_regularisation` reads them
+    seed_cfg = load_config("seed/iter5_enhanced_cnn_v2")
+    assert spec.base == configs.CONFIG_DIR / "seed" / "iter5_enhanced_cnn_v2.yaml"
     picked = {"lr": 1e-4, "weight_decay": 2e-3, "model_args.dropout.0": 0.2, "model_args.dropout.1": 0.7,
               "model_args.dropout.2": 0.25}
     cfg = trial_config(spec, lambda name, p: picked[name], "t")

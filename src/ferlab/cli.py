@@ -43,6 +43,25 @@ def _cmd_train(a):
     fit(cfg, wandb_project=a.wandb_project if a.wandb else None, progress=_progress(a))
 
 
+def _cmd_configs(a):
+    from textwrap import shorten
+
+    from . import configs
+    if a.name:  # the file itself, to read or to copy and edit: ferlab configs vgg_s_cpu48 > mine.yaml
+        found = configs.packaged(a.name, "config") or configs.packaged(a.name, "sweep")
+        if found is None:
+            raise configs.not_found(a.name, "config")
+        print(found.read_text(), end="")
+        return
+    for kind, title in (("config", "training configs: ferlab train NAME"), ("sweep", "sweeps: ferlab sweep NAME")):
+        found = configs.names(kind)
+        width = max(map(len, found))
+        print(f"{title}" if kind == "config" else f"\n{title}")
+        for name in found:
+            print(f"  {name:<{width}}  {shorten(configs.describe(configs.packaged(name, kind)), 100 - width)}")
+    print(f"\n(in {configs.CONFIG_DIR}; a path to a YAML file of your own works wherever a name does)")
+
+
 def _cmd_sweep(a):
     from .engine.sweep import run_sweep
     run_sweep(a.sweep, trials=a.trials, timeout=a.timeout, storage=a.storage, study_name=a.study,
@@ -50,10 +69,10 @@ def _cmd_sweep(a):
 
 
 def _cmd_serve(a):
-    import uvicorn
+    from ._optional import need
+    from .serve.app import MAX_PIXELS, create_app  # checks the rest of the 'serve' extra first
+    uvicorn = need("uvicorn", "serve", "ferlab serve")
     _set_threads(a.threads)
-
-    from .serve.app import MAX_PIXELS, create_app
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
                      max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers,
                      max_video_bytes=round(a.max_video_mb * 2**20), max_video_frames=a.max_video_frames)
@@ -191,7 +210,9 @@ def _cmd_export(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition on FER2013.")
+    p.add_argument("--version", action="version", version=f"ferlab {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     s = sub.add_parser("data", help="describe a FER2013 source: form, counts per split and class, image size")
@@ -204,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_data)
 
     s = sub.add_parser("train", help="train one model from a YAML config")
-    s.add_argument("config", nargs="?", help="YAML config (see configs/); optional with --resume")
+    s.add_argument("config", nargs="?", help="a packaged config's name (ferlab configs lists them, e.g. "
+                   "vgg_s_cpu48) or a YAML file; optional with --resume")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 lr=0.01 augment.erase=0")
     s.add_argument("--data", help="FER2013 location (default: the config's, else $FERLAB_DATA)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -214,8 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     s.set_defaults(fn=_cmd_train)
 
+    s = sub.add_parser("configs", help="list the configs shipped with ferlab, or print one (to copy and edit)")
+    s.add_argument("name", nargs="?", help="a config's or a sweep's name: print its YAML")
+    s.set_defaults(fn=_cmd_configs)
+
     s = sub.add_parser("sweep", help="hyper-parameter search with Optuna; each trial is a run folder")
-    s.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
+    s.add_argument("sweep", help="a packaged sweep's name (ferlab configs lists them, e.g. seed_regularisation) "
+                                 "or a sweep YAML file")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial, e.g. epochs=3")
     s.add_argument("--trials", type=int, help="trials this worker runs at most (default: the sweep's 'trials', "
                    "else 20, else no cap when a total is set)")
@@ -393,11 +420,15 @@ def _main(argv: list[str] | None = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = list(args.overrides) + extra
+    from ._optional import MissingExtra
     from .data import DataError
     try:
         args.fn(args)
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"ferlab {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except MissingExtra as e:  # one line that names the extra to install ("ferlab serve needs the 'serve' ...")
+        print(e if str(e).startswith(f"ferlab {args.verb} ") else f"ferlab {args.verb}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ferlab {args.verb}: interrupted", file=sys.stderr)

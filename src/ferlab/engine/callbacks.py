@@ -46,10 +46,11 @@ class WandbLogger(Callback):
     """The seed's W&B keys; works with WANDB_MODE=offline; a missing wandb only warns."""
 
     def __init__(self, project: str, name: str, config: dict, run_dir: Path):
+        from .._optional import MissingExtra, need
         try:
-            import wandb
-        except ImportError:
-            warnings.warn("--wandb given but wandb is not installed (pip install wandb); continuing without it")
+            wandb = need("wandb", "wandb", "--wandb")
+        except MissingExtra as e:  # a run is worth more than its W&B mirror: the CSV and plots still record it
+            warnings.warn(f"{e}; training without W&B logging")
             self.run = None
             return
         self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), reinit=True)

@@ -143,8 +143,10 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- overrides ("key=value" strings, dotted keys for nested: augment.erase=0)."""
-    values = read_yaml_mapping(path, "config") if path is not None else {}
+    """Defaults <- YAML file <- overrides ("key=value" strings, dotted keys for nested: augment.erase=0).
+    `path` is a file, or the name of a config shipped in the package ("vgg_s_cpu48", "seed/iter1_simple_cnn")."""
+    from ..configs import resolve
+    values = read_yaml_mapping(resolve(path, "config"), "config") if path is not None else {}
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" for k, v in overrides.items()]
     for key, value in map(_split_override, overrides or []):

@@ -12,7 +12,7 @@ many finished ones. Each running trial sends a heartbeat (--heartbeat S); a tria
 machine lost) misses three beats, the next worker to look marks it FAIL, and the budget is met by a new trial.
 
     name: seed_regularisation            # study name and folder: <out_dir>/<name>
-    base: ../seed/iter5_enhanced_cnn_v2.yaml   # relative to this file
+    base: ../seed/iter5_enhanced_cnn_v2.yaml   # relative to this file, else a packaged config name
     fixed: {epochs: 15}                  # overrides applied to every trial
     space:
       lr: {float: [1.0e-5, 2.0e-4], log: true}
@@ -33,13 +33,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import optuna
-import sqlalchemy
 import torch
 import yaml
 
+from .._optional import need
+from ..configs import not_found, packaged, resolve
 from .config import TrainConfig, load_config, read_yaml_mapping
 from .trainer import fit
+
+optuna = need("optuna", "sweep", "ferlab sweep")
+import sqlalchemy  # noqa: E402  (optuna's own dependency: there when optuna is)
 
 SPEC_KEYS = ("name", "base", "fixed", "space", "trials", "total_trials", "timeout", "out_dir", "sampler", "pruner")
 KINDS = ("float", "int", "choices")
@@ -90,8 +93,9 @@ def _param(key: str, p) -> dict:
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and check a sweep YAML; `base` is resolved relative to the sweep file."""
-    path = Path(path)
+    """Read and check a sweep YAML (a file, or a packaged sweep's name: "seed_regularisation"); `base` is a
+    file relative to the sweep file, else a packaged config's name."""
+    path = resolve(path, "sweep")
     values = read_yaml_mapping(path, "sweep")
     for k in values:
         if k not in SPEC_KEYS:
@@ -113,8 +117,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
         else:
             space[key] = _param(key, p)
     base = Path(os.path.normpath(path.parent / values["base"]))
-    if not base.is_file():
-        raise FileNotFoundError(f"{path}: base config {values['base']!r} not found (looked for {base})")
+    if not base.is_file():  # not beside the sweep file: a packaged config's name (never the working folder's)
+        base = packaged(str(values["base"]), "config")
+        if base is None:
+            raise FileNotFoundError(f"{path}: base config {values['base']!r} not found (looked for "
+                                    f"{os.path.normpath(path.parent / values['base'])}); "
+                                    f"{not_found(values['base'], 'config')}")
     pruner = {"type": "median", **(values.get("pruner") or {})}
     if pruner["type"] not in PRUNERS:
         raise ValueError(f"{path}: pruner.type {pruner['type']!r} is not one of {', '.join(PRUNERS)}")

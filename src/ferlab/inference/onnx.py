@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._optional import need
 from ..data import load_fer2013
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..weights import resolve_model
@@ -115,6 +116,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
     $FERLAB_DATA) is given, through both runtimes at batch 1 and at full batch; if any probability differs
     by more than PARITY_TOL the file is removed and RuntimeError raised. Returns a report dict.
     """
+    onnx = need("onnx", "export", "ferlab export")  # both checked before any work: the check runs the export
+    need("onnxruntime", "export", "ferlab export")
     src = resolve_model(checkpoint)
     ckpt = load_checkpoint(src)
     model, pre = model_from_checkpoint(ckpt)
@@ -136,7 +139,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
         except Exception:
             out.unlink(missing_ok=True)
             raise
-    import onnx
     proto = onnx.load(str(out))
     meta = {"ferlab.preprocess": json.dumps(pre.to_dict()), "ferlab.classes": json.dumps(list(ckpt["classes"])),
             "ferlab.model": ckpt["model"], "ferlab.model_args": json.dumps(ckpt["model_args"]),
@@ -180,7 +182,7 @@ class OnnxClassifier:
     takes_pixels = True  # the Predictor hands it resized uint8 faces, not normalised model input
 
     def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
+        ort = need("onnxruntime", "export", "an .onnx model")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
