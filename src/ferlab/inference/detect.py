@@ -57,7 +57,7 @@ class MtcnnDetector:
         """Faces in the picture: `rgb` (any channel order) when given, else `gray`."""
         if rgb is not None and rgb.ndim == 3 and rgb.shape[2] >= 3:
             # uint8 sums are exact in float32, so the mean does not depend on the channels' order
-            plane = rgb[..., :3].sum(-1, dtype=np.uint16).astype(np.float32) / 3
+            plane = (rgb[..., 0].astype(np.uint16) + rgb[..., 1] + rgb[..., 2]).astype(np.float32) / 3
         else:
             plane = np.asarray(gray, np.float32)
         if min(plane.shape) < 12:
