@@ -326,3 +326,25 @@ def test_bad_videos_get_clear_4xx_and_leave_no_temp_file(checkpoint, astronaut_v
     assert list(tmp_path.iterdir()) == []
     ok = upload_video(TestClient(create_app(Predictor(str(checkpoint), detector="haar"))), mp4)
     assert ok.status_code == 200 and list(tmp_path.iterdir()) == []
+
+
+def test_serve_leaves_one_core_to_the_event_loop(monkeypatch):
+    """`ferlab serve` runs inference on all cores but one (so /health is not queued behind busy workers by the
+    scheduler), and `--threads` overrides it."""
+    import gc
+    import os
+
+    import torch
+    import uvicorn
+
+    from ferlab.cli import main
+    seen = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append((torch.get_num_threads(), kw["port"])))
+    before = torch.get_num_threads()
+    try:
+        assert main(["serve", "--detector", "none", "--port", "8123"]) == 0
+        assert main(["serve", "--detector", "none", "--port", "8124", "--threads", "2"]) == 0
+    finally:
+        torch.set_num_threads(before)
+        gc.unfreeze()  # `ferlab serve` froze the heap for its garbage collector; this is the test process
+    assert seen == [(max(1, len(os.sched_getaffinity(0)) - 1), 8123), (2, 8124)]
