@@ -78,8 +78,8 @@ def _cmd_serve(a):
     uvicorn = need("uvicorn", "serve", "ferlab serve")
     # inference leaves one core to the event loop, or /health waits for the scheduler behind busy workers
     # (measured on 2 cores: /health p99 12-47 ms with both cores computing, 3 ms with one)
-    _set_threads(a.threads or max(1, len(os.sched_getaffinity(0)) - 1 if hasattr(os, "sched_getaffinity")
-                                  else (os.cpu_count() or 2) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _set_threads(a.threads or max(1, cores - 1))
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
                      max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers,
                      max_video_bytes=round(a.max_video_mb * 2**20), max_video_frames=a.max_video_frames)

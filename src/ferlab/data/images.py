@@ -36,6 +36,11 @@ def upright_rgb(im: Image.Image) -> np.ndarray:
     """A just-opened image -> RGB uint8 (H, W, 3), upright per its EXIF orientation (phones store photos
     sideways plus a rotation tag), with no whole-image copy beyond the decode itself."""
     ImageOps.exif_transpose(im, in_place=True)
+    return rgb_array(im)
+
+
+def rgb_array(im: Image.Image) -> np.ndarray:
+    """Any PIL image -> RGB uint8 (H, W, 3), wide channels scaled by `to_8bit`, copied by `to_array`."""
     im = to_8bit(im)
     return to_array(im if im.mode == "RGB" else im.convert("RGB"))
 

@@ -68,11 +68,16 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, target=None,
     return cam.float().cpu().numpy(), target.cpu().numpy()
 
 
+def _jet(cam: np.ndarray) -> np.ndarray:
+    """A 0..1 map as RGB uint8 in the jet colour map (blue low, red high)."""
+    import cv2
+    return cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
+
+
 def overlay(gray_or_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """An RGB picture with `cam` (0..1, same height and width) blended on it as a jet colour map."""
-    import cv2
     base = gray_or_rgb if gray_or_rgb.ndim == 3 else np.repeat(gray_or_rgb[..., None], 3, -1)
-    heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
+    heat = _jet(cam)
     return np.uint8(np.clip((1 - alpha) * base[..., :3].astype(np.float32) + alpha * heat, 0, 255))
 
 
@@ -90,7 +95,4 @@ def draw_explained(image: np.ndarray, faces: list[dict], alpha: float = 0.45) ->
 
 def heatmap_rgba(cam: np.ndarray, max_alpha: float = 0.6) -> np.ndarray:
     """A heat map as RGBA uint8 to lay over its box: jet colours, opacity growing with the map's value."""
-    import cv2
-    rgb = cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
-    alpha = np.uint8(np.clip(cam, 0, 1) * max_alpha * 255)
-    return np.dstack([rgb, alpha])
+    return np.dstack([_jet(cam), np.uint8(np.clip(cam, 0, 1) * max_alpha * 255)])

@@ -63,12 +63,16 @@ class _Rows:
             print(self._line([str(c) for c in cells] + [source]), file=self.out, flush=True)
 
     def no_face(self, fr) -> None:
-        self.write({"source": fr.source, "frame": fr.frame, "time_s": fr.time_s, "track": None, "box": None,
-                    "score": None, "label": None, "probs": None})
+        self.write(_blank(fr.source, fr.frame, fr.time_s))
 
     def unreadable(self, source: str, reason: str) -> None:
-        self.write({"source": source, "frame": None, "time_s": None, "track": None, "box": None, "score": None,
-                    "label": None, "probs": None, "error": reason})
+        self.write({**_blank(source), "error": reason})
+
+
+def _blank(source, frame=None, time_s=None) -> dict:
+    """A row with no face in it: the input's place, every face field empty."""
+    return {"source": source, "frame": frame, "time_s": time_s, "track": None, "box": None, "score": None,
+            "label": None, "probs": None}
 
 
 def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", save: str | Path | None = None,

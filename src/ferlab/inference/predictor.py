@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import to_8bit, to_array, upright_rgb
+from ..data.images import rgb_array, upright_rgb
 from ..engine.trainer import tta_views
 from .detect import make_detector
 from .faces import crop_faces, crops_to_input, crops_to_pixels, eye_angle, to_gray
@@ -263,8 +263,7 @@ def _frames(source, every: int, errors: list | None, progress: bool, color: str)
 
 def _as_array(image, color: str = "rgb") -> np.ndarray:
     if isinstance(image, Image.Image):
-        im = to_8bit(image)
-        return to_array(im if im.mode == "RGB" else im.convert("RGB"))
+        return rgb_array(image)
     a = np.asarray(image)
     if color == "bgr" and a.ndim == 3 and a.shape[2] in (3, 4):  # OpenCV's order -> RGB(A)
         a = a[..., [2, 1, 0, 3][:a.shape[2]]]

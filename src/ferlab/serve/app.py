@@ -395,7 +395,7 @@ def analyse_video(predictor, lock, path: str, filename: str | None, every: int, 
                                   {c: round(float(v), 6) for c, v in zip(summary.classes, share)})
                          for t, f, n, share in summary.rows],
                 tracks=_tracks(frames, summary.classes),
-                timeline_png="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+                timeline_png=_png_data_url(png))
 
 
 def _tracks(frames: list[VideoFrame], classes) -> list[Track]:
@@ -516,13 +516,17 @@ def _face(f: dict) -> Face:
                 box=[int(round(float(v))) for v in f["box"]], score=float(f["score"]), label=str(f["label"]),
                 probs={str(k): float(v) for k, v in f["probs"].items()},
                 track=None if f.get("track") is None else int(f["track"]),
-                heatmap=None if f.get("heatmap") is None else _png_data_url(heatmap_rgba(f["heatmap"])))
+                heatmap=None if f.get("heatmap") is None else _heatmap_png(f["heatmap"]))
 
 
-def _png_data_url(rgba: np.ndarray) -> str:
+def _heatmap_png(cam: np.ndarray) -> str:
     buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    Image.fromarray(heatmap_rgba(cam), "RGBA").save(buf, format="PNG")
+    return _png_data_url(buf.getvalue())
+
+
+def _png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _describe(predictor, model: str, detector: str) -> tuple[str, str]:
