@@ -42,14 +42,7 @@ def to_model_input(faces, pre: Preprocess, device: str | torch.device | None = N
     Resizing is bilinear with antialiasing; a single-channel face is repeated to `in_channels` (the seed
     fed grayscale copied into RGB); then (x/255 - mean) / std.
     """
-    x = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces)
-    if x.dtype != torch.uint8 and x.dtype.is_floating_point is False:
-        x = x.to(torch.uint8)
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"expected grayscale faces of shape (N, H, W) or (H, W), got {tuple(x.shape)}")
-    x = _resize(x.to(device=device, dtype=torch.float32).unsqueeze(1) / 255.0, pre.input_size)
+    x = _resize(_as_faces(faces).to(device=device, dtype=torch.float32).unsqueeze(1) / 255.0, pre.input_size)
     if pre.standardize:
         x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-3)
     return normalize(x.expand(-1, pre.in_channels, -1, -1), pre)
@@ -58,15 +51,23 @@ def to_model_input(faces, pre: Preprocess, device: str | torch.device | None = N
 def to_model_pixels(faces, pre: Preprocess) -> torch.Tensor:
     """uint8 grayscale faces (N, H, W) -> uint8 (N, S, S): resized as `to_model_input` resizes them, then
     rounded to whole grey levels. What an ONNX export (which holds the rest of the preprocessing) takes."""
-    x = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces)
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"expected grayscale faces of shape (N, H, W) or (H, W), got {tuple(x.shape)}")
+    x = _as_faces(faces)
     if x.shape[-2:] == (pre.input_size, pre.input_size):
         return x.to(torch.uint8)
     x = _resize(x.to(torch.float32).unsqueeze(1) / 255.0, pre.input_size)[:, 0]
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _as_faces(faces) -> torch.Tensor:
+    """Grayscale faces (N, H, W) or one (H, W), numpy or tensor -> a tensor (N, H, W); integers as uint8."""
+    x = torch.as_tensor(np.asarray(faces) if not torch.is_tensor(faces) else faces)
+    if x.dtype != torch.uint8 and x.dtype.is_floating_point is False:
+        x = x.to(torch.uint8)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"expected grayscale faces of shape (N, H, W) or (H, W), got {tuple(x.shape)}")
+    return x
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
