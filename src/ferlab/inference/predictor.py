@@ -154,9 +154,7 @@ class Predictor:
             raise ValueError("explaining needs the PyTorch model's gradients; an ONNX export has none: pass the "
                              "run folder or .pt checkpoint it came from")
         rgb = read_image(image) if isinstance(image, (str, Path)) else _as_array(image)
-        gray = to_gray(rgb)
-        faces = self.detector(gray, rgb if rgb.ndim == 3 and rgb.shape[2] >= 3 else None)
-        crops = crop_faces(gray, faces, self.align)
+        faces, crops = self._detect(rgb)
         fr = Frame(None, str(image) if isinstance(image, (str, Path)) else None)
         _, out = next(self._flush([(fr, faces)], crops))
         if not faces:
@@ -186,13 +184,11 @@ class Predictor:
             if fr.error is not None:  # an unreadable input keeps its place in the output
                 pending.append((fr, []))
                 continue
-            gray = to_gray(fr.image)
-            colour = fr.image.ndim == 3 and fr.image.shape[2] >= 3
-            faces = self.detector(gray, fr.image if colour else None)
+            faces, face_crops = self._detect(fr.image)
             if not faces and fr.frame is None:  # a normal outcome: an empty list, and a note for debugging
                 log.debug("no face found in %s; for pictures that already are face crops use detector 'none'",
                           fr.source or "the image")
-            crops += crop_faces(gray, faces, self.align)
+            crops += face_crops
             if not keep_images:
                 fr.image = None
             pending.append((fr, faces))
@@ -201,6 +197,12 @@ class Predictor:
                 yield from self._flush(pending, crops)
                 pending, crops = [], []
         yield from self._flush(pending, crops)
+
+    def _detect(self, image: np.ndarray) -> tuple[list, list[np.ndarray]]:
+        """The faces in one picture (RGB or gray) and their grey crops, turned upright with `align`."""
+        gray = to_gray(image)
+        faces = self.detector(gray, image if image.ndim == 3 and image.shape[2] >= 3 else None)
+        return faces, crop_faces(gray, faces, self.align)
 
     def _flush(self, pending, crops):
         probs = self.predict_crops(crops)
