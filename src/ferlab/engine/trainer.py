@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -371,7 +372,18 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, callbacks: li
         return _fit(cfg, dinfo, device, resume_ckpt, run_dir, callbacks, wandb_project, progress, epoch_hook)
     finally:
         if own_group:  # also when fit raises here (an error, a pruned trial): not left to interpreter exit
-            dist.destroy_process_group()
+            _leave_group(backend)
+
+
+def _leave_group(backend: str) -> None:
+    """Tear the process group down together. Ranks that stop at the same point (the end, an epoch hook) first
+    wait for each other: a rank destroying its gloo group while a peer still used it aborted that process
+    ('terminate called without an active exception', 1 torchrun in 6 on a loaded 2-core machine). A peer
+    that failed alone holds the others at most 30 s, and that wait's own failure is not the error reported."""
+    if backend == "gloo":
+        with suppress(Exception):
+            dist.monitored_barrier(timeout=timedelta(seconds=30))
+    dist.destroy_process_group()
 
 
 def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: dict | None, run_dir,
