@@ -79,13 +79,14 @@ def _cmd_serve(a):
     # inference leaves one core to the event loop, or /health waits for the scheduler behind busy workers
     # (measured on 2 cores: /health p99 12-47 ms with both cores computing, 3 ms with one)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    _set_threads(a.threads or max(1, cores - 1))
+    # the model is loaded in the inference worker process(es) before create_app returns; this one holds no torch
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
                      max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers,
-                     max_video_bytes=round(a.max_video_mb * 2**20), max_video_frames=a.max_video_frames)
-    # The heap now holds torch, the model and the web stack: tens of thousands of long-lived objects that
-    # every full garbage collection would walk with the GIL held (47-120 ms pauses of /health measured under
-    # load). Freezing them leaves the collector only what requests create.
+                     max_video_bytes=round(a.max_video_mb * 2**20), max_video_frames=a.max_video_frames,
+                     threads=max(1, cores - 1) if a.threads is None else a.threads)
+    # The heap now holds the web stack: thousands of long-lived objects that every full garbage collection
+    # would walk with the GIL held (47-120 ms pauses of /health measured under load, when torch and the model
+    # were in this process). Freezing them leaves the collector only what requests create.
     import gc
     gc.collect()
     gc.freeze()
@@ -317,10 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int,
                    help="largest image in pixels, checked before decoding (default: 40 million; larger -> 413)")
     s.add_argument("--workers", type=int, default=1,
-                   help="uploads decoded and analysed at once; the rest wait (default: 1). Memory for pixels is "
-                        "about workers x max-pixels x 7 bytes")
+                   help="inference processes, each decoding and analysing one upload at a time; the other uploads "
+                        "wait (default: 1). Each holds the model; memory for pixels is about workers x max-pixels "
+                        "x 7 bytes")
     s.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for detection and classification (default: all cores)")
+                   help="CPU threads for detection and classification, per worker (default: all cores but one, "
+                        "left to the web server)")
     s.add_argument("--max-video-mb", type=float, default=50.0,
                    help="largest video upload in MiB (default: 50; larger -> 413)")
     s.add_argument("--max-video-frames", type=int, default=150,

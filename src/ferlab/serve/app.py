@@ -11,6 +11,14 @@ WebM/Matroska or AVI), because FFmpeg also reads playlists and other formats tha
 The frame size is read from the container and checked against the pixel limit before a frame is decoded,
 and at most `max_video_frames` frames are analysed (a longer video is sampled more sparsely, and the answer
 says so). A video holds the inference lock for its whole analysis, like a batch of photos would.
+
+Where the work runs. `ferlab serve` (create_app without a predictor) decodes and analyses every upload in a
+separate inference process (`serve.worker`): decoding a 40 MP image and running the detector on it hold the
+GIL for 20-40 ms at a time, and in a thread of the server that stalled the event loop, `/health` included. The
+server process keeps only the web stack (no torch) and sends each upload's compressed bytes, or a video's temp
+file path, to the worker; a worker that dies costs its request a 503 and is replaced on the next one. An
+app given a predictor object (tests, a library embedding a Predictor) runs the same functions, `analyse_photo`
+and `analyse_video`, in a thread instead. Either way at most `workers` uploads are decoded at a time.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import contextlib
 import io
 import math
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -35,7 +44,7 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..data.images import upright_rgb
-from ..inference.explain import heatmap_rgba
+from .worker import InferenceWorker
 
 STATIC = Path(__file__).parent / "static"
 MAX_BYTES = 10 * 2**20          # upload limit (10 MiB)
@@ -134,30 +143,67 @@ class Problem(BaseModel):
 
 def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn", device: str = "cpu",
                max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, workers: int = WORKERS,
-               max_video_bytes: int = MAX_VIDEO_BYTES, max_video_frames: int = MAX_VIDEO_FRAMES) -> FastAPI:
-    """The FastAPI app. `predictor` (anything with `.predict(rgb_uint8)` and `.classes`; `.stream` too for
-    videos) is built from `model`/`detector`/`device` when not given; `max_bytes` and `max_pixels` bound each
-    photo upload (the pixel limit bounds video frames too), `max_video_bytes` and `max_video_frames` each video,
-    and `workers` the uploads decoded and analysed at once (the rest wait, holding only their compressed bytes),
-    so the pixel memory in use is at most about workers x max_pixels x 7 bytes whatever the number of clients."""
+               max_video_bytes: int = MAX_VIDEO_BYTES, max_video_frames: int = MAX_VIDEO_FRAMES,
+               threads: int | None = None) -> FastAPI:
+    """The FastAPI app. Without `predictor`, `workers` inference processes are started (each has loaded its
+    Predictor, built from `model`/`detector`/`device` with `threads` CPU threads, before this returns) and
+    stopped when the app's lifespan ends (`app.state.workers` holds them). With `predictor` (anything with
+    `.predict(rgb_uint8)` and `.classes`; `.stream` too for videos) uploads are analysed in threads of this
+    process instead, one inference at a time. `max_bytes` and `max_pixels` bound each photo upload (the pixel
+    limit bounds video frames too), `max_video_bytes` and `max_video_frames` each video, and `workers` the
+    uploads decoded and analysed at once (the rest wait, holding only their compressed bytes), so the pixel
+    memory in use is at most about workers x max_pixels x 7 bytes whatever the number of clients."""
     limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, max_video_bytes=max_video_bytes,
                   max_video_frames=max_video_frames)
     for name, value in limits.items():
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be positive, got {threads}")
     max_pixels = pixel_limit(max_pixels)
     map_big_buffers()
+    limiter = anyio.CapacityLimiter(workers)  # uploads decoded + analysed at once; the event loop stays free
+    pool: list[InferenceWorker] = []
     if predictor is None:
-        from ..inference.predictor import Predictor
-        predictor = Predictor(model=model, detector=detector, device=device)
-    classes = [str(c) for c in predictor.classes]
-    model_name, detector_name = _describe(predictor, model, detector)
-    # one inference at a time: torch already uses every core, and the detector is not known to be thread-safe
-    lock = threading.Lock()
-    limiter = anyio.CapacityLimiter(workers)  # decodes + inferences in flight; the event loop stays free
+        try:
+            for _ in range(workers):
+                pool.append(InferenceWorker(model, detector, device, threads))
+        except BaseException:
+            for w in pool:
+                w.close()
+            raise
+        idle = queue.SimpleQueue()  # at most `workers` threads ask (the limiter), so one is always free
+        for w in pool:
+            idle.put(w)
+        info = pool[0].info
+        classes, model_name, detector_name = info["classes"], info["model"], info["detector"]
 
-    app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None,
+        def run(fn, *args):
+            w = idle.get()
+            try:
+                return w.call(fn, *args)
+            finally:
+                idle.put(w)
+    else:
+        classes = [str(c) for c in predictor.classes]
+        model_name, detector_name = _describe(predictor, model, detector)
+        # one inference at a time: torch already uses every core, and the detector is not known to be thread-safe
+        lock = threading.Lock()
+
+        def run(fn, *args):
+            return fn(predictor, lock, *args)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            for w in pool:
+                w.close()
+
+    app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Facial expression recognition: upload a photo, get each face's emotion.")
+    app.state.workers = pool
     app.add_middleware(UploadLimit, limits={"/v1/predict": max_bytes + MULTIPART_SLACK,
                                             "/v1/video": max_video_bytes + MULTIPART_SLACK})
 
@@ -186,26 +232,10 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         if not data:
             raise HTTPException(400, "the uploaded file is empty; expected an image")
 
-        def work():
-            try:
-                rgb = decode_image(data, max_pixels)
-                with lock:
-                    if not explain:
-                        return rgb.shape[:2], predictor.predict(rgb)
-                    if not callable(getattr(predictor, "explain", None)):
-                        raise HTTPException(400, "this server's model cannot explain its answers (an ONNX export "
-                                                 "has no gradients); ask without explain=true")
-                    try:
-                        return rgb.shape[:2], predictor.explain(rgb)
-                    except ValueError as e:
-                        raise HTTPException(400, str(e)) from None
-            finally:
-                rgb = None
-                _release_memory()
-
-        (height, width), faces = await anyio.to_thread.run_sync(work, limiter=limiter)
+        (height, width), faces = await anyio.to_thread.run_sync(run, analyse_photo, data, explain, max_pixels,
+                                                                limiter=limiter)
         return Prediction(
-            filename=file.filename, width=width, height=height, faces=[_face(f) for f in faces],
+            filename=file.filename, width=width, height=height, faces=faces,
             message=None if faces else "no face found; try a brighter, frontal photo with the face larger in frame",
             model=model_name, classes=classes, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
 
@@ -219,7 +249,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
 
         def work():
             with upload_copy(file.file, max_video_bytes) as path:
-                return analyse_video(predictor, lock, path, file.filename, every, max_video_frames, max_pixels)
+                return run(analyse_video, path, file.filename, every, max_video_frames, max_pixels)
 
         out = await anyio.to_thread.run_sync(work, limiter=limiter)
         return VideoPrediction(filename=file.filename, **out, model=model_name, classes=classes,
@@ -340,6 +370,29 @@ def upload_copy(src, limit: int):
         yield path
     finally:
         os.unlink(path)
+
+
+def analyse_photo(predictor, lock, data: bytes, explain: bool, max_pixels: int) -> tuple[tuple[int, int], list[Face]]:
+    """Untrusted image bytes -> ((height, width), every face found, as `Face`, heat maps included with
+    `explain`), or HTTPException with a 4xx. Decodes outside `lock`, analyses inside it."""
+    rgb = None
+    try:
+        rgb = decode_image(data, max_pixels)
+        with lock:
+            if not explain:
+                faces = predictor.predict(rgb)
+            elif not callable(getattr(predictor, "explain", None)):
+                raise HTTPException(400, "this server's model cannot explain its answers (an ONNX export "
+                                         "has no gradients); ask without explain=true")
+            else:
+                try:
+                    faces = predictor.explain(rgb)
+                except ValueError as e:
+                    raise HTTPException(400, str(e)) from None
+        return rgb.shape[:2], [_face(f) for f in faces]
+    finally:
+        rgb = None
+        _release_memory()
 
 
 def analyse_video(predictor, lock, path: str, filename: str | None, every: int, max_frames: int,
@@ -520,6 +573,7 @@ def _face(f: dict) -> Face:
 
 
 def _heatmap_png(cam: np.ndarray) -> str:
+    from ..inference.explain import heatmap_rgba  # torch: only where the model is
     buf = io.BytesIO()
     Image.fromarray(heatmap_rgba(cam), "RGBA").save(buf, format="PNG")
     return _png_data_url(buf.getvalue())
