@@ -330,21 +330,20 @@ def test_bad_videos_get_clear_4xx_and_leave_no_temp_file(checkpoint, astronaut_v
 
 def test_serve_leaves_one_core_to_the_event_loop(monkeypatch):
     """`ferlab serve` runs inference on all cores but one (so /health is not queued behind busy workers by the
-    scheduler), and `--threads` overrides it."""
-    import gc
+    scheduler), and `--threads` overrides it. (That the worker process applies them: test_serve_worker.)"""
     import os
 
-    import torch
     import uvicorn
 
+    import ferlab.serve.app as app_mod
     from ferlab.cli import main
     seen = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append((torch.get_num_threads(), kw["port"])))
-    before = torch.get_num_threads()
+    monkeypatch.setattr(app_mod, "create_app", lambda **kw: kw["threads"])
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append((app, kw["port"])))
     try:
         assert main(["serve", "--detector", "none", "--port", "8123"]) == 0
         assert main(["serve", "--detector", "none", "--port", "8124", "--threads", "2"]) == 0
     finally:
-        torch.set_num_threads(before)
+        import gc
         gc.unfreeze()  # `ferlab serve` froze the heap for its garbage collector; this is the test process
     assert seen == [(max(1, len(os.sched_getaffinity(0)) - 1), 8123), (2, 8124)]

@@ -34,14 +34,14 @@ def _worker_main(conn, model: str, detector: str, device: str, threads: int | No
     from .app import _describe, map_big_buffers
     map_big_buffers()
     try:
+        import cv2
+        import torch
         if threads is not None:
-            import cv2
-            import torch
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
         from ..inference.predictor import Predictor
         predictor = Predictor(model=model, detector=detector, device=device)
-        info = dict(classes=[str(c) for c in predictor.classes], pid=os.getpid())
+        info = dict(classes=[str(c) for c in predictor.classes], pid=os.getpid(), threads=torch.get_num_threads())
         info["model"], info["detector"] = _describe(predictor, model, detector)
     except BaseException as e:  # the server re-raises it: `ferlab serve --model nope.pt` is one error line
         conn.send(("error", _picklable(e)))

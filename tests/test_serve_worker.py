@@ -1,0 +1,162 @@
+"""`ferlab serve`'s inference worker process: the same answers as the in-thread path, a killed worker costs one
+503 and is replaced, and the server leaves no process behind when it stops.
+
+The model is test_serve's small real checkpoint; the photo is skimage's astronaut, the video test_serve's.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from test_serve import astronaut_video, checkpoint, encode, photo, upload, upload_video  # noqa: F401
+
+from ferlab.inference.predictor import Predictor
+from ferlab.serve.app import create_app
+
+LIMITS = dict(max_bytes=200_000, max_pixels=4_000_000)
+
+
+@pytest.fixture(scope="module")
+def worker_app(checkpoint):  # noqa: F811
+    """The app as `ferlab serve` builds it: no predictor given, so one inference process (one thread)."""
+    app = create_app(model=str(checkpoint), detector="haar", threads=1, **LIMITS)
+    with TestClient(app) as client:
+        yield app, client
+    assert [w.process for w in app.state.workers] == [None]  # the lifespan's end stopped it
+
+
+@pytest.fixture(scope="module")
+def thread_client(checkpoint):  # noqa: F811
+    return TestClient(create_app(Predictor(str(checkpoint), detector="haar"), **LIMITS))
+
+
+def test_the_worker_answers_what_the_thread_answers(worker_app, thread_client, photo, astronaut_video):  # noqa: F811
+    app, client = worker_app
+    [worker] = app.state.workers
+    assert worker.pid != os.getpid() and worker.process.is_alive() and worker.info["threads"] == 1
+    assert client.get("/health").json()["model"] == thread_client.get("/health").json()["model"] == "vgg_s"
+    for params in ({}, {"explain": "true"}):
+        got = client.post("/v1/predict", params=params, files={"file": ("a.jpg", photo, "image/jpeg")})
+        want = thread_client.post("/v1/predict", params=params, files={"file": ("a.jpg", photo, "image/jpeg")})
+        assert got.status_code == want.status_code == 200, (got.text, want.text)
+        got, want = got.json(), want.json()
+        assert len(got["faces"]) == 1 and (got["width"], got["height"]) == (want["width"], want["height"])
+        for g, w in zip(got["faces"], want["faces"], strict=True):
+            assert g["box"] == w["box"] and g["label"] == w["label"] and g["heatmap"] == w["heatmap"]
+            assert g["probs"] == pytest.approx(w["probs"], abs=1e-6)
+        assert (got["faces"][0]["heatmap"] is not None) == bool(params)
+
+    from PIL import Image
+    big_png = encode(Image.new("L", (2500, 2000)), "PNG")  # 5 MP, a few KB: over the 4 MP limit
+    for data in (b"hello, this is not a photo", photo[: len(photo) // 2], big_png, b""):
+        got, want = upload(client, data), upload(thread_client, data)
+        assert got.status_code == want.status_code and 400 <= got.status_code < 500, (got.text, want.text)
+        assert got.json() == want.json()
+
+    mp4 = astronaut_video.read_bytes()
+    got, want = upload_video(client, mp4, every=2).json(), upload_video(thread_client, mp4, every=2).json()
+    assert [f["frame"] for f in got["frames"]] == [f["frame"] for f in want["frames"]] == [0, 2, 4, 6]
+    assert got["tracks"] == want["tracks"] and got["summary"] == want["summary"]
+    bad = upload_video(client, mp4[:24] + bytes(3000))
+    assert bad.json() == upload_video(thread_client, mp4[:24] + bytes(3000)).json() and bad.status_code == 415
+
+
+def test_a_killed_worker_costs_one_503_and_is_replaced(worker_app, photo):  # noqa: F811
+    app, client = worker_app
+    [worker] = app.state.workers
+    assert upload(client, photo).status_code == 200
+
+    # killed between requests: the next request is served by a fresh worker
+    old = worker.pid
+    os.kill(old, signal.SIGKILL)
+    worker.process.join(10)
+    assert upload(client, photo).status_code == 200 and worker.pid not in (None, old)
+
+    # killed while analysing: stopped first, so the request is surely in the worker when the kill comes
+    old = worker.pid
+    os.kill(old, signal.SIGSTOP)
+    answer = {}
+    t = threading.Thread(target=lambda: answer.update(r=upload(client, photo)))
+    t.start()
+    end = time.time() + 30
+    while not worker.lock.locked() and time.time() < end:
+        time.sleep(0.01)
+    time.sleep(0.3)  # from taking the lock to waiting on the worker: microseconds
+    assert client.get("/health").status_code == 200  # the server answers while its worker hangs
+    os.kill(old, signal.SIGKILL)
+    t.join(30)
+    r = answer["r"]
+    assert r.status_code == 503, r.text
+    assert "worker process died" in r.json()["detail"] and "SIGKILL" in r.json()["detail"], r.json()
+    assert upload(client, photo).status_code == 200 and worker.pid not in (None, old)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of `pid` (Linux /proc)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out |= {int(child)} | _children(int(child))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ferlab_serve_keeps_torch_in_its_worker_and_leaves_no_process_behind(checkpoint, photo, stop):  # noqa: F811
+    import httpx
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ferlab.cli", "serve", "--model", str(checkpoint),
+                             "--detector", "none", "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        end = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < end, "ferlab serve did not answer /health within 120 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        children = _children(proc.pid)
+        workers = [p for p in children if "libtorch_cpu" in Path(f"/proc/{p}/maps").read_text()]
+        assert len(workers) == 1, children  # the model was loaded before /health answered
+        assert "libtorch_cpu" not in Path(f"/proc/{proc.pid}/maps").read_text()  # the server stays light
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files={"file": ("a.jpg", photo, "image/jpeg")},
+                       timeout=60)
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1, r.text
+        children |= _children(proc.pid)
+        proc.send_signal(stop)
+        proc.wait(30)
+        log = proc.stderr.read().decode()
+        # uvicorn shuts down cleanly, then re-raises the signal it caught (exit -15, or 130 from Ctrl-C)
+        assert "Application shutdown complete" in log and proc.returncode in (0, -stop, 130), (proc.returncode, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    end = time.time() + 10
+    while any(_alive(p) for p in children) and time.time() < end:
+        time.sleep(0.1)
+    assert not [p for p in children if _alive(p)], "processes outlived ferlab serve"
