@@ -5,8 +5,10 @@
 Starts `ferlab serve` on a free loopback port, then `--clients` threads each POST the image to /v1/predict
 for `--seconds` while a separate process asks /health every 100 ms. The image defaults to the largest one the
 server accepts: a 6300x6300 PNG (39.7 MP, under the 40 MP limit) of flat grey with a few shapes, about 60 KB
-on the wire, so that decoding and detection, not the upload, is the load. The server's resident memory
-(VmRSS): idle before the load, its peak (the kernel's high-water mark, VmHWM) and final after 3 s idle.
+on the wire, so that decoding and detection, not the upload, is the load. Resident memory is summed over the
+server process and its children (the inference worker, multiprocessing's resource tracker): idle before the
+load (VmRSS), peak, and final after 3 s idle (VmRSS). The peak is each process's own high-water mark (VmHWM)
+summed: an upper bound of the tree's peak, since the processes need not peak at the same moment.
 Prints one Markdown table row (and the header with --header).
 """
 from __future__ import annotations
@@ -53,11 +55,35 @@ def free_port() -> int:
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """The server's resident memory (VmRSS), or its high-water mark over its life (VmHWM), in MiB."""
+    """A process's resident memory (VmRSS), or its high-water mark over its life (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc: the children of each of its threads, recursively)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for kid in kids:
+            out += [kid, *descendants(kid)]
+    return out
+
+
+def tree_mib(pid: int, field: str = "VmRSS") -> float:
+    """`field` summed over `pid` and its descendants (for VmHWM: an upper bound of the tree's peak)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += rss_mib(p, field)
+        except FileNotFoundError:  # exited meanwhile
+            pass
+    return total
 
 
 def multipart(data: bytes, name: str) -> tuple[bytes, str]:
@@ -135,7 +161,7 @@ def main() -> None:
         # parser and warms the model (a stall of 100+ ms on the event loop, once per process)
         request(port, "POST", "/v1/predict", *multipart(small_png(), "warm.png"))
         time.sleep(1.0)
-        idle = rss_mib(proc.pid)
+        idle, server_idle = tree_mib(proc.pid), rss_mib(proc.pid)
         # the peak is the kernel's own high-water mark, read once afterwards: polling /proc/PID/status during
         # the load stalled the server (its page faults wait on the reader; /health max 67-92 ms, 0 unpolled)
         results: list[tuple[int, float]] = []
@@ -163,7 +189,8 @@ def main() -> None:
         prober.join(30)
         wall = time.perf_counter() - t0
         time.sleep(3.0)
-        final, peak = rss_mib(proc.pid), rss_mib(proc.pid, "VmHWM")
+        final, peak = tree_mib(proc.pid), tree_mib(proc.pid, "VmHWM")
+        procs, server_peak = 1 + len(descendants(proc.pid)), rss_mib(proc.pid, "VmHWM")
     finally:
         proc.terminate()
         try:
@@ -174,14 +201,17 @@ def main() -> None:
     ok = [dt for s, dt in results if s == 200]
     bad = sum(1 for s, _ in results if s != 200)
     cols = ["detector", "image", "clients", "requests/s", "p50 s", "p95 s", "p99 s", "non-200",
-            "/health p50 ms", "/health p95 ms", "/health p99 ms", "/health max ms", "RSS idle MiB", "RSS peak MiB", "RSS final MiB"]
+            "/health p50 ms", "/health p95 ms", "/health p99 ms", "/health max ms", "processes",
+            "RSS idle MiB (sum)", "RSS peak MiB (sum of VmHWM)", "RSS final MiB (sum)",
+            "server process alone: RSS idle / peak MiB"]
     if a.header:
         print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     row = [a.detector, f"{size} ({len(data) / 1024:.0f} KB)", str(a.clients), f"{len(results) / wall:.2f}",
            f"{pct(ok, 50):.2f}", f"{pct(ok, 95):.2f}", f"{pct(ok, 99):.2f}", str(bad),
            f"{1000 * statistics.median(health):.0f}" if health else "-", f"{1000 * pct(health, 95):.0f}",
            f"{1000 * pct(health, 99):.0f}",
-           f"{1000 * max(health):.0f}" if health else "-", f"{idle:.0f}", f"{peak:.0f}", f"{final:.0f}"]
+           f"{1000 * max(health):.0f}" if health else "-", str(procs), f"{idle:.0f}", f"{peak:.0f}", f"{final:.0f}",
+           f"{server_idle:.0f} / {server_peak:.0f}"]
     print("| " + " | ".join(row) + " |", flush=True)
 
 
