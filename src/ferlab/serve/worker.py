@@ -23,14 +23,17 @@ from multiprocessing.connection import wait
 from fastapi import HTTPException
 
 
-class WorkerDied(RuntimeError):
-    """The worker process ended while (or before) it served a request."""
+NICE = 10  # the workers' scheduling priority relative to the server (os.nice increment)
 
 
 def _worker_main(conn, model: str, detector: str, device: str, threads: int | None) -> None:
     # Ctrl-C reaches the whole process group; the server stops its workers itself (and a worker's
     # KeyboardInterrupt traceback would only clutter the terminal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # below the server in the CPU scheduler: when a /health request wakes the event loop it gets a core at
+    # once instead of queueing behind inference threads (on a machine with nothing else to run, inference
+    # still takes every core it is given)
+    os.nice(NICE)
     from .app import _describe, map_big_buffers
     map_big_buffers()
     try:
