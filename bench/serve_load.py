@@ -10,7 +10,8 @@ server process and its children (the inference worker, multiprocessing's resourc
 load (VmRSS), peak, and final after 3 s idle (VmRSS). The peak is each process's own high-water mark (VmHWM)
 summed: an upper bound of the tree's peak, since the processes need not peak at the same moment.
 "other CPU %" is the CPU time the rest of the machine used during the load (100 = one core's worth): the
-server, its worker, the clients and the prober are not counted. "prober wake-up delay max" is how late the
+server, its worker, the clients and the prober are not counted; "steal ms" the time a hypervisor gave the
+machine's virtual cores to someone else (/proc/stat). "prober wake-up delay max" is how late the
 prober itself woke from its 100 ms sleeps at worst: a /health stall that the prober shares was the machine's. Prints one Markdown table row (and the header
 with --header).
 """
@@ -89,10 +90,13 @@ def cpu_s(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores; /proc/stat, everything but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+def machine_cpu_s() -> tuple[float, float]:
+    """(CPU seconds the machine's cores have been busy, seconds a hypervisor ran something else on them):
+    /proc/stat's user + nice + system + irq + softirq, and its steal."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = [
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def tree_mib(pid: int, field: str = "VmRSS") -> float:
@@ -201,7 +205,7 @@ def main() -> None:
         prober = ctx.Process(target=probe_health, args=(port, a.seconds, send))
         threads = [threading.Thread(target=client) for _ in range(a.clients)]
         tree = [proc.pid, *descendants(proc.pid)]
-        t0, busy0, ours0 = time.perf_counter(), machine_busy_s(), cpu_s(tree) + sum(os.times()[:4])
+        t0, (busy0, steal0), ours0 = time.perf_counter(), machine_cpu_s(), cpu_s(tree) + sum(os.times()[:4])
         prober.start()
         for t in threads:
             t.start()
@@ -211,7 +215,8 @@ def main() -> None:
         prober.join(30)
         wall = time.perf_counter() - t0
         # CPU the rest of the machine took meanwhile (another benchmark, a build): it competes with /health
-        other = machine_busy_s() - busy0 - (cpu_s(tree) + sum(os.times()[:4]) - ours0)
+        busy, steal = machine_cpu_s()
+        other, steal = busy - busy0 - (cpu_s(tree) + sum(os.times()[:4]) - ours0), steal - steal0
         time.sleep(3.0)
         final, peak = tree_mib(proc.pid), tree_mib(proc.pid, "VmHWM")
         procs, server_peak = 1 + len(descendants(proc.pid)), rss_mib(proc.pid, "VmHWM")
@@ -225,7 +230,7 @@ def main() -> None:
     ok = [dt for s, dt in results if s == 200]
     bad = sum(1 for s, _ in results if s != 200)
     cols = ["detector", "image", "clients", "requests/s", "p50 s", "p95 s", "p99 s", "non-200",
-            "/health p50 ms", "/health p95 ms", "/health p99 ms", "/health max ms", "other CPU %", "prober wake-up delay max ms", "processes",
+            "/health p50 ms", "/health p95 ms", "/health p99 ms", "/health max ms", "other CPU %", "steal ms", "prober wake-up delay max ms", "processes",
             "RSS idle MiB (sum)", "RSS peak MiB (sum of VmHWM)", "RSS final MiB (sum)",
             "server process alone: RSS idle / peak MiB"]
     if a.header:
@@ -234,7 +239,7 @@ def main() -> None:
            f"{pct(ok, 50):.2f}", f"{pct(ok, 95):.2f}", f"{pct(ok, 99):.2f}", str(bad),
            f"{1000 * statistics.median(health):.0f}" if health else "-", f"{1000 * pct(health, 95):.0f}",
            f"{1000 * pct(health, 99):.0f}",
-           f"{1000 * max(health):.0f}" if health else "-", f"{max(0.0, 100 * other / wall):.0f}", f"{1000 * max(late):.0f}", str(procs), f"{idle:.0f}", f"{peak:.0f}", f"{final:.0f}",
+           f"{1000 * max(health):.0f}" if health else "-", f"{max(0.0, 100 * other / wall):.0f}", f"{1000 * steal:.0f}", f"{1000 * max(late):.0f}", str(procs), f"{idle:.0f}", f"{peak:.0f}", f"{final:.0f}",
            f"{server_idle:.0f} / {server_peak:.0f}"]
     print("| " + " | ".join(row) + " |", flush=True)
 

@@ -9,7 +9,9 @@ video's temp-file path) goes in and only the JSON-ready answer comes out; an HTT
 worker comes back as the same status and detail.
 
 A worker that dies (killed for memory, say) costs the request it was serving a 503; the next request starts
-a fresh one. A worker whose server dies sees its pipe close and exits.
+a fresh one. A worker whose server dies sees its pipe close and exits. Like every 'spawn' child, a worker
+first imports the script that started it: a script that calls `create_app()` needs the
+`if __name__ == "__main__":` guard (`ferlab serve` and `uvicorn --factory` have it).
 """
 from __future__ import annotations
 
