@@ -69,9 +69,6 @@ def _cmd_sweep(a):
 
 
 def _cmd_serve(a):
-    # Before torch loads (the inference workers inherit it): big tensors on transparent huge pages. Freeing a
-    # 160 MB tensor (a 40 MP upload as floats) then takes 0.6 ms instead of 15 (measured), with the GIL held.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from ._optional import need
     from .serve.app import MAX_PIXELS, create_app  # checks the rest of the 'serve' extra first
     uvicorn = need("uvicorn", "serve", "ferlab serve")
