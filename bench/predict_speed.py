@@ -190,6 +190,13 @@ def main():
             r = results[det, name] = end_to_end(m, folder, det, 64, a.rounds if det == "mtcnn" else 1)
             print(f"| {what} | {name} | {r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | "
                   f"{r['faces'] / r['s']:.1f} |", flush=True)
+    # what detecting a folder's photos in groups (one batched MTCNN pass per group) is worth: one at a time
+    import ferlab.inference.predictor as predictor_module
+    grouped, predictor_module.DETECT_FRAMES = predictor_module.DETECT_FRAMES, 1
+    r = end_to_end(model, photos, "mtcnn", 64, a.rounds)
+    predictor_module.DETECT_FRAMES = grouped
+    print(f"| photos 512x512, mtcnn, each photo detected alone (not in groups of {grouped}) | PyTorch | "
+          f"{r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | {r['faces'] / r['s']:.1f} |", flush=True)
 
     if fer_python:
         against_fer(fer_python, photos, a.threads, a.rounds, results["mtcnn", "PyTorch"],

@@ -30,9 +30,9 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 # Turning faces upright by their eyes before the crop: measured by bench/align_eval.py (see the README)
 ALIGN = True
 PENDING_FRAMES = 32  # frames held while their faces wait for a full batch (1080p RGB: 6 MB each)
-# frames whose faces are looked for in one batched detector pass (bench/predict_speed.py: 512x512 photos, MTCNN,
-# one thread: 19.3 ms a photo alone, 13.9 in eights), unless their pixels reach DETECT_PIXELS first (the
-# pyramid's memory grows with them); a camera's frames are never held back
+# frames whose faces are looked for in one batched detector pass (bench/predict_speed.py times it against one
+# photo at a time), unless their pixels reach DETECT_PIXELS first (the pyramid's memory grows with them); a
+# camera's frames are never held back
 DETECT_FRAMES = 8
 DETECT_PIXELS = 4_000_000
 
