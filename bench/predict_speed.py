@@ -5,7 +5,8 @@
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
 skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (MTCNN, the
 default; OpenCV's Haar cascade; scikit-image's LBP cascade), and over real FER2013 face crops with --detector none.
-Classifier only = model input ready, per face, at batch 1 and 64, on real FER2013 faces. With the `fer`
+Classifier only = uint8 faces at the model's size in, per face, at batch 1 and 64, on real FER2013 faces, with
+--threads and with every core: PyTorch fp32 and bf16, ONNX Runtime, and (with --data) the int8 export. With the `fer`
 package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed on the
 same photos by bench/fer_worker.py and the end-to-end ratio printed. --fer-margin measures how each
 detector's box relates to a FER2013 crop.
@@ -14,6 +15,7 @@ Prints Markdown tables.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -204,26 +206,34 @@ def main():
     else:
         print("\n(fer not installed: pass --fer-python to compare against it)")
 
-    ort_model = OnnxClassifier(onnx_path, threads=a.threads)
-    with torch.no_grad():
-        # both from uint8 faces at the model's size: the ONNX graph holds the preprocessing, PyTorch runs it first
-        fast = net.to(memory_format=torch.channels_last)  # as the Predictor runs it on the CPU
+    # int8 needs Training faces for its calibration
+    int8_path = export_onnx(model, tmp / "model.int8.onnx", data=a.data, int8=True)["path"] if a.data else None
+    print("\n| classifier only (uint8 faces in, probabilities out) | threads | batch 1 (ms) | batch 64 (ms/face) | "
+          "faces/s |")
+    print("|---|---:|---:|---:|---:|")
+    pixels = to_model_pixels(faces[:64], pre)
+    fast = net.to(memory_format=torch.channels_last)  # as the Predictor runs it on the CPU
+    for threads in sorted({a.threads, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+
+        # all from uint8 faces at the model's size: the ONNX graphs hold the preprocessing, PyTorch runs it first
+        def fp32(x):
+            return fast(to_model_input(x, pre).contiguous(memory_format=torch.channels_last)).softmax(1)
 
         def bf16(x):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return fast(to_model_input(x, pre).contiguous(memory_format=torch.channels_last)).float().softmax(1)
 
-        backends = {"PyTorch fp32": lambda x: fast(to_model_input(x, pre).contiguous(
-                        memory_format=torch.channels_last)).softmax(1),
-                    "PyTorch bf16 autocast": bf16, "ONNX Runtime": ort_model}
-        pixels = to_model_pixels(faces[:64], pre)
-        print("\n| classifier only (uint8 faces in, probabilities out) | batch 1 (ms) | batch 64 (ms/face) | "
-              "faces/s |")
-        print("|---|---:|---:|---:|")
-        for name, fn in backends.items():
-            one = latency(fn, pixels[:1], a.repeats)
-            many = latency(fn, pixels, max(3, a.repeats // 5))
-            print(f"| {name} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |", flush=True)
+        backends = {"PyTorch fp32 (channels-last, as the Predictor runs it)": fp32, "PyTorch bf16 autocast": bf16,
+                    "ONNX Runtime": OnnxClassifier(onnx_path, threads=threads)}
+        if int8_path:
+            backends["ONNX Runtime int8 (`ferlab export --int8`)"] = OnnxClassifier(int8_path, threads=threads)
+        with torch.no_grad():
+            for name, fn in backends.items():
+                one = latency(fn, pixels[:1], a.repeats)
+                many = latency(fn, pixels, max(3, a.repeats // 5))
+                print(f"| {name} | {threads} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":
