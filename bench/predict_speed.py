@@ -5,7 +5,8 @@
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
 skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (MTCNN, the
 default; OpenCV's Haar cascade; scikit-image's LBP cascade), and over real FER2013 face crops with --detector none.
-Classifier only = model input ready, per face, at batch 1 and 64, on real FER2013 faces. With the `fer`
+Classifier only = uint8 faces at the model's size in, per face, at batch 1 and 64, on real FER2013 faces, with
+--threads and with every core: PyTorch fp32 and bf16, ONNX Runtime, and (with --data) the int8 export. With the `fer`
 package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed on the
 same photos by bench/fer_worker.py and the end-to-end ratio printed. --fer-margin measures how each
 detector's box relates to a FER2013 crop.
@@ -14,6 +15,7 @@ Prints Markdown tables.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -48,30 +50,34 @@ def faces_folder(root: Path, faces: np.ndarray) -> Path:
     return root
 
 
-def end_to_end(model: str, folder: Path, detector: str, batch_size: int) -> dict:
+def end_to_end(model: str, folder: Path, detector: str, batch_size: int, rounds: int = 1) -> dict:
+    """Images, faces and the median seconds of `rounds` passes of `Predictor.stream` over the folder."""
     pred = Predictor(model, detector=detector, batch_size=batch_size)
     pred.predict(expand_sources(folder)[0][0])  # warm-up
-    n_images = n_faces = 0
-    t = time.perf_counter()
-    for _, faces in pred.stream(folder):
-        n_images += 1
-        n_faces += len(faces)
-    return {"images": n_images, "faces": n_faces, "s": time.perf_counter() - t}
+    times = []
+    for _ in range(rounds):
+        n_images = n_faces = 0
+        t = time.perf_counter()
+        for _, faces in pred.stream(folder):
+            n_images += 1
+            n_faces += len(faces)
+        times.append(time.perf_counter() - t)
+    return {"images": n_images, "faces": n_faces, "s": statistics.median(times)}
 
 
 def boxes_per_image(model: str, folder: Path, detector: str) -> list[list[list[int]]]:
     return [[f["box"] for f in faces] for _, faces in Predictor(model, detector=detector).stream(folder)]
 
 
-def against_fer(fer_python: str, folder: Path, threads: int, ours: dict, our_boxes: list) -> None:
+def against_fer(fer_python: str, folder: Path, threads: int, rounds: int, ours: dict, our_boxes: list) -> None:
     """`fer` on the same photos in its own Python (it needs TensorFlow): images/s, the ratio, and whether
     both found the same faces (same count per photo, each box overlapping one of the other's by IoU >= 0.5)."""
     import json
     import subprocess
     from ferlab.inference.video import iou
     worker = Path(__file__).with_name("fer_worker.py")
-    proc = subprocess.run([fer_python, str(worker), str(folder), "--threads", str(threads)], capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run([fer_python, str(worker), str(folder), "--threads", str(threads), "--rounds", str(rounds)],
+                          capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         print(f"\nfer could not run with {fer_python}: {proc.stderr.strip().splitlines()[-1:]}")
         return
@@ -79,7 +85,7 @@ def against_fer(fer_python: str, folder: Path, threads: int, ours: dict, our_box
     same = sum(len(a) == len(b) and all(any(iou(x, y) >= 0.5 for y in b) for x in a)
                for a, b in zip(our_boxes, fer["boxes"]))
     ours_rate, fer_rate = ours["images"] / ours["s"], fer["images"] / fer["s"]
-    print(f"\n| end to end, {threads} thread(s) | images | images/s | faces found |")
+    print(f"\n| end to end, {threads} thread(s), median of {rounds} rounds | images | images/s | faces found |")
     print("|---|---:|---:|---:|")
     print(f"| ferlab (mtcnn + vgg_s, flip TTA, PyTorch) | {ours['images']} | {ours_rate:.1f} | "
           f"{sum(map(len, our_boxes))} |")
@@ -133,6 +139,8 @@ def main():
     ap.add_argument("--folder", help="photos for the end-to-end timing (default: astronaut variants)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5, help="passes over the photos for the ferlab-vs-fer comparison; "
+                                                           "each side's median pass counts (default: 5)")
     ap.add_argument("--fer-margin", action="store_true", help="only measure the cascade box vs FER2013 crops")
     ap.add_argument("--fer-python", help="a Python with the `fer` package (and TensorFlow) installed, to time it "
                                          "on the same photos (default: this one, if it has fer)")
@@ -181,35 +189,51 @@ def main():
         for name, m in (("PyTorch", model), ("ONNX Runtime", str(onnx_path))):
             if name not in backends:
                 continue
-            r = results[det, name] = end_to_end(m, folder, det, 64)
+            r = results[det, name] = end_to_end(m, folder, det, 64, a.rounds if det == "mtcnn" else 1)
             print(f"| {what} | {name} | {r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | "
                   f"{r['faces'] / r['s']:.1f} |", flush=True)
+    # what detecting a folder's photos in groups (one batched MTCNN pass per group) is worth: one at a time
+    import ferlab.inference.predictor as predictor_module
+    grouped, predictor_module.DETECT_FRAMES = predictor_module.DETECT_FRAMES, 1
+    r = end_to_end(model, photos, "mtcnn", 64, a.rounds)
+    predictor_module.DETECT_FRAMES = grouped
+    print(f"| photos 512x512, mtcnn, each photo detected alone (not in groups of {grouped}) | PyTorch | "
+          f"{r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | {r['faces'] / r['s']:.1f} |", flush=True)
 
     if fer_python:
-        against_fer(fer_python, photos, a.threads, results["mtcnn", "PyTorch"], boxes_per_image(model, photos, "mtcnn"))
+        against_fer(fer_python, photos, a.threads, a.rounds, results["mtcnn", "PyTorch"],
+                    boxes_per_image(model, photos, "mtcnn"))
     else:
         print("\n(fer not installed: pass --fer-python to compare against it)")
 
-    ort_model = OnnxClassifier(onnx_path, threads=a.threads)
-    with torch.no_grad():
-        # both from uint8 faces at the model's size: the ONNX graph holds the preprocessing, PyTorch runs it first
-        fast = net.to(memory_format=torch.channels_last)  # as the Predictor runs it on the CPU
+    # int8 needs Training faces for its calibration
+    int8_path = export_onnx(model, tmp / "model.int8.onnx", data=a.data, int8=True)["path"] if a.data else None
+    print("\n| classifier only (uint8 faces in, probabilities out) | threads | batch 1 (ms) | batch 64 (ms/face) | "
+          "faces/s |")
+    print("|---|---:|---:|---:|---:|")
+    pixels = to_model_pixels(faces[:64], pre)
+    fast = net.to(memory_format=torch.channels_last)  # as the Predictor runs it on the CPU
+    for threads in sorted({a.threads, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+
+        # all from uint8 faces at the model's size: the ONNX graphs hold the preprocessing, PyTorch runs it first
+        def fp32(x):
+            return fast(to_model_input(x, pre).contiguous(memory_format=torch.channels_last)).softmax(1)
 
         def bf16(x):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return fast(to_model_input(x, pre).contiguous(memory_format=torch.channels_last)).float().softmax(1)
 
-        backends = {"PyTorch fp32": lambda x: fast(to_model_input(x, pre).contiguous(
-                        memory_format=torch.channels_last)).softmax(1),
-                    "PyTorch bf16 autocast": bf16, "ONNX Runtime": ort_model}
-        pixels = to_model_pixels(faces[:64], pre)
-        print("\n| classifier only (uint8 faces in, probabilities out) | batch 1 (ms) | batch 64 (ms/face) | "
-              "faces/s |")
-        print("|---|---:|---:|---:|")
-        for name, fn in backends.items():
-            one = latency(fn, pixels[:1], a.repeats)
-            many = latency(fn, pixels, max(3, a.repeats // 5))
-            print(f"| {name} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |", flush=True)
+        backends = {"PyTorch fp32 (channels-last, as the Predictor runs it)": fp32, "PyTorch bf16 autocast": bf16,
+                    "ONNX Runtime": OnnxClassifier(onnx_path, threads=threads)}
+        if int8_path:
+            backends["ONNX Runtime int8 (`ferlab export --int8`)"] = OnnxClassifier(int8_path, threads=threads)
+        with torch.no_grad():
+            for name, fn in backends.items():
+                one = latency(fn, pixels[:1], a.repeats)
+                many = latency(fn, pixels, max(3, a.repeats // 5))
+                print(f"| {name} | {threads} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

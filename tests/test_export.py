@@ -21,6 +21,7 @@ from ferlab.inference import onnx as ferlab_onnx
 from ferlab.inference.faces import crop_faces, to_gray
 from ferlab.inference.onnx import OnnxClassifier, export_onnx, synthetic_faces
 from ferlab.inference.preprocess import Preprocess, to_model_input, to_model_pixels
+from ferlab.weights import resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +217,42 @@ def test_an_onnx_model_cannot_explain_and_says_why(exported, fer_slice):
     path, _ = exported
     with pytest.raises(ValueError, match="needs the PyTorch model's gradients"):
         ferlab.Predictor(path, detector="none").explain(fer_slice["pixels"][0])
+
+
+def test_int8_export_is_calibrated_on_training_faces_and_keeps_the_labels(fer_folder, fer_slice, tmp_path, capfd):
+    """The shipped model quantized to int8: one standalone file (uint8 faces in, int8 convolutions as QDQ),
+    calibrated on the Training faces only, saying so in its metadata, and giving PyTorch's label on most real
+    test faces when run straight through onnxruntime. Quiet: no log lines, no temp files left."""
+    import logging
+    handlers = list(logging.getLogger().handlers)
+    out = tmp_path / "default.int8.onnx"
+    report = export_onnx("default", out, data=fer_folder, int8=True)
+    assert capfd.readouterr().err == "" and logging.getLogger().handlers == handlers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    q = report["int8"]
+    assert q["calibration_faces"] == sum(u == "Training" for u in fer_slice["usage"])
+    assert min(q["label_agreement"].values()) >= ferlab_onnx.INT8_AGREEMENT
+    proto = onnx.load(str(out))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert "Training faces" in meta["ferlab.quantized"] and json.loads(meta["ferlab.classes"])[3] == "happy"
+    test = np.array([u != "Training" for u in fer_slice["usage"]])
+    faces = fer_slice["pixels"][test]
+    model, pre = model_from_checkpoint(load_checkpoint(resolve_model("default")))
+    with torch.no_grad():
+        want = model(to_model_input(faces, pre)).softmax(1).numpy()
+    (got,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"faces": faces})
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    assert 1e-4 < np.abs(got - want).max() < 0.3  # quantized, so not the float numbers, but close
+
+
+def test_int8_export_needs_training_faces_and_is_refused_when_labels_change(fer_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("FERLAB_DATA", raising=False)
+    with pytest.raises(ValueError, match="calibrates .* Training faces: pass --data"):
+        export_onnx("default", tmp_path / "x.onnx", int8=True)
+    monkeypatch.setattr(ferlab_onnx, "INT8_AGREEMENT", 1.01)  # no quantized model can pass: the refusal runs
+    with pytest.raises(RuntimeError, match="int8 export disagrees with PyTorch"):
+        export_onnx("default", tmp_path / "x.onnx", data=fer_folder, int8=True, n_check=8)
+    assert list(tmp_path.iterdir()) == []

@@ -233,6 +233,18 @@ def test_pyramid_starts_at_min_face_and_stops_at_one_window():
     assert M.pyramid_scales(10, 10, 20) == []
 
 
+def test_pyramid_levels_are_the_images_own_area_averages(frame):
+    """Levels averaged from a larger level (sizes that divide it exactly) equal the image's own area averages."""
+    for img in (skdata.astronaut().mean(2), frame.mean(2)):  # 512x512 and 480x640: 3 and 4 levels reused
+        x = torch.from_numpy(((img - 127.5) / 128).astype(np.float32))[None, None]
+        h, w = img.shape
+        sizes = [(int(h * s), int(w * s)) for s in M.pyramid_scales(h, w, 40)]
+        assert any(a[0] % b[0] == 0 and a[1] % b[1] == 0 for i, b in enumerate(sizes) for a in sizes[:i])
+        for level, size in zip(M.pyramid(x, sizes), sizes):
+            assert level.shape[-2:] == size
+            np.testing.assert_allclose(level.numpy(), M.area_resize(x, size).numpy(), atol=1e-5)
+
+
 def test_min_face_skips_small_faces(test_faces):
     bg = np.full((480, 640), 120, np.uint8)
     img = paste(bg, test_faces, ((40, 50, 60, 0), (300, 100, 200, 0)))

@@ -468,3 +468,52 @@ def test_threads_option_is_applied_and_checked(run_dir, fer_slice, tmp_path):
                            "--detector", "none", "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "threads 1"
     assert main(["predict", str(tmp_path / "face.png"), "--model", str(run_dir), "--threads", "0"]) == 2
+
+
+def test_frames_detected_together_give_the_faces_found_one_by_one(run_dir, astronaut, tmp_path, monkeypatch):
+    """A folder's photos go through MTCNN in groups of frames (one batched pass each); photos of other sizes,
+    faceless and unreadable ones among them keep their place and get what one photo at a time gives them."""
+    from ferlab.inference import predictor as predictor_module
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.roll(astronaut, (9 * i, -11 * i), axis=(0, 1))).save(folder / f"p{i}.png")
+    Image.fromarray(np.ascontiguousarray(astronaut[40:340, 60:460])).save(folder / "p5_crop.png")
+    Image.fromarray(np.full((300, 300, 3), 90, np.uint8)).save(folder / "p6_blank.png")
+    (folder / "p7_broken.jpg").write_bytes(b"not an image")
+    Image.fromarray(astronaut[:, ::-1].copy()).save(folder / "p8.png")
+    pred = ferlab.Predictor(run_dir)  # MTCNN, the default detector
+    calls = []
+    many = pred.detector.many
+    pred.detector.many = lambda grays, rgbs: calls.append(len(grays)) or many(grays, rgbs)
+
+    def run():
+        errors = []
+        out = [(Path(fr.source).name, fr.error is not None, faces) for fr, faces in pred.stream(folder, errors=errors)]
+        return out, errors
+
+    together, errors = run()
+    assert calls == [7, 1]  # 9 files: a group of 8 (the broken one not among the pictures detected), then 1
+    assert [name for name, _, _ in together] == sorted(p.name for p in folder.iterdir())
+    assert len(errors) == 1 and together[7][1] and together[6][2] == []
+    monkeypatch.setattr(predictor_module, "DETECT_FRAMES", 1)
+    calls.clear()
+    alone, _ = run()
+    assert set(calls) == {1}
+    for (name, bad, a), (_, _, b) in zip(together, alone):
+        assert [f["box"] for f in a] == [f["box"] for f in b], name
+        for fa, fb in zip(a, b):
+            assert fa["label"] == fb["label"]
+            np.testing.assert_allclose(list(fa["probs"].values()), list(fb["probs"].values()), atol=1e-5)
+    assert sum(len(f) for _, _, f in together) >= 7  # the astronaut's face in each of her seven photos
+
+
+def test_camera_frames_are_never_held_for_a_detection_group():
+    from ferlab.inference.predictor import DETECT_FRAMES, Frame, _detect_groups
+    img = np.zeros((100, 100, 3), np.uint8)
+    files = [len(g) for g in _detect_groups(iter([Frame(img) for _ in range(DETECT_FRAMES + 3)]))]
+    assert files == [DETECT_FRAMES, 3]
+    live = [len(g) for g in _detect_groups(iter([Frame(img, live=True) for _ in range(3)]))]
+    assert live == [1, 1, 1]
+    big = np.zeros((1500, 2000, 3), np.uint8)  # 3 MP: two of them reach DETECT_PIXELS
+    assert [len(g) for g in _detect_groups(iter([Frame(big) for _ in range(3)]))] == [2, 1]

@@ -213,8 +213,16 @@ def _cmd_explain(a):
 
 def _cmd_export(a):
     from .inference.onnx import PARITY_TOL, export_onnx
-    rep = export_onnx(a.checkpoint, a.output, data=a.data, opset=a.opset)
+    rep = export_onnx(a.checkpoint, a.output, data=a.data, opset=a.opset, int8=a.int8)
     checked = ", ".join(f"{d:.1e} on {rep['faces_checked'][k]} {k} faces" for k, d in rep["max_abs_diff"].items())
+    if "int8" in rep:
+        q = rep["int8"]
+        agree = ", ".join(f"{v:.1%} of {rep['faces_checked'][k]} {k} faces" for k, v in q["label_agreement"].items())
+        print(f"wrote {rep['path']} ({rep['bytes'] / 2**20:.1f} MiB, opset {rep['opset']}, int8 convolutions, "
+              f"matrix products and pools calibrated on {q['calibration_faces']} Training faces; input: uint8 grey "
+              f"faces, preprocessing in the graph); the float graph matched PyTorch (max |dp| = {checked}); the int8 one "
+              f"gives PyTorch's label on {agree} (max |dp| {q['max_abs_diff']:.3f})")
+        return
     print(f"wrote {rep['path']} ({rep['bytes'] / 2**20:.1f} MiB, opset {rep['opset']}; input: uint8 grey faces, "
           f"preprocessing in the graph); ONNX Runtime matches PyTorch: max |dp| = {checked} (<= {PARITY_TOL:.0e})")
 
@@ -372,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="FER2013 to check parity on real faces too (default: $FERLAB_DATA if set; "
                                   "synthetic faces are always checked)")
     s.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    s.add_argument("--int8", action="store_true", help="quantize the convolutions, matrix products and pools to "
+                   "int8 (about 2.7x faster on CPUs with VNNI; calibrated on Training faces of --data, which it needs; "
+                   "default output RUN_DIR/model.int8.onnx or CHECKPOINT.int8.onnx)")
     s.set_defaults(fn=_cmd_export)
     return p
 

@@ -71,15 +71,17 @@ def _pool_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
 
 
 def max_pool(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
-    """F.max_pool2d(x, k, s) (no padding) as the maximum of k*k strided slices: the same numbers, and on the
-    CPU several times faster than PyTorch's pooling kernel on these small, many-channel maps."""
+    """F.max_pool2d(x, k, s) (no padding) as a separable maximum: over k strided row slices, then over k
+    strided column slices of that. The same numbers; on the CPU 3-20x faster than PyTorch's pooling kernel on
+    these small, many-channel maps (most with channels-last tensors, as the nets run on the CPU)."""
     h, w = x.shape[-2:]
     oh, ow = (h - k) // s + 1, (w - k) // s + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            part = x[..., i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]
-            out = part if out is None else torch.maximum(out, part)
+    rows = x[..., 0:s * (oh - 1) + 1:s, :]
+    for i in range(1, k):
+        rows = torch.maximum(rows, x[..., i:i + s * (oh - 1) + 1:s, :])
+    out = rows[..., 0:s * (ow - 1) + 1:s]
+    for j in range(1, k):
+        out = torch.maximum(out, rows[..., j:j + s * (ow - 1) + 1:s])
     return out
 
 
@@ -284,6 +286,27 @@ def pyramid_scales(height: int, width: int, min_face: float, factor: float = SCA
     return scales
 
 
+def pyramid(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Area-averaged levels of a (N, C, H, W) batch, one per (height, width) in `sizes` (largest first).
+
+    A level whose height and width divide those of a larger level exactly (108x108 -> 54x54) is averaged from
+    that level: its pixels' boundaries fall on that level's, so the numbers are the image's own area averages
+    (up to float rounding) for a fraction of the cost of reading the whole image again. On the CPU through
+    OpenCV's INTER_AREA (the same exact average, within 5e-5, at a tenth of `area_resize`'s cost).
+    """
+    on_cpu = batch.device.type == "cpu"
+    row_cumsum = None if on_cpu else _cumsum0(batch, 2)
+    levels: list[torch.Tensor] = []
+    for size in sizes:
+        src = next((lv for lv in reversed(levels)
+                    if lv.shape[-2] % size[0] == 0 and lv.shape[-1] % size[1] == 0), batch)
+        if on_cpu:
+            levels.append(_cv2_area(src, size))
+        else:
+            levels.append(area_resize(src, size, row_cumsum if src is batch else None))
+    return levels
+
+
 class Mtcnn:
     """Face boxes, scores and landmarks for batches of (H, W, 3) images, on CPU or CUDA.
 
@@ -342,13 +365,9 @@ class Mtcnn:
         for (h, w), members in by_shape.items():
             batch = torch.stack([tensors[i] for i in members])
             member = torch.tensor(members, device=self.device)
-            on_cpu = self.device.type == "cpu"
-            row_cumsum = None if on_cpu else _cumsum0(batch, 2)
-            for s in pyramid_scales(h, w, self.min_face, self.scale_factor):
-                # sizes truncated, as the reference's; on the CPU OpenCV's INTER_AREA is the same exact area
-                # average (within 5e-5 here) at a tenth of the cost
-                size = (int(h * s), int(w * s))
-                level = _cv2_area(batch, size) if on_cpu else area_resize(batch, size, row_cumsum)
+            scales = pyramid_scales(h, w, self.min_face, self.scale_factor)
+            sizes = [(int(h * s), int(w * s)) for s in scales]  # truncated, as the reference's
+            for s, level in zip(scales, pyramid(batch, sizes)):
                 reg, prob = pnet(level)
                 n, y, x = torch.nonzero(prob > self.thresholds[0], as_tuple=True)
                 if len(n) == 0:

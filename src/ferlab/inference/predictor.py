@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..data.images import rgb_array, upright_rgb
 from ..engine.trainer import tta_views
-from .detect import make_detector
+from .detect import detect_many, make_detector
 from .faces import crop_faces, crops_to_input, crops_to_pixels, eye_angle, to_gray
 from .video import IoUTracker
 
@@ -30,6 +30,11 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 # Turning faces upright by their eyes before the crop: measured by bench/align_eval.py (see the README)
 ALIGN = True
 PENDING_FRAMES = 32  # frames held while their faces wait for a full batch (1080p RGB: 6 MB each)
+# frames whose faces are looked for in one batched detector pass (bench/predict_speed.py times it against one
+# photo at a time), unless their pixels reach DETECT_PIXELS first (the pyramid's memory grows with them); a
+# camera's frames are never held back
+DETECT_FRAMES = 8
+DETECT_PIXELS = 4_000_000
 
 
 @dataclass
@@ -177,32 +182,37 @@ class Predictor:
         with `keep_images` (to draw on them); at most PENDING_FRAMES of them wait for a batch."""
         if color not in ("rgb", "bgr"):
             raise ValueError(f"color must be 'rgb' or 'bgr' (the channel order of numpy images), got {color!r}")
-        frames = _frames(source, every, errors, progress, color)
         pending: list[tuple[Frame, list]] = []
         crops: list[np.ndarray] = []
-        for fr in frames:
-            if fr.error is not None:  # an unreadable input keeps its place in the output
-                pending.append((fr, []))
-                continue
-            faces, face_crops = self._detect(fr.image)
-            if not faces and fr.frame is None:  # a normal outcome: an empty list, and a note for debugging
-                log.debug("no face found in %s; for pictures that already are face crops use detector 'none'",
-                          fr.source or "the image")
-            crops += face_crops
-            if not keep_images:
-                fr.image = None
-            pending.append((fr, faces))
-            # bounded by faces and by frames: a long stretch of faceless video frames is not hoarded
-            if fr.live or len(crops) >= self.batch_size or len(pending) >= min(self.batch_size, PENDING_FRAMES):
-                yield from self._flush(pending, crops)
-                pending, crops = [], []
+        for group in _detect_groups(_frames(source, every, errors, progress, color)):
+            found = iter(self._detect_many([fr.image for fr in group if fr.error is None]))
+            for fr in group:
+                # an unreadable input keeps its place in the output
+                faces, face_crops = ([], []) if fr.error is not None else next(found)
+                if not faces and fr.frame is None and fr.error is None:  # normal: an empty list, a debug note
+                    log.debug("no face found in %s; for pictures that already are face crops use detector "
+                              "'none'", fr.source or "the image")
+                crops += face_crops
+                if not keep_images:
+                    fr.image = None
+                pending.append((fr, faces))
+                # bounded by faces and by frames: a long stretch of faceless video frames is not hoarded
+                if fr.live or len(crops) >= self.batch_size or len(pending) >= min(self.batch_size, PENDING_FRAMES):
+                    yield from self._flush(pending, crops)
+                    pending, crops = [], []
         yield from self._flush(pending, crops)
 
     def _detect(self, image: np.ndarray) -> tuple[list, list[np.ndarray]]:
         """The faces in one picture (RGB or gray) and their grey crops, turned upright with `align`."""
-        gray = to_gray(image)
-        faces = self.detector(gray, image if image.ndim == 3 and image.shape[2] >= 3 else None)
-        return faces, crop_faces(gray, faces, self.align)
+        return self._detect_many([image])[0]
+
+    def _detect_many(self, images: list[np.ndarray]) -> list[tuple[list, list[np.ndarray]]]:
+        """`_detect` for several pictures, in one batched detector pass where the detector can batch."""
+        if not images:
+            return []
+        grays = [to_gray(im) for im in images]
+        found = detect_many(self.detector, grays, [im if im.ndim == 3 and im.shape[2] >= 3 else None for im in images])
+        return [(faces, crop_faces(gray, faces, self.align)) for gray, faces in zip(grays, found)]
 
     def _flush(self, pending, crops):
         probs = self.predict_crops(crops)
@@ -244,6 +254,21 @@ def top_emotion(faces: list[dict]) -> tuple[str | None, float | None]:
         return None, None
     face = max(faces, key=lambda f: f["box"][2] * f["box"][3])
     return face["label"], face["probs"][face["label"]]
+
+
+def _detect_groups(frames: Iterator[Frame]) -> Iterator[list[Frame]]:
+    """Consecutive frames in groups of up to DETECT_FRAMES (or DETECT_PIXELS), for one detector pass each;
+    a camera frame closes its group at once, so live frames are answered without waiting for more."""
+    group: list[Frame] = []
+    pixels = 0
+    for fr in frames:
+        group.append(fr)
+        pixels += 0 if fr.image is None else fr.image.shape[0] * fr.image.shape[1]
+        if fr.live or len(group) >= DETECT_FRAMES or pixels >= DETECT_PIXELS:
+            yield group
+            group, pixels = [], 0
+    if group:
+        yield group
 
 
 def _frames(source, every: int, errors: list | None, progress: bool, color: str) -> Iterator[Frame]:
