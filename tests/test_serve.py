@@ -330,20 +330,27 @@ def test_bad_videos_get_clear_4xx_and_leave_no_temp_file(checkpoint, astronaut_v
 
 def test_serve_leaves_one_core_to_the_event_loop(monkeypatch):
     """`ferlab serve` runs inference on all cores but one (so /health is not queued behind busy workers by the
-    scheduler), and `--threads` overrides it. (That the worker process applies them: test_serve_worker.)"""
+    scheduler), `--threads` overrides it, and with two cores or more the server process is pinned to the core
+    it keeps and the workers to the others (`--no-pin` leaves both to the OS). (That the worker process applies
+    them: test_serve_worker.)"""
     import os
 
     import uvicorn
 
     import ferlab.serve.app as app_mod
     from ferlab.cli import main
-    seen = []
-    monkeypatch.setattr(app_mod, "create_app", lambda **kw: kw["threads"])
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append((app, kw["port"])))
+    seen, pinned = [], []
+    monkeypatch.setattr(app_mod, "create_app", lambda **kw: (kw["threads"], kw["worker_cpus"]))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append((*app, kw["port"])))
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: pinned.append((pid, cpus)))  # not this process
     try:
         assert main(["serve", "--detector", "none", "--port", "8123"]) == 0
         assert main(["serve", "--detector", "none", "--port", "8124", "--threads", "2"]) == 0
+        assert main(["serve", "--detector", "none", "--port", "8125", "--no-pin"]) == 0
     finally:
         import gc
         gc.unfreeze()  # `ferlab serve` froze the heap for its garbage collector; this is the test process
-    assert seen == [(max(1, len(os.sched_getaffinity(0)) - 1), 8123), (2, 8124)]
+    cpus = sorted(os.sched_getaffinity(0))
+    rest = set(cpus[1:]) if len(cpus) >= 2 else None
+    assert seen == [(max(1, len(cpus) - 1), rest, 8123), (2, rest, 8124), (max(1, len(cpus) - 1), None, 8125)]
+    assert pinned == ([(0, {cpus[0]})] * 2 if rest else [])

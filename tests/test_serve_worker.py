@@ -143,6 +143,10 @@ def test_ferlab_serve_keeps_torch_in_its_worker_and_leaves_no_process_behind(che
         workers = [p for p in children if "libtorch_cpu" in Path(f"/proc/{p}/maps").read_text()]
         assert len(workers) == 1, children  # the model was loaded before /health answered
         assert "libtorch_cpu" not in Path(f"/proc/{proc.pid}/maps").read_text()  # the server stays light
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:  # pinned: the server on the core it keeps, its worker on the others
+            assert os.sched_getaffinity(proc.pid) == {cpus[0]}
+            assert os.sched_getaffinity(workers[0]) == set(cpus[1:])
         r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files={"file": ("a.jpg", photo, "image/jpeg")},
                        timeout=60)
         assert r.status_code == 200 and len(r.json()["faces"]) == 1, r.text

@@ -72,14 +72,22 @@ def _cmd_serve(a):
     from ._optional import need
     from .serve.app import MAX_PIXELS, create_app  # checks the rest of the 'serve' extra first
     uvicorn = need("uvicorn", "serve", "ferlab serve")
-    # inference leaves one core to the event loop, or /health waits for the scheduler behind busy workers
-    # (measured on 2 cores: /health p99 12-47 ms with both cores computing, 3 ms with one)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # Inference leaves one core to the event loop, or /health waits for the scheduler behind busy workers
+    # (measured on 2 cores: /health p99 12-47 ms with both cores computing, 3 ms with one). With --pin (the
+    # default) the server process runs on that core alone and the workers on the others: unpinned, the kernel
+    # work of the worker's big page mappings (20-40% system CPU with detector none) still stalled the event
+    # loop now and then (worst /health probe 51-133 ms in 4 of 5 runs; pinned 3-29 ms in 7 of 7).
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = len(cpus) or os.cpu_count() or 1
+    pin = a.pin and len(cpus) >= 2
     # the model is loaded in the inference worker process(es) before create_app returns; this one holds no torch
     app = create_app(model=a.model, detector=a.detector, device=a.device, max_bytes=round(a.max_mb * 2**20),
                      max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers,
                      max_video_bytes=round(a.max_video_mb * 2**20), max_video_frames=a.max_video_frames,
-                     threads=max(1, cores - 1) if a.threads is None else a.threads)
+                     threads=max(1, cores - 1) if a.threads is None else a.threads,
+                     worker_cpus=set(cpus[1:]) if pin else None)
+    if pin:
+        os.sched_setaffinity(0, {cpus[0]})
     # The heap now holds the web stack: thousands of long-lived objects that every full garbage collection
     # would walk with the GIL held (47-120 ms pauses of /health measured under load, when torch and the model
     # were in this process). Freezing them leaves the collector only what requests create.
@@ -328,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for detection and classification, per worker (default: all cores but one, "
                         "left to the web server)")
+    s.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="let the OS place the server and its inference workers anywhere (default: the server on "
+                        "one core and the workers on the others, when there are at least two)")
     s.add_argument("--max-video-mb", type=float, default=50.0,
                    help="largest video upload in MiB (default: 50; larger -> 413)")
     s.add_argument("--max-video-frames", type=int, default=150,

@@ -144,9 +144,10 @@ class Problem(BaseModel):
 def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn", device: str = "cpu",
                max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, workers: int = WORKERS,
                max_video_bytes: int = MAX_VIDEO_BYTES, max_video_frames: int = MAX_VIDEO_FRAMES,
-               threads: int | None = None) -> FastAPI:
+               threads: int | None = None, worker_cpus: set[int] | None = None) -> FastAPI:
     """The FastAPI app. Without `predictor`, `workers` inference processes are started (each has loaded its
-    Predictor, built from `model`/`detector`/`device` with `threads` CPU threads, before this returns) and
+    Predictor, built from `model`/`detector`/`device` with `threads` CPU threads on the cores `worker_cpus`,
+    before this returns) and
     stopped when the app's lifespan ends (`app.state.workers` holds them). With `predictor` (anything with
     `.predict(rgb_uint8)` and `.classes`; `.stream` too for videos) uploads are analysed in threads of this
     process instead, one inference at a time. `max_bytes` and `max_pixels` bound each photo upload (the pixel
@@ -167,7 +168,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
     if predictor is None:
         try:
             for _ in range(workers):
-                pool.append(InferenceWorker(model, detector, device, threads))
+                pool.append(InferenceWorker(model, detector, device, threads, cpus=worker_cpus))
         except BaseException:
             for w in pool:
                 w.close()

@@ -28,7 +28,8 @@ from fastapi import HTTPException
 NICE = 10  # the workers' scheduling priority relative to the server (os.nice increment)
 
 
-def _worker_main(conn, model: str, detector: str, device: str, threads: int | None) -> None:
+def _worker_main(conn, model: str, detector: str, device: str, threads: int | None,
+                 cpus: frozenset[int] | None = None) -> None:
     # Ctrl-C reaches the whole process group; the server stops its workers itself (and a worker's
     # KeyboardInterrupt traceback would only clutter the terminal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -36,6 +37,8 @@ def _worker_main(conn, model: str, detector: str, device: str, threads: int | No
     # once instead of queueing behind inference threads (on a machine with nothing else to run, inference
     # still takes every core it is given)
     os.nice(NICE)
+    if cpus:  # the cores `ferlab serve` gives inference, the server keeping the others (see cli._cmd_serve)
+        os.sched_setaffinity(0, cpus)
     from .app import _describe, map_big_buffers
     map_big_buffers()
     try:
@@ -46,7 +49,8 @@ def _worker_main(conn, model: str, detector: str, device: str, threads: int | No
             cv2.setNumThreads(threads)
         from ..inference.predictor import Predictor
         predictor = Predictor(model=model, detector=detector, device=device)
-        info = dict(classes=[str(c) for c in predictor.classes], pid=os.getpid(), threads=torch.get_num_threads())
+        info = dict(classes=[str(c) for c in predictor.classes], pid=os.getpid(), threads=torch.get_num_threads(),
+                    cpus=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
         info["model"], info["detector"] = _describe(predictor, model, detector)
     except BaseException as e:  # the server re-raises it: `ferlab serve --model nope.pt` is one error line
         conn.send(("error", _picklable(e)))
@@ -82,12 +86,12 @@ def _picklable(e: BaseException) -> BaseException:
 
 class InferenceWorker:
     """One inference process holding a Predictor built from `model`/`detector`/`device`, with `threads`
-    PyTorch/OpenCV threads (None: their default). Started, model loaded, on construction; `call` is blocking
+    PyTorch/OpenCV threads (None: their default), run on the cores in `cpus` (None: wherever the OS puts it). Started, model loaded, on construction; `call` is blocking
     and serves one request at a time (callers wait on a lock); `close` stops the process."""
 
     def __init__(self, model: str, detector: str, device: str = "cpu", threads: int | None = None,
-                 start_timeout_s: float = 300.0):
-        self.args = (model, detector, device, threads)
+                 start_timeout_s: float = 300.0, cpus: set[int] | None = None):
+        self.args = (model, detector, device, threads, frozenset(cpus) if cpus else None)
         self.start_timeout_s = start_timeout_s
         self.process = None
         self.conn = None
