@@ -12,8 +12,8 @@ summed: an upper bound of the tree's peak, since the processes need not peak at 
 "other CPU %" is the CPU time the rest of the machine used during the load (100 = one core's worth): the
 server, its worker, the clients and the prober are not counted; "steal ms" the time a hypervisor gave the
 machine's virtual cores to someone else (/proc/stat). "prober wake-up delay max" is how late the
-prober itself woke from its 100 ms sleeps at worst: a /health stall that the prober shares was the machine's. Prints one Markdown table row (and the header
-with --header).
+prober itself woke from its 100 ms sleeps at worst: a /health stall that the prober shares was the machine's.
+Prints one Markdown table row (and the header with --header).
 """
 from __future__ import annotations
 
@@ -230,7 +230,8 @@ def main() -> None:
     ok = [dt for s, dt in results if s == 200]
     bad = sum(1 for s, _ in results if s != 200)
     cols = ["detector", "image", "clients", "requests/s", "p50 s", "p95 s", "p99 s", "non-200",
-            "/health p50 ms", "/health p95 ms", "/health p99 ms", "/health max ms", "other CPU %", "steal ms", "prober wake-up delay max ms", "processes",
+            "/health p50 ms", "/health p95 ms", "/health p99 ms", "/health max ms", "other CPU %", "steal ms",
+            "prober wake-up delay max ms", "processes",
             "RSS idle MiB (sum)", "RSS peak MiB (sum of VmHWM)", "RSS final MiB (sum)",
             "server process alone: RSS idle / peak MiB"]
     if a.header:
