@@ -228,8 +228,8 @@ def _cmd_export(a):
         agree = ", ".join(f"{v:.1%} of {rep['faces_checked'][k]} {k} faces" for k, v in q["label_agreement"].items())
         print(f"wrote {rep['path']} ({rep['bytes'] / 2**20:.1f} MiB, opset {rep['opset']}, int8 convolutions, "
               f"matrix products and pools calibrated on {q['calibration_faces']} Training faces; input: uint8 grey "
-              f"faces, preprocessing in the graph); the float graph matched PyTorch (max |dp| = {checked}); the int8 one "
-              f"gives PyTorch's label on {agree} (max |dp| {q['max_abs_diff']:.3f})")
+              f"faces, preprocessing in the graph); the float graph matched PyTorch (max |dp| = {checked}); the int8 "
+              f"one gives PyTorch's label on {agree} (max |dp| {q['max_abs_diff']:.3f})")
         return
     print(f"wrote {rep['path']} ({rep['bytes'] / 2**20:.1f} MiB, opset {rep['opset']}; input: uint8 grey faces, "
           f"preprocessing in the graph); ONNX Runtime matches PyTorch: max |dp| = {checked} (<= {PARITY_TOL:.0e})")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._optional import need
-from ..data import load_fer2013
+from ..data import USAGES, load_fer2013
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..weights import resolve_model
 from .preprocess import Preprocess, to_model_input, to_model_pixels
@@ -81,11 +81,20 @@ def _exportable(model: torch.nn.Module) -> torch.nn.Module:
 
 def real_faces(data: str | Path | None, n: int = 64) -> np.ndarray:
     """`n` real FER2013 faces (uint8 (n, 48, 48)) spread evenly over the dataset, for parity checks."""
+    return spread(_check_data(data).images, n)
+
+
+def _check_data(data: str | Path | None):
+    """FER2013 for the export's checks, or the reader's error saying what the export wanted it for."""
     try:
-        faces = load_fer2013(data).images
+        return load_fer2013(data)
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"export checks ONNX against PyTorch on real FER2013 faces from --data: {e}") from e
-    return faces[np.linspace(0, len(faces) - 1, min(n, len(faces))).astype(int)]
+
+
+def spread(images: np.ndarray, n: int) -> np.ndarray:
+    """`n` of `images` (all if fewer), evenly spread from the first to the last."""
+    return images[np.linspace(0, len(images) - 1, min(n, len(images))).astype(int)]
 
 
 def synthetic_faces(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -136,8 +145,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
     if int8 and not data:
         raise ValueError("an int8 export calibrates its activation ranges on FER2013 Training faces: pass --data "
                          "(or set $FERLAB_DATA)")
-    if data:  # read before anything is written, so a bad path fails cleanly
-        checks["real FER2013"] = to_model_pixels(real_faces(data, n_check), pre).numpy()
+    fer = _check_data(data) if data else None  # read before anything is written, so a bad path fails cleanly
+    if fer is not None:
+        checks["real FER2013"] = to_model_pixels(spread(fer.images, n_check), pre).numpy()
+    with torch.no_grad():  # PyTorch's answers, which the float graph and the int8 one are held to
+        want = {name: model.eval()(to_model_input(faces, pre)).softmax(1).numpy() for name, faces in checks.items()}
     final, out = out, (out.with_name(out.stem + ".fp32.tmp.onnx") if int8 else out)
 
     deployable = _Deployable(_exportable(model).eval(), pre)
@@ -165,7 +177,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
 
     try:
         runtime = OnnxClassifier(out)
-        diffs = {name: parity(model, runtime, faces, pre) for name, faces in checks.items()}
+        diffs = {name: parity(want[name], runtime, faces) for name, faces in checks.items()}
     except Exception:
         out.unlink(missing_ok=True)
         raise
@@ -179,25 +191,24 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
               "opset": opset, "bytes": out.stat().st_size}
     if int8:
         try:
-            report["int8"] = quantize_int8(out, final, data, model, checks, pre)
+            train = fer.images[fer.usage == USAGES.index("Training")]
+            calib = to_model_pixels(spread(train, CALIBRATION_FACES), pre).numpy()
+            report["int8"] = quantize_int8(out, final, calib, checks, want)
         finally:
             out.unlink(missing_ok=True)
         report.update(path=str(final), bytes=final.stat().st_size)
     return report
 
 
-def quantize_int8(src: Path, out: Path, data, model: torch.nn.Module, checks: dict[str, np.ndarray],
-                  pre: Preprocess, n_calib: int = CALIBRATION_FACES) -> dict:
+def quantize_int8(src: Path, out: Path, calib: np.ndarray, checks: dict[str, np.ndarray],
+                  want: dict[str, np.ndarray]) -> dict:
     """`src` (a checked float export) -> `out` with int8 convolutions, matrix products and pools (ONNX Runtime
     static quantization, QDQ form: int8 weights per output channel, uint8 activations), the preprocessing left
-    in float. Activation ranges are calibrated on `n_calib` Training faces of `data`, spread over the split (never
-    the test faces). Refused (RuntimeError, nothing written) unless its label is the PyTorch model's on
-    INT8_AGREEMENT of the `checks` faces. Returns the agreement and the largest probability difference."""
+    in float. Activation ranges are calibrated on the uint8 faces `calib` (the export gives it Training faces
+    spread over the split, never test faces). Refused (RuntimeError, nothing written) unless its label is the
+    one in PyTorch's probabilities `want` on INT8_AGREEMENT of each set of `checks` faces. Returns the
+    agreement and the largest probability difference."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from ..data.readers import USAGES
-    fer = load_fer2013(data)
-    train = fer.images[fer.usage == USAGES.index("Training")]
-    calib = to_model_pixels(train[np.linspace(0, len(train) - 1, min(n_calib, len(train))).astype(int)], pre).numpy()
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -228,12 +239,10 @@ def quantize_int8(src: Path, out: Path, data, model: torch.nn.Module, checks: di
         onnx.save(proto, str(out))
         runtime = OnnxClassifier(out)
         agree, worst = {}, 0.0
-        with torch.no_grad():
-            for name, faces in checks.items():
-                ref = model.eval()(to_model_input(faces, pre)).softmax(1).numpy()
-                got = runtime(faces)
-                agree[name] = float((got.argmax(1) == ref.argmax(1)).mean())
-                worst = max(worst, float(np.abs(got - ref).max()))
+        for name, faces in checks.items():
+            got = runtime(faces)
+            agree[name] = float((got.argmax(1) == want[name].argmax(1)).mean())
+            worst = max(worst, float(np.abs(got - want[name]).max()))
     except Exception:
         out.unlink(missing_ok=True)
         raise
@@ -262,11 +271,9 @@ def _quiet_root_logger():
         root.removeHandler(null)
 
 
-@torch.no_grad()
-def parity(model: torch.nn.Module, onnx_model: "OnnxClassifier", faces: np.ndarray, pre: Preprocess) -> float:
-    """Largest |probability difference| between PyTorch (`to_model_input`, the network, softmax) and the ONNX
-    graph over uint8 `faces` (N, S, S), at batch 1 and at full batch."""
-    ref = model.eval()(to_model_input(faces, pre)).softmax(1).numpy()
+def parity(ref: np.ndarray, onnx_model: "OnnxClassifier", faces: np.ndarray) -> float:
+    """Largest |probability difference| between PyTorch's probabilities `ref` (`to_model_input`, the network,
+    softmax) and the ONNX graph's over the same uint8 `faces` (N, S, S), at batch 1 and at full batch."""
     full = onnx_model(faces)
     single = np.concatenate([onnx_model(faces[i:i + 1]) for i in range(len(faces))])
     return float(max(np.abs(full - ref).max(), np.abs(single - ref).max()))
