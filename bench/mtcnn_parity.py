@@ -61,13 +61,6 @@ def pictures(data: str | None, n_frames: int = 6) -> dict[str, np.ndarray]:
     return pics
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", help=argparse.SUPPRESS)  # internal: run the reference on this folder
@@ -81,6 +74,7 @@ def main():
     import torch
 
     from ferlab.inference.mtcnn import Mtcnn
+    from ferlab.inference.video import iou
     torch.set_num_threads(a.threads)
     folder = Path(tempfile.mkdtemp(prefix="ferlab-mtcnn-parity-"))
     pics = pictures(a.data)

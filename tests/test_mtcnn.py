@@ -15,6 +15,7 @@ from skimage import data as skdata
 from ferlab.inference import mtcnn as M
 from ferlab.inference.detect import make_detector
 from ferlab.inference.faces import Face, crop_faces, eye_angle
+from ferlab.inference.video import iou
 
 # (x, y, side, angle in degrees, counter-clockwise) of each FER2013 face pasted on the 640x480 frame
 LAYOUT = ((40, 50, 120, 0), (250, 40, 140, 0), (460, 60, 110, 15), (100, 290, 130, -20), (380, 280, 150, 0))
@@ -118,12 +119,6 @@ def frame(test_faces):
 @pytest.fixture(scope="module")
 def detector():
     return make_detector("mtcnn")
-
-
-def iou(a, b) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
 
 
 def test_nets_match_a_numpy_reference_of_the_keras_layers(frame, test_faces):
