@@ -392,9 +392,10 @@ class Mtcnn:
         """R-Net (size 24) or O-Net (size 48) on crops of the candidates: re-score, regress, filter, NMS."""
         if len(ids) == 0:
             return ids, boxes, boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
-        crops = torch.cat([crop_resize(tensors[i], boxes[ids == i], size) for i in ids.unique().tolist()])
-        order = torch.cat([torch.nonzero(ids == i)[:, 0] for i in ids.unique().tolist()])
+        # candidates regrouped image by image (keeping their order), so that each image's crops are cut at once
+        order = ids.argsort(stable=True)
         ids, boxes = ids[order], boxes[order]
+        crops = torch.cat([crop_resize(tensors[i], boxes[ids == i], size) for i in ids.unique().tolist()])
         wh = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
         if size == 24:
             reg, prob = net(crops)
