@@ -211,7 +211,7 @@ class Predictor:
         if not images:
             return []
         grays = [to_gray(im) for im in images]
-        found = detect_many(self.detector, grays, [im if im.ndim == 3 and im.shape[2] >= 3 else None for im in images])
+        found = detect_many(self.detector, grays, images)  # detectors that look at colour use it only if there is any
         return [(faces, crop_faces(gray, faces, self.align)) for gray, faces in zip(grays, found)]
 
     def _flush(self, pending, crops):
