@@ -429,9 +429,9 @@ def analyse_video(predictor, lock, path: str, filename: str | None, every: int, 
                 if len(frames) == max_frames:  # the container understated its length
                     stopped = True
                     break
-                faces = [_face({**f, "source": filename}) for f in faces]
-                frames.append(VideoFrame(frame=int(fr.frame), time_s=float(fr.time_s or 0.0), faces=faces))
-                summary.add(fr.frame, fr.time_s, [f.model_dump() for f in faces])
+                summary.add(fr.frame, fr.time_s, faces)
+                frames.append(VideoFrame(frame=int(fr.frame), time_s=float(fr.time_s or 0.0),
+                                         faces=[_face({**f, "source": filename}) for f in faces]))
         except ValueError as e:  # OpenCV opened it but no frame decodes: a truncated or corrupt file
             raise HTTPException(400, str(e).replace(path, name)) from None
         if not frames:
