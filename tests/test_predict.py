@@ -414,6 +414,33 @@ def test_save_keeps_both_inputs_of_the_same_name(run_dir, fer_slice, tmp_path, c
     assert not np.array_equal(first, second)  # each input's own annotated copy, none overwritten
 
 
+def test_save_never_writes_over_an_input(run_dir, astronaut, video, tmp_path, capsys):
+    """`--save` pointed at the inputs' own folder (or at a folder input itself): every file there keeps its
+    bytes, inputs or not; the annotated copies take free names (x_annotated.png, then x_annotated-2.png)."""
+    import hashlib
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    Image.fromarray(astronaut).save(photos / "a.png")
+    Image.fromarray(astronaut[:, ::-1].copy()).save(photos / "sub" / "b.png")
+    Image.fromarray(astronaut[::2, ::2].copy()).save(photos / "a_annotated.png")  # the name a copy would take
+    clip = photos / "clip.mp4"
+    clip.write_bytes(video.read_bytes())
+    Image.fromarray(astronaut).save(photos / "clip_timeline.png")  # a user file named like a summary
+    digest = lambda: {p: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(photos.rglob("*"))
+                      if p.is_file()}
+    before = digest()
+    for argv in ([str(photos / "a.png"), str(clip), "--save", str(photos)],      # files, saved beside themselves
+                 [str(photos), "--save", str(tmp_path)],                        # a folder, saved over itself
+                 [str(photos / "sub" / "b.png"), str(photos / "a.png"), "--save", str(photos / "sub")]):
+        assert main(["predict", *argv, "--model", str(run_dir), "--every", "3", "--no-progress"]) == 0
+        capsys.readouterr()
+        after = digest()
+        assert {p: h for p, h in after.items() if p in before} == before, argv  # no file changed
+    assert (photos / "a_annotated-2.png").is_file() and (photos / "clip_annotated.mp4").is_file()
+    assert (photos / "clip_emotions.csv").is_file() and (photos / "clip_timeline-2.png").is_file()
+    assert (photos / "sub" / "b_annotated.png").is_file()
+
+
 def _png_claiming(width: int, height: int, real_png: bytes) -> bytes:
     """`real_png` with its IHDR rewritten to claim width x height (CRC fixed): a header-only pixel bomb."""
     import struct

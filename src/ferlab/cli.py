@@ -199,7 +199,7 @@ def _cmd_explain(a):
     from PIL import Image
 
     from .inference.explain import draw_explained
-    from .inference.predictor import Predictor, read_image
+    from .inference.predictor import Predictor, free_name, read_image
     options = {"align": a.align} if a.align is not None else {}
     predictor = Predictor(a.model, detector=a.detector, device=a.device, tta=not a.no_tta, **options)
     out_dir = Path(a.out)
@@ -208,9 +208,7 @@ def _cmd_explain(a):
     for path in a.photos:
         rgb = read_image(path)
         faces = predictor.explain(rgb)
-        target, i = out_dir / f"{Path(path).stem}_explained.png", 2
-        while target in written:  # two photos of the same name
-            target, i = out_dir / f"{Path(path).stem}-{i}_explained.png", i + 1
+        target = free_name(out_dir / f"{Path(path).stem}_explained.png", written)  # never over an existing file
         written.add(target)
         Image.fromarray(draw_explained(rgb, faces)).save(target)
         for f in faces:

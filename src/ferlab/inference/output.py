@@ -84,7 +84,7 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
     """
     out, err = out or sys.stdout, err or sys.stderr
     rows = _Rows(fmt, predictor.classes, out)
-    writer = AnnotatedWriter(save, predictor.classes) if save else None
+    writer = AnnotatedWriter(save, predictor.classes, inputs=paths) if save else None
     errors: list[tuple[str, str]] = []
     n_frames = n_faces = n_empty = 0
     try:

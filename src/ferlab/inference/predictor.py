@@ -8,6 +8,7 @@ Frames are streamed and faces batched through the model, so memory stays flat on
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,6 +400,28 @@ def _bar(total, unit: str, enabled: bool):
     return tqdm(total=total, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+def free_name(path: Path, taken=(), inputs=frozenset()) -> Path:
+    """`path` if no file has that name yet, else the first free one of x_annotated.jpg (when x.jpg is one of
+    `inputs`, as `_file_id`s), x-2.jpg, x-3.jpg, ...: ferlab's outputs never replace a file, be it an input
+    (`--save` into the inputs' own folder), another file the user keeps there, or one in `taken` (the copies
+    this run wrote: a/x.jpg and b/x.jpg both given)."""
+    if _file_id(path) in inputs:
+        path = path.with_name(f"{path.stem}_annotated{path.suffix}")
+    stem, i = path.stem, 2
+    while path in taken or os.path.lexists(path):
+        path, i = path.with_name(f"{stem}-{i}{path.suffix}"), i + 1
+    return path
+
+
+def _file_id(path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, the same for every name of it (links, ./a.png, ../x/a.png)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def draw_faces(image: np.ndarray, faces: list[dict]) -> np.ndarray:
     """A copy of `image` (RGB or gray) as RGB with each face's box, label and probability drawn on it."""
     import cv2
@@ -420,10 +443,11 @@ class AnnotatedWriter:
     """`--save DIR`: annotated copies of images; per video, an annotated H.264 MP4 (frames as sampled) and its
     summary, the emotion share over time as `<video>_emotions.csv` and `<video>_timeline.png`."""
 
-    def __init__(self, out_dir: str | Path, classes: tuple[str, ...]):
+    def __init__(self, out_dir: str | Path, classes: tuple[str, ...], inputs=()):
         self.out_dir = Path(out_dir)
         self.classes = tuple(classes)
         self.written: list[Path] = []
+        self._inputs = {_file_id(p) for p, _ in expand_sources(list(inputs))} - {None}  # never written over
         self._video = None
         self._video_source = None
         self._summary = None
@@ -439,11 +463,11 @@ class AnnotatedWriter:
         path = self.out_dir / rel
         if fr.frame is None and path.suffix.lower() not in IMAGE_EXTS:
             path = path.with_suffix(".png")
-        stem, i = path.stem, 2
-        while path in self.written:  # two inputs of the same name (a/x.jpg, b/x.jpg): x.jpg, x-2.jpg, ...
-            path, i = path.with_name(f"{stem}-{i}{path.suffix}"), i + 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self._free(path)
+
+    def _free(self, path: Path) -> Path:
+        return free_name(path, self.written, self._inputs)
 
     def write(self, fr: Frame, faces: list[dict]):
         from .video import H264Writer, VideoSummary
@@ -462,7 +486,7 @@ class AnnotatedWriter:
             self._video_source = fr.source
             self.written.append(path)
             self._summary = VideoSummary(str(fr.source), self.classes)
-            self._summary_stem = path.with_name(path.name[:-len("_annotated.mp4")])
+            self._summary_stem = path.with_name("".join(path.stem.rsplit("_annotated", 1)))  # x_annotated-2 -> x-2
         self._video.write(img)
         self._summary.add(fr.frame, fr.time_s, faces)
 
@@ -470,6 +494,6 @@ class AnnotatedWriter:
         if self._video is not None:
             self._video.close()
             stem = self._summary_stem
-            self.written += self._summary.write(stem.with_name(stem.name + "_emotions.csv"),
-                                                stem.with_name(stem.name + "_timeline.png"))
+            self.written += self._summary.write(self._free(stem.with_name(stem.name + "_emotions.csv")),
+                                                self._free(stem.with_name(stem.name + "_timeline.png")))
         self._video, self._video_source, self._summary = None, None, None
