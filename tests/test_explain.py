@@ -20,6 +20,8 @@ from ferlab.inference.explain import grad_cam
 from ferlab.inference.preprocess import Preprocess, to_model_input
 from ferlab.serve.app import create_app
 
+LOCAL = "http://127.0.0.1"  # the Host a browser on this machine sends; other names are refused
+
 
 def _faces(fer_slice, usage: str, n: int) -> np.ndarray:
     return fer_slice["pixels"][np.flatnonzero(np.asarray(fer_slice["usage"]) == usage)[:n]]
@@ -125,7 +127,7 @@ def test_cli_explain_writes_the_overlay(astronaut, tmp_path, capsys):
 
 
 def test_rest_explain_returns_a_heatmap_per_face(astronaut):
-    client = TestClient(create_app(ferlab.Predictor("default")))
+    client = TestClient(create_app(ferlab.Predictor("default")), base_url=LOCAL)
     buf = io.BytesIO()
     Image.fromarray(astronaut).save(buf, format="PNG")
     files = {"file": ("astronaut.png", buf.getvalue(), "image/png")}

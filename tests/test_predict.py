@@ -234,6 +234,24 @@ def test_unreadable_file_is_listed_others_still_processed(run_dir, fer_slice, tm
     assert "missing.png" in capsys.readouterr().err
 
 
+def test_a_jpeg_of_thousands_of_scans_is_one_row_with_its_reason(run_dir, fer_slice, tmp_path, capsys):
+    """`ferlab predict` refuses the scan bomb before decoding it (it would take seconds), in its place among the
+    inputs; under --keep-going the good inputs keep their rows and the exit is 0."""
+    import time
+
+    from test_serve import scan_bomb
+    Image.fromarray(fer_slice["pixels"][0]).save(tmp_path / "a.png")
+    (tmp_path / "b_bomb.jpg").write_bytes(scan_bomb(3000, 1000))
+    Image.fromarray(fer_slice["pixels"][1]).save(tmp_path / "c.png")
+    t0 = time.perf_counter()
+    assert main(["predict", str(tmp_path), "--model", str(run_dir), "--detector", "none", "--no-progress",
+                 "--keep-going"]) == 0
+    assert time.perf_counter() - t0 < 5
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["source"]).name for r in rows] == ["a.png", "b_bomb.jpg", "c.png"]
+    assert rows[0]["label"] and rows[2]["label"] and "scans, refused before decoding" in rows[1]["error"]
+
+
 def test_csv_and_table_formats(run_dir, fer_slice, tmp_path, capsys):
     deep = tmp_path / ("a_folder_with_a_rather_long_name_" * 3) / "and_another_one_below_it"
     deep.mkdir(parents=True)

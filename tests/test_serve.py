@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ from ferlab.cli import main
 from ferlab.data.classes import CLASSES
 from ferlab.inference.predictor import Predictor
 from ferlab.serve.app import create_app, decode_image
+
+LOCAL = "http://127.0.0.1"  # the Host a browser on this machine sends; other names are refused
 
 ASTRONAUT_NOSE = (222, 118)  # read off skimage's astronaut photo (512x512): Eileen Collins' nose
 
@@ -43,12 +46,12 @@ def crops_predictor(checkpoint):
 
 @pytest.fixture(scope="module")
 def client(crops_predictor):
-    return TestClient(create_app(crops_predictor, max_bytes=200_000, max_pixels=4_000_000))
+    return TestClient(create_app(crops_predictor, max_bytes=200_000, max_pixels=4_000_000), base_url=LOCAL)
 
 
 @pytest.fixture(scope="module")
 def haar_client(checkpoint):
-    return TestClient(create_app(Predictor(str(checkpoint), detector="haar")))
+    return TestClient(create_app(Predictor(str(checkpoint), detector="haar")), base_url=LOCAL)
 
 
 def encode(array_or_image, fmt="JPEG", **kw) -> bytes:
@@ -56,6 +59,14 @@ def encode(array_or_image, fmt="JPEG", **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **kw)
     return buf.getvalue()
+
+
+def scan_bomb(side: int, repeats: int) -> bytes:
+    """A small progressive JPEG of a flat grey side x side picture whose last scan is repeated `repeats` times:
+    every scan is a pass of the decoder over the whole image (3000 px, 1,000 repeats: 58 KB, 5 s to decode)."""
+    data = encode(np.full((side, side), 128, np.uint8), progressive=True, quality=30)
+    last = data[data.rfind(b"\xff\xda"):-2]  # the last scan, up to the end-of-image marker
+    return data[:-2] + last * repeats + b"\xff\xd9"
 
 
 def upload(client, data: bytes, name="photo.jpg", ctype="image/jpeg"):
@@ -161,7 +172,7 @@ def test_decompression_bombs_are_refused_before_decoding(crops_predictor, side):
     bomb = encode(Image.new("1", (side, side)), "PNG")
     assert len(bomb) < 100_000
     # our own limit set far above PIL's: PIL's bomb threshold still caps it, and its error becomes a 413
-    c = TestClient(create_app(crops_predictor, max_pixels=10**12))
+    c = TestClient(create_app(crops_predictor, max_pixels=10**12), base_url=LOCAL)
     assert c.get("/health").json()["max_pixels"] == Image.MAX_IMAGE_PIXELS
     r = upload(c, bomb, "bomb.png", "image/png")
     assert r.status_code == 413 and "pixels" in r.json()["detail"], r.text
@@ -171,7 +182,8 @@ def test_fuzzed_requests_never_get_a_5xx(crops_predictor):
     """Requests generated from the OpenAPI schema, valid and invalid, never get a server error and always
     get a documented status code and body. (Driven through `as_strategy`, because schemathesis's pytest
     fixture loader does not run under pytest 9.)"""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(crops_predictor, max_bytes=100_000))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(crops_predictor, max_bytes=100_000,
+                                                                        allow_hosts=("testserver",)))
     cases = schema.as_strategy(GenerationMode.POSITIVE) | schema.as_strategy(GenerationMode.NEGATIVE)
     seen = set()
 
@@ -201,13 +213,13 @@ def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_p
     real, state, gate = app_mod.decode_image, {"now": 0, "peak": 0}, threading.Event()
     lock = threading.Lock()
 
-    def held_decode(data, max_pixels):
+    def held_decode(data, *limits):
         with lock:
             state["now"] += 1
             state["peak"] = max(state["peak"], state["now"])
         gate.wait(30)
         try:
-            return real(data, max_pixels)
+            return real(data, *limits)
         finally:
             with lock:
                 state["now"] -= 1
@@ -216,7 +228,7 @@ def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_p
     face = encode(fer_slice["pixels"][0])
     for workers in (1, 2):
         state["peak"], gate = 0, threading.Event()
-        with TestClient(create_app(crops_predictor, workers=workers)) as c, ThreadPoolExecutor(6) as pool:
+        with TestClient(create_app(crops_predictor, workers=workers), base_url=LOCAL) as c, ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(upload, c, face) for _ in range(6)]
             while state["now"] < workers:  # the first decodes have started and are held
                 threading.Event().wait(0.01)
@@ -233,7 +245,7 @@ def test_docs_work_offline(crops_predictor, monkeypatch):
     import re
 
     import ferlab.serve.app as app_mod
-    client = TestClient(create_app(crops_predictor))
+    client = TestClient(create_app(crops_predictor), base_url=LOCAL)
     for page, asset in (("/docs", "/docs-assets/swagger-ui-bundle.js"), ("/redoc", "/docs-assets/redoc.standalone.js")):
         html = client.get(page)
         assert html.status_code == 200 and asset in html.text
@@ -244,7 +256,7 @@ def test_docs_work_offline(crops_predictor, monkeypatch):
     assert client.get("/openapi.json").json()["info"]["title"] == "ferlab"
 
     monkeypatch.setattr(app_mod, "DOCS_ASSETS", lambda: None)
-    r = TestClient(create_app(crops_predictor)).get("/docs")
+    r = TestClient(create_app(crops_predictor), base_url=LOCAL).get("/docs")
     assert r.status_code == 503 and "pip install fastapi-offline" in r.json()["detail"]
 
 
@@ -294,7 +306,7 @@ def test_video_gives_tracked_faces_summary_and_timeline(haar_client, checkpoint,
 
 
 def test_long_video_is_sampled_within_the_frame_limit(checkpoint, astronaut_video):
-    c = TestClient(create_app(Predictor(str(checkpoint), detector="haar"), max_video_frames=3))
+    c = TestClient(create_app(Predictor(str(checkpoint), detector="haar"), max_video_frames=3), base_url=LOCAL)
     body = upload_video(c, astronaut_video.read_bytes()).json()
     assert body["every"] == 3 and [f["frame"] for f in body["frames"]] == [0, 3, 6]
     assert body["max_frames"] == 3 and body["note"] == ("the video has 8 frames: 1 in 3 analysed, to stay "
@@ -305,7 +317,7 @@ def test_long_video_is_sampled_within_the_frame_limit(checkpoint, astronaut_vide
 def test_bad_videos_get_clear_4xx_and_leave_no_temp_file(checkpoint, astronaut_video, tmp_path, monkeypatch, photo):
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    c = TestClient(create_app(Predictor(str(checkpoint), detector="haar"), max_video_bytes=60_000, max_pixels=50_000))
+    c = TestClient(create_app(Predictor(str(checkpoint), detector="haar"), max_video_bytes=60_000, max_pixels=50_000), base_url=LOCAL)
     mp4 = astronaut_video.read_bytes()
     assert len(mp4) < 60_000
     cases = {  # what is sent -> (status, a word the message must contain)
@@ -324,7 +336,7 @@ def test_bad_videos_get_clear_4xx_and_leave_no_temp_file(checkpoint, astronaut_v
         assert word in r.json()["detail"], (what, r.json())
         assert str(tmp_path) not in r.json()["detail"], (what, r.json())  # temp paths stay private
     assert list(tmp_path.iterdir()) == []
-    ok = upload_video(TestClient(create_app(Predictor(str(checkpoint), detector="haar"))), mp4)
+    ok = upload_video(TestClient(create_app(Predictor(str(checkpoint), detector="haar")), base_url=LOCAL), mp4)
     assert ok.status_code == 200 and list(tmp_path.iterdir()) == []
 
 
@@ -354,3 +366,165 @@ def test_serve_leaves_one_core_to_the_event_loop(monkeypatch):
     rest = set(cpus[1:]) if len(cpus) >= 2 else None
     assert seen == [(max(1, len(cpus) - 1), rest, 8123), (2, rest, 8124), (max(1, len(cpus) - 1), None, 8125)]
     assert pinned == ([(0, {cpus[0]})] * 2 if rest else [])
+
+
+def test_scans_are_counted_from_the_markers_not_from_the_bytes():
+    """Baseline 1, progressive 10 (PIL's script), a scan bomb all its scans; a progressive JPEG hidden in the EXIF
+    data is payload, not scans (a plain byte count would see 11)."""
+    from skimage import data as skimage_data
+
+    from ferlab.data.images import jpeg_scans
+    rgb = skimage_data.astronaut()
+    assert jpeg_scans(encode(rgb)) == 1
+    assert jpeg_scans(encode(rgb, progressive=True)) == 10
+    grey = jpeg_scans(scan_bomb(64, 0))  # PIL's progressive script for one channel: fewer scans than for colour
+    assert 1 < grey < 10 and jpeg_scans(scan_bomb(64, 500)) == grey + 500
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x927C] = encode(rgb[::8, ::8], progressive=True)  # a maker note carrying a progressive JPEG
+    with_exif = encode(im, exif=exif.tobytes())
+    assert with_exif.count(b"\xff\xda") == 11 and jpeg_scans(with_exif) == 1
+    assert jpeg_scans(encode(rgb, "PNG")) == 0
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(client, crops_predictor):
+    """A 1,000-scan bomb (2 s of decoding at 1900 px) is a 413 at once; a normal progressive photo is served."""
+    import time
+    t0 = time.perf_counter()
+    from ferlab.data.images import jpeg_scans
+    bomb = scan_bomb(1900, 1000)  # under the client's 4 MP limit; 2 s of decoding
+    r = upload(client, bomb)
+    detail = r.json()["detail"]
+    assert r.status_code == 413 and f"{jpeg_scans(bomb):,} scans" in detail and "limit is 100" in detail, detail
+    assert time.perf_counter() - t0 < 1.0
+    ok = upload(client, encode(np.full((300, 300), 128, np.uint8), progressive=True))
+    assert ok.status_code == 200, ok.text
+    # the limit is the app's to set
+    lenient = TestClient(create_app(crops_predictor, max_jpeg_scans=2000), base_url=LOCAL)
+    assert upload(lenient, scan_bomb(200, 1000)).status_code == 200
+
+
+def test_requests_from_other_sites_are_refused(crops_predictor, fer_slice):
+    """A page on another site (Origin) or a DNS-rebinding name (Host) cannot drive the local server; this
+    server's own page, curl (no Origin), IP addresses and the names and origins allowed are served."""
+    face = encode(fer_slice["pixels"][0])
+    app = create_app(crops_predictor)
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+
+    def post(**headers):
+        return c.post("/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")}, headers=headers)
+
+    assert post().status_code == 200
+    assert post(origin="http://127.0.0.1:8000").status_code == 200  # the page this server serves
+    evil = post(origin="http://evil.example")
+    assert evil.status_code == 403 and "evil.example" in evil.json()["detail"]
+    assert post(origin="http://127.0.0.1:9999").status_code == 403  # another local server's page
+    assert post(host="evil.example").status_code == 403
+    assert c.get("/health", headers={"host": "evil.example:8000"}).status_code == 403
+    for host in ("localhost:8000", "[::1]:8000", "192.168.1.20"):
+        assert c.get("/health", headers={"host": host}).status_code == 200, host
+    allowed = TestClient(create_app(crops_predictor, allow_hosts=("ferlab.lan",),
+                                    allow_origins=("https://app.example",)), base_url="http://ferlab.lan")
+    assert allowed.post("/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")},
+                        headers={"origin": "https://app.example"}).status_code == 200
+    csp = c.get("/").headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp
+
+
+def test_uploads_beyond_the_queue_get_a_503_with_retry_after(crops_predictor, fer_slice, monkeypatch):
+    """With every slot taken (max_active uploads in the server), the next upload is refused at once, before
+    its body is read, with Retry-After; once the queue drains, uploads are served again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ferlab.serve.app as app_mod
+    real, gate, started = app_mod.decode_image, threading.Event(), threading.Semaphore(0)
+
+    def held_decode(*args):
+        started.release()
+        gate.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(app_mod, "decode_image", held_decode)
+    face = encode(fer_slice["pixels"][0])
+    with TestClient(create_app(crops_predictor, max_active=3), base_url=LOCAL) as c, ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(upload, c, face) for _ in range(3)]
+        assert started.acquire(timeout=30)  # one decoding, two waiting for it
+        queue = c.app.middleware_stack
+        while not isinstance(queue, app_mod.UploadLimit):
+            queue = queue.app
+        end = time.time() + 30
+        while queue.active < 3 and time.time() < end:
+            time.sleep(0.01)
+        r = upload(c, face)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5" and "busy" in r.json()["detail"]
+        assert c.get("/health").status_code == 200
+        gate.set()
+        assert [f.result().status_code for f in held] == [200] * 3
+        assert upload(c, face).status_code == 200
+
+
+def test_connections_that_never_finish_are_closed_and_capped(crops_predictor, fer_slice):
+    """Half-sent requests (a request line and no end of headers; headers and half a body) are closed after the
+    request timeout (uploads past the queue's 8 are answered 503 at once), connections over the cap are closed
+    as they open, and meanwhile /health and uploads are
+    answered; a kept-alive connection gets a fresh deadline for each request."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from ferlab.serve.server import bounded_h11
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(crops_predictor), host="127.0.0.1", port=port, log_level="warning",
+                                        http=bounded_h11(request_timeout_s=1.5, max_connections=30)))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    end = time.time() + 30
+    while not srv.started and time.time() < end:
+        time.sleep(0.05)
+    assert srv.started
+    face = encode(fer_slice["pixels"][0])
+    socks = []
+    try:
+        for i in range(40):  # 40 > the cap of 30
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else
+                      b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
+            socks.append(c)
+        time.sleep(0.3)
+        assert all(_closed(c, 0.05) for c in socks[30:])  # the ten over the cap: closed as they opened
+        assert not any(_closed(c, 0.05) for c in socks[1:30:2])  # half-sent headers: waited for, for now
+        time.sleep(1.5)
+        still = [i for i, c in enumerate(socks) if not _closed(c, 1.0)]
+        assert not still, still  # past the deadline: every half-sent request is closed
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:  # one kept-alive connection
+            for _ in range(3):
+                assert client.get("/health").status_code == 200
+                r = client.post("/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")})
+                assert r.status_code == 200, r.text
+                time.sleep(1.0)  # 3 x (1 s idle) > the 1.5 s deadline: each request has its own
+    finally:
+        for c in socks:
+            c.close()
+        srv.should_exit = True
+        thread.join(10)
+
+
+def _closed(sock, wait_s: float) -> bool:
+    """The server closed `sock` (EOF or reset) within `wait_s`, after whatever it answered (a 503 when the
+    upload queue is full)."""
+    import socket
+    sock.settimeout(wait_s)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False

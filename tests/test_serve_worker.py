@@ -14,12 +14,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_serve import astronaut_video, checkpoint, encode, photo, upload, upload_video  # noqa: F401
+from test_serve import astronaut, astronaut_video, checkpoint, encode, photo, scan_bomb, upload, upload_video  # noqa: F401
 
 from ferlab.inference.predictor import Predictor
 from ferlab.serve.app import create_app
+
+LOCAL = "http://127.0.0.1"  # the Host a browser on this machine sends; other names are refused
 
 LIMITS = dict(max_bytes=200_000, max_pixels=4_000_000)
 
@@ -28,14 +31,14 @@ LIMITS = dict(max_bytes=200_000, max_pixels=4_000_000)
 def worker_app(checkpoint):  # noqa: F811
     """The app as `ferlab serve` builds it: no predictor given, so one inference process (one thread)."""
     app = create_app(model=str(checkpoint), detector="haar", threads=1, **LIMITS)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         yield app, client
     assert [w.process for w in app.state.workers] == [None]  # the lifespan's end stopped it
 
 
 @pytest.fixture(scope="module")
 def thread_client(checkpoint):  # noqa: F811
-    return TestClient(create_app(Predictor(str(checkpoint), detector="haar"), **LIMITS))
+    return TestClient(create_app(Predictor(str(checkpoint), detector="haar"), **LIMITS), base_url=LOCAL)
 
 
 def test_the_worker_answers_what_the_thread_answers(worker_app, thread_client, photo, astronaut_video):  # noqa: F811
@@ -97,6 +100,24 @@ def test_a_killed_worker_costs_one_503_and_is_replaced(worker_app, photo):  # no
     assert r.status_code == 503, r.text
     assert "worker process died" in r.json()["detail"] and "SIGKILL" in r.json()["detail"], r.json()
     assert upload(client, photo).status_code == 200 and worker.pid not in (None, old)
+
+
+def test_a_photo_over_its_time_budget_is_a_503_and_its_worker_is_replaced(checkpoint, photo):  # noqa: F811
+    """A JPEG whose 1,000 scans take seconds to decode (allowed in here, so that it reaches the decoder) holds
+    the worker past its 1 s budget: the worker is killed, the client gets a 503 that says why within about
+    the budget, and the next upload is served by a fresh worker."""
+    app = create_app(model=str(checkpoint), detector="none", threads=1, photo_budget_s=1.0,
+                     max_jpeg_scans=10**6, max_pixels=10_000_000)
+    with TestClient(app, base_url=LOCAL) as client:
+        [worker] = app.state.workers
+        old = worker.pid
+        t0 = time.monotonic()
+        r = upload(client, scan_bomb(3000, 1000))
+        took = time.monotonic() - t0
+        assert r.status_code == 503 and "budget of 1 s" in r.json()["detail"], r.text
+        assert took < 8, took  # the budget plus stopping the worker, not the 5 s decode
+        assert not _alive(old)
+        assert upload(client, photo).status_code == 200 and worker.pid not in (None, old)
 
 
 def free_port() -> int:
@@ -164,3 +185,75 @@ def test_ferlab_serve_keeps_torch_in_its_worker_and_leaves_no_process_behind(che
     while any(_alive(p) for p in children) and time.time() < end:
         time.sleep(0.1)
     assert not [p for p in children if _alive(p)], "processes outlived ferlab serve"
+
+
+def _clip(path: Path, frames: int) -> Path:
+    """A 1280x720 clip of the astronaut (made here), slow enough to analyse that it is surely in flight."""
+    import cv2
+    canvas = np.zeros((720, 1280, 3), np.uint8)
+    canvas[100:612, 300:812] = astronaut()
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (1280, 720))
+    for i in range(frames):
+        vw.write(cv2.cvtColor(np.roll(canvas, 4 * i, axis=1), cv2.COLOR_RGB2BGR))
+    vw.release()
+    return path
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
+def test_ferlab_serve_stops_with_a_video_in_flight_and_no_worker_outlives_it(checkpoint, tmp_path, stop):  # noqa: F811
+    """With a long video being analysed, SIGTERM or Ctrl-C stop the server and its worker within 10 s and
+    leave no temp video; a SIGKILLed server leaves no worker running either (the worker watches its parent)."""
+    import httpx
+    clip = _clip(tmp_path / "clip.mp4", 300)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ferlab.cli", "serve", "--model", str(checkpoint), "--port",
+                             str(port), "--threads", "1", "--max-video-frames", "1000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(temp)})
+    children: set[int] = set()
+    try:
+        end = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < end, "ferlab serve did not answer /health within 120 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        children = _children(proc.pid)
+        answer = {}
+
+        def post():
+            try:
+                answer["r"] = httpx.post(f"http://127.0.0.1:{port}/v1/video", timeout=120,
+                                         files={"file": ("clip.mp4", clip.read_bytes(), "video/mp4")})
+            except httpx.TransportError as e:
+                answer["r"] = e
+        client = threading.Thread(target=post, daemon=True)
+        client.start()
+        end = time.time() + 30
+        while not list(temp.glob("ferlab-video-*")) and time.time() < end:
+            time.sleep(0.05)
+        assert list(temp.glob("ferlab-video-*")), "the video never reached the server"
+        time.sleep(1.0)  # well into the analysis (300 frames at 1280x720 take far longer than the 10 s allowed)
+        assert client.is_alive()
+        t0 = time.monotonic()
+        proc.send_signal(stop)
+        proc.wait(10)
+        end = time.time() + 10 - (time.monotonic() - t0)
+        while any(_alive(p) for p in children) and time.time() < end:
+            time.sleep(0.1)
+        assert not [p for p in children if _alive(p)], "a worker outlived ferlab serve"
+        assert time.monotonic() - t0 < 10
+        if stop != signal.SIGKILL:  # a killed server cannot tidy up; a stopped one must
+            assert list(temp.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for p in children:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -71,7 +71,8 @@ def _cmd_sweep(a):
 def _cmd_serve(a):
     from ._optional import need
     from .serve.app import MAX_PIXELS, create_app  # checks the rest of the 'serve' extra first
-    uvicorn = need("uvicorn", "serve", "ferlab serve")
+    need("uvicorn", "serve", "ferlab serve")
+    from .serve.server import serve
     # Inference leaves one core to the event loop, or /health waits for the scheduler behind busy workers
     # (measured on 2 cores: /health p99 12-47 ms with both cores computing, 3 ms with one). With --pin (the
     # default) the server process runs on that core alone and the workers on the others: unpinned, the kernel
@@ -85,7 +86,9 @@ def _cmd_serve(a):
                      max_pixels=MAX_PIXELS if a.max_pixels is None else a.max_pixels, workers=a.workers,
                      max_video_bytes=round(a.max_video_mb * 2**20), max_video_frames=a.max_video_frames,
                      threads=max(1, cores - 1) if a.threads is None else a.threads,
-                     worker_cpus=set(cpus[1:]) if pin else None)
+                     worker_cpus=set(cpus[1:]) if pin else None, photo_budget_s=a.photo_timeout,
+                     video_budget_s=a.video_timeout, max_active=a.max_queue, allow_hosts=tuple(a.allow_host),
+                     allow_origins=tuple(a.allow_origin))
     if pin:
         os.sched_setaffinity(0, {cpus[0]})
     # The heap now holds the web stack: thousands of long-lived objects that every full garbage collection
@@ -95,7 +98,7 @@ def _cmd_serve(a):
     gc.collect()
     gc.freeze()
     print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
-    uvicorn.run(app, host=a.host, port=a.port)
+    serve(app, a.host, a.port, request_timeout_s=a.request_timeout, max_connections=a.max_connections)
 
 
 def _cmd_eval(a):
@@ -341,6 +344,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest video upload in MiB (default: 50; larger -> 413)")
     s.add_argument("--max-video-frames", type=int, default=150,
                    help="frames analysed per video at most; a longer video is sampled more sparsely (default: 150)")
+    s.add_argument("--photo-timeout", type=float, default=20.0, metavar="S",
+                   help="seconds an inference worker may spend on one photo before it is killed and replaced, "
+                        "the client getting a 503 (default: 20)")
+    s.add_argument("--video-timeout", type=float, default=120.0, metavar="S",
+                   help="the same for one video (default: 120)")
+    s.add_argument("--max-queue", type=int, default=8, metavar="N",
+                   help="uploads in the server at once, being received, waiting or analysed; more get a 503 with "
+                        "Retry-After (default: 8)")
+    s.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a client has to send a whole request before its connection is closed (default: 30)")
+    s.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                   help="open connections at most; more are closed as they open (default: 1000)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name this server may be reached by besides IP addresses and localhost "
+                        "(repeatable); requests naming any other Host are refused")
+    s.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="a web page origin (https://app.example) allowed to call this API besides the server's own "
+                        "page (repeatable); other sites' requests are refused")
     s.set_defaults(fn=_cmd_serve)
 
     s = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a camera")

@@ -10,6 +10,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 BAND_BYTES = 1 << 20  # pixels copied per call: about a millisecond of memory traffic
+# Scans a JPEG may have. Encoders write 1 (baseline) or about 10 (progressive; mozjpeg's optimised scripts
+# a few more), but libjpeg redoes its work over the whole image for every scan: a 58 KB grey 3000x3000 JPEG
+# whose last scan repeats 1,000 times takes 5 s to decode (20 s and more at 6000x5000).
+MAX_JPEG_SCANS = 100
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
@@ -30,6 +34,45 @@ def to_8bit(im: Image.Image) -> Image.Image:
             a = a * 255.0
         return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
     return im
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The number of scans (SOS markers) in JPEG bytes, found by walking the marker segments: segment payloads
+    (an EXIF thumbnail, say) are skipped by their length, and entropy-coded data cannot hold a marker (a 0xFF
+    byte there is followed by 0x00 or a restart marker). 0 for bytes that are not a JPEG."""
+    if not data.startswith(b"\xff\xd8"):
+        return 0
+    pos, n, scans = 2, len(data), 0
+    while pos + 1 < n:
+        if data[pos] != 0xFF:  # entropy-coded data after a scan header: on to the next 0xFF
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # stuffed 0xFF, TEM, restart: no length
+            pos += 2
+        elif marker == 0xD9:  # end of image
+            break
+        else:
+            scans += marker == 0xDA
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return scans
+
+
+class TooManyScans(ValueError):
+    """A JPEG refused before decoding for its number of scans."""
+
+
+def check_jpeg_scans(data: bytes, name: str, limit: int = MAX_JPEG_SCANS) -> None:
+    """TooManyScans, before any pixel is decoded, for a JPEG with more than `limit` scans (see MAX_JPEG_SCANS)."""
+    scans = jpeg_scans(data)
+    if scans > limit:
+        raise TooManyScans(f"{name}: a JPEG of {scans:,} scans, refused before decoding (the limit is {limit}; "
+                         "cameras and encoders write at most a few dozen, and each scan costs a pass over the "
+                         "whole image)")
 
 
 def upright_rgb(im: Image.Image) -> np.ndarray:

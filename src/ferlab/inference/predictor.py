@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import rgb_array, upright_rgb
+from ..data.images import TooManyScans, check_jpeg_scans, rgb_array, upright_rgb
 from ..engine.trainer import tta_views
 from .detect import detect_many, make_detector
 from .faces import crop_faces, crops_to_input, crops_to_pixels, eye_angle, to_gray
@@ -355,9 +355,13 @@ def read_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with Image.open(path) as im:
+            if im.format == "JPEG":
+                check_jpeg_scans(path.read_bytes(), str(path))
             return upright_rgb(im)
     except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL's limit (2 x 89 MP)
         raise ValueError(f"{path}: too many pixels to decode safely ({e})") from None
+    except TooManyScans:
+        raise
     except Exception as e:  # any decoder failure on a bad file is that file's fault, never the run's end
         raise ValueError(f"{path}: cannot read as an image ({e}); expected one of "
                          f"{', '.join(sorted(IMAGE_EXTS))} or a video ({', '.join(sorted(VIDEO_EXTS))})") from e

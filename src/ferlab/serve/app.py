@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import math
 import os
@@ -43,7 +44,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..data.images import upright_rgb
+from ..data.images import MAX_JPEG_SCANS, TooManyScans, check_jpeg_scans, upright_rgb
 from .worker import InferenceWorker
 
 STATIC = Path(__file__).parent / "static"
@@ -56,6 +57,10 @@ MULTIPART_SLACK = 64 * 2**10
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_VIDEO_BYTES = 50 * 2**20    # video upload limit (50 MiB)
 MAX_VIDEO_FRAMES = 150          # frames analysed per video at most; a longer one is sampled more sparsely
+PHOTO_BUDGET_S = 20.0           # wall-clock seconds the inference worker may spend on one photo ...
+VIDEO_BUDGET_S = 120.0          # ... and on one video, before it is killed and replaced
+MAX_ACTIVE = 8                  # uploads being analysed or waiting their turn; more get a 503 with Retry-After
+RETRY_AFTER_S = 5
 VIDEO_CONTAINERS = "MP4/MOV, WebM/Matroska or AVI"
 
 
@@ -144,7 +149,10 @@ class Problem(BaseModel):
 def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn", device: str = "cpu",
                max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, workers: int = WORKERS,
                max_video_bytes: int = MAX_VIDEO_BYTES, max_video_frames: int = MAX_VIDEO_FRAMES,
-               threads: int | None = None, worker_cpus: set[int] | None = None) -> FastAPI:
+               threads: int | None = None, worker_cpus: set[int] | None = None,
+               photo_budget_s: float = PHOTO_BUDGET_S, video_budget_s: float = VIDEO_BUDGET_S,
+               max_active: int = MAX_ACTIVE, max_jpeg_scans: int = MAX_JPEG_SCANS,
+               allow_hosts: tuple[str, ...] = (), allow_origins: tuple[str, ...] = ()) -> FastAPI:
     """The FastAPI app. Without `predictor`, `workers` inference processes are started (each has loaded its
     Predictor, built from `model`/`detector`/`device` with `threads` CPU threads on the cores `worker_cpus`,
     before this returns) and
@@ -153,9 +161,22 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
     process instead, one inference at a time. `max_bytes` and `max_pixels` bound each photo upload (the pixel
     limit bounds video frames too), `max_video_bytes` and `max_video_frames` each video, and `workers` the
     uploads decoded and analysed at once (the rest wait, holding only their compressed bytes), so the pixel
-    memory in use is at most about workers x max_pixels x 7 bytes whatever the number of clients."""
+    memory in use is at most about workers x max_pixels x 7 bytes whatever the number of clients.
+
+    Time and queue: an inference worker that spends more than `photo_budget_s` on a photo or `video_budget_s` on
+    a video is killed (its client gets a 503 saying so) and replaced by a fresh one; a thread cannot be killed,
+    so an app given a predictor object has no budget. At most `max_active` uploads are in the server at once,
+    being read, waiting or analysed; the next gets a 503 with Retry-After before its body is read, so memory
+    and temp disk stay bounded whatever the number of clients. An upload whose client left while it waited
+    is dropped unanalysed. JPEGs with more than `max_jpeg_scans` scans are refused before decoding.
+
+    Cross-site requests: the Host header must be an IP address, localhost or one of `allow_hosts` (a DNS
+    rebinding page has a name of its own), and a request that carries an Origin must come from this server's
+    own page (the Origin names the Host it was sent to) or from one of `allow_origins`: any other web page
+    the user visits could otherwise drive this server."""
     limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, max_video_bytes=max_video_bytes,
-                  max_video_frames=max_video_frames)
+                  max_video_frames=max_video_frames, photo_budget_s=photo_budget_s, video_budget_s=video_budget_s,
+                  max_active=max_active, max_jpeg_scans=max_jpeg_scans)
     for name, value in limits.items():
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
@@ -179,10 +200,10 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         info = pool[0].info
         classes, model_name, detector_name = info["classes"], info["model"], info["detector"]
 
-        def run(fn, *args):
+        def run(fn, *args, budget_s=None, what="upload"):
             w = idle.get()
             try:
-                return w.call(fn, *args)
+                return w.call(fn, *args, budget_s=budget_s, what=what)
             finally:
                 idle.put(w)
     else:
@@ -191,8 +212,17 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         # one inference at a time: torch already uses every core, and the detector is not known to be thread-safe
         lock = threading.Lock()
 
-        def run(fn, *args):
+        def run(fn, *args, budget_s=None, what="upload"):  # no budget: a thread cannot be stopped
             return fn(predictor, lock, *args)
+
+    async def in_turn(request: Request, work, *args):
+        """`work(*args)` in a thread once one of the `workers` slots is free; dropped if the client left."""
+        async with limiter:
+            if await request.is_disconnected():
+                raise HTTPException(499, "the client closed the connection while its upload waited")
+            return await anyio.to_thread.run_sync(work, *args)
+
+    temp_files: set[str] = set()  # videos being analysed, removed at shutdown if their request could not
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -201,12 +231,16 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         finally:
             for w in pool:
                 w.close()
+            for path in list(temp_files):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Facial expression recognition: upload a photo, get each face's emotion.")
     app.state.workers = pool
     app.add_middleware(UploadLimit, limits={"/v1/predict": max_bytes + MULTIPART_SLACK,
-                                            "/v1/video": max_video_bytes + MULTIPART_SLACK})
+                                            "/v1/video": max_video_bytes + MULTIPART_SLACK}, max_active=max_active)
+    app.add_middleware(SameOrigin, hosts=allow_hosts, origins=allow_origins)  # outermost: checked first
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -221,8 +255,8 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
                       version=__version__)
 
     @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
-              responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
-    async def predict(file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo"),
+              responses={c: {"model": Problem} for c in (400, 403, 413, 415, 422, 503)})
+    async def predict(request: Request, file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo"),
                       explain: bool = Query(False, description="add each face's class activation map (HiResCAM "
                                                                 "for the reported label) as `heatmap`")):
         t0 = time.perf_counter()
@@ -233,33 +267,35 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         if not data:
             raise HTTPException(400, "the uploaded file is empty; expected an image")
 
-        (height, width), faces = await anyio.to_thread.run_sync(run, analyse_photo, data, explain, max_pixels,
-                                                                limiter=limiter)
+        (height, width), faces = await in_turn(request, functools.partial(
+            run, analyse_photo, data, explain, max_pixels, max_jpeg_scans, budget_s=photo_budget_s, what="photo"))
         return Prediction(
             filename=file.filename, width=width, height=height, faces=faces,
             message=None if faces else "no face found; try a brighter, frontal photo with the face larger in frame",
             model=model_name, classes=classes, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
 
     @app.post("/v1/video", response_model=VideoPrediction, summary="emotion of every face in an uploaded video, "
-              "frame by frame, with the emotion timeline", responses={c: {"model": Problem} for c in (400, 413, 415, 422)})
-    async def video(file: UploadFile = File(..., description=f"a video ({VIDEO_CONTAINERS})"),
+              "frame by frame, with the emotion timeline", responses={c: {"model": Problem} for c in (400, 403, 413, 415, 422, 503)})
+    async def video(request: Request, file: UploadFile = File(..., description=f"a video ({VIDEO_CONTAINERS})"),
                     every: int = Query(1, ge=1, le=100_000, description="analyse every n-th frame (the server may "
                                        "choose a larger n to stay within its frame limit)")):
         t0 = time.perf_counter()
         _check_part_type(file.content_type, video=True)
 
         def work():
-            with upload_copy(file.file, max_video_bytes) as path:
-                return run(analyse_video, path, file.filename, every, max_video_frames, max_pixels)
+            with upload_copy(file.file, max_video_bytes, temp_files) as path:
+                return run(analyse_video, path, file.filename, every, max_video_frames, max_pixels,
+                           budget_s=video_budget_s, what="video")
 
-        out = await anyio.to_thread.run_sync(work, limiter=limiter)
+        out = await in_turn(request, work)
         return VideoPrediction(filename=file.filename, **out, model=model_name, classes=classes,
                                elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
 
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html", headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:"})
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                                       "frame-ancestors 'none'", "X-Frame-Options": "DENY"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _offline_docs(app)
@@ -309,11 +345,12 @@ def _fastapi_offline_assets() -> Path | None:
 DOCS_ASSETS = _fastapi_offline_assets  # a function, so tests can point it elsewhere
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, max_jpeg_scans: int = MAX_JPEG_SCANS) -> np.ndarray:
     """Untrusted image bytes -> upright RGB uint8 (H, W, 3), or HTTPException with a 4xx.
 
     The pixel count is read from the header and checked before decoding, so a small file that expands
-    to gigabytes (a decompression bomb) is refused without allocating its pixels.
+    to gigabytes (a decompression bomb) is refused without allocating its pixels; so is a JPEG whose scans,
+    each a pass over the whole image, would keep a decoder busy for minutes (`MAX_JPEG_SCANS`).
     """
     try:
         im = Image.open(io.BytesIO(data), formats=FORMATS)
@@ -330,6 +367,11 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise HTTPException(413, f"image is {w}x{h} = {w * h:,} pixels; the limit is {limit:,}")
     if w < 1 or h < 1:
         raise HTTPException(400, f"image has no pixels ({w}x{h})")
+    if im.format == "JPEG":
+        try:
+            check_jpeg_scans(data, "the image", max_jpeg_scans)
+        except TooManyScans as e:
+            raise HTTPException(413, str(e)) from None
     try:
         im.load()
         return upright_rgb(im)
@@ -349,9 +391,10 @@ def sniff_video(head: bytes) -> str | None:
 
 
 @contextlib.contextmanager
-def upload_copy(src, limit: int):
+def upload_copy(src, limit: int, registry: set[str] | None = None):
     """`with upload_copy(fileobj, limit) as path`: the upload copied to a temp file (OpenCV reads paths), once
-    its first bytes were recognised as a video container; the file is removed on leaving, whatever happened."""
+    its first bytes were recognised as a video container; the file is removed on leaving, whatever happened.
+    Its path is in `registry` meanwhile, for a server that stops with the video still in flight."""
     head = src.read(64)
     if not head:
         raise HTTPException(400, "the uploaded file is empty; expected a video")
@@ -359,6 +402,8 @@ def upload_copy(src, limit: int):
     if suffix is None:
         raise HTTPException(415, f"not a supported video: expected {VIDEO_CONTAINERS} (file starts with {head[:12]!r})")
     fd, path = tempfile.mkstemp(prefix="ferlab-video-", suffix=suffix)
+    registry = set() if registry is None else registry
+    registry.add(path)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(head)
@@ -370,15 +415,18 @@ def upload_copy(src, limit: int):
                 out.write(chunk)
         yield path
     finally:
-        os.unlink(path)
+        registry.discard(path)
+        with contextlib.suppress(FileNotFoundError):  # a stopping server may have removed it already
+            os.unlink(path)
 
 
-def analyse_photo(predictor, lock, data: bytes, explain: bool, max_pixels: int) -> tuple[tuple[int, int], list[Face]]:
+def analyse_photo(predictor, lock, data: bytes, explain: bool, max_pixels: int,
+                  max_jpeg_scans: int = MAX_JPEG_SCANS) -> tuple[tuple[int, int], list[Face]]:
     """Untrusted image bytes -> ((height, width), every face found, as `Face`, heat maps included with
     `explain`), or HTTPException with a 4xx. Decodes outside `lock`, analyses inside it."""
     rgb = None
     try:
-        rgb = decode_image(data, max_pixels)
+        rgb = decode_image(data, max_pixels, max_jpeg_scans)
         with lock:
             if not explain:
                 faces = predictor.predict(rgb)
@@ -471,16 +519,28 @@ class UploadLimit:
     """ASGI middleware: refuse a POST to one of the paths in `limits` from its headers alone (wrong type, empty,
     declared too large), and stop reading a body sent without Content-Length once it passes that path's limit."""
 
-    def __init__(self, app, limits: dict[str, int]):
-        self.app, self.limits = app, limits
+    def __init__(self, app, limits: dict[str, int], max_active: int = MAX_ACTIVE):
+        self.app, self.limits, self.max_active = app, limits, max_active
+        self.active = 0  # uploads in the server: being received, waiting or analysed (one event loop: no lock)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.limits:
             return await self.app(scope, receive, send)
         max_body = self.limits[scope["path"]]
         problem = _check_request(Request(scope), max_body)
+        if problem is None and self.active >= self.max_active:
+            problem = JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
+                "detail": f"the server is busy: {self.max_active} uploads are already being analysed or waiting; "
+                          f"try again in {RETRY_AFTER_S} s"})
         if problem is not None:
             return await problem(scope, receive, send)
+        self.active += 1
+        try:
+            await self._limited(scope, receive, send, max_body)
+        finally:
+            self.active -= 1
+
+    async def _limited(self, scope, receive, send, max_body):
         seen = 0
 
         async def counted_receive():
@@ -494,6 +554,47 @@ class UploadLimit:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+class SameOrigin:
+    """ASGI middleware: refuse (403) a request whose Host is a name other than localhost and `hosts`, or whose
+    Origin is neither this server's own (scheme://Host) nor one of `origins`. See create_app."""
+
+    def __init__(self, app, hosts=(), origins=()):
+        self.app = app
+        self.hosts = {"localhost", *(h.lower() for h in hosts)}
+        self.origins = {o.rstrip("/").lower() for o in origins}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = Request(scope).headers
+        host = headers.get("host", "").lower()
+        origin = headers.get("origin")
+        problem = None
+        if not _host_allowed(host, self.hosts):
+            problem = (f"Host {host!r} is not this server's name: only IP addresses, localhost and the names "
+                       "given to ferlab serve --allow-host are served")
+        elif origin is not None and origin.rstrip("/").lower() not in {f"http://{host}", f"https://{host}",
+                                                                       *self.origins}:
+            problem = (f"a page at {origin!r} may not use this server (cross-site request); allow it with "
+                       "ferlab serve --allow-origin")
+        if problem is None:
+            return await self.app(scope, receive, send)
+        await JSONResponse(status_code=403, content={"detail": problem})(scope, receive, send)
+
+
+def _host_allowed(host: str, names: set[str]) -> bool:
+    """A Host header's name (port dropped) is an IP address literal or one of `names`."""
+    import ipaddress
+    name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    if name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def _release_memory() -> None:

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 from multiprocessing.connection import wait
 
@@ -39,6 +40,7 @@ def _worker_main(conn, model: str, detector: str, device: str, threads: int | No
     os.nice(NICE)
     if cpus:  # the cores `ferlab serve` gives inference, the server keeping the others (see cli._cmd_serve)
         os.sched_setaffinity(0, cpus)
+    _exit_with_parent(os.getppid())
     from .app import _describe, map_big_buffers
     map_big_buffers()
     try:
@@ -73,6 +75,16 @@ def _worker_main(conn, model: str, detector: str, device: str, threads: int | No
             traceback.print_exc()  # into the server's stderr, where its own tracebacks go
             reply = ("error", _picklable(e))
         conn.send(reply)
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this process as soon as `parent` is gone, however it died (SIGKILL included) and whatever this
+    process is busy with: a closed pipe is only noticed between jobs, not in the middle of a long one."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+    threading.Thread(target=watch, name="ferlab-parent-watch", daemon=True).start()
 
 
 def _picklable(e: BaseException) -> BaseException:
@@ -124,9 +136,10 @@ class InferenceWorker:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def call(self, fn, *args):
+    def call(self, fn, *args, budget_s: float | None = None, what: str = "upload"):
         """`fn(predictor, lock, *args)` run in the worker: its result, or the HTTPException it raised
-        (re-raised here), or HTTPException 503 when the worker died meanwhile."""
+        (re-raised here), or HTTPException 503 when the worker died meanwhile or took more than `budget_s`
+        seconds (then it is killed: the next call starts a fresh one)."""
         with self.lock:
             if self.process is None or not self.process.is_alive():
                 # died between requests (or was closed): this request is served by a fresh worker
@@ -138,7 +151,13 @@ class InferenceWorker:
             process, conn = self.process, self.conn
             try:
                 conn.send((fn, args))
-                if not (wait([conn, process.sentinel]) and conn.poll()):
+                if not wait([conn, process.sentinel], budget_s):  # over budget: stop it, whatever it is doing
+                    self._stop(process)
+                    if self.process is process:
+                        self.process = self.conn = None
+                    raise HTTPException(503, f"analysing this {what} took longer than the server's budget of "
+                                             f"{budget_s:g} s, so it was stopped; try a smaller or simpler file")
+                if not conn.poll():
                     raise EOFError
                 reply = conn.recv()
             except (EOFError, OSError):
