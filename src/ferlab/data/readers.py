@@ -289,8 +289,10 @@ def _csv_rows(reader, name: str):
 
 
 def _read_csv(raw: bytes, name: str, default_usage: str | None, skip_bad: bool, skipped: list[str]):
-    # undecodable bytes become U+FFFD and are reported with their row below, instead of failing the whole file
-    rows = _csv_rows(csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"))), name)
+    # undecodable bytes become U+FFFD and are reported with their row below, instead of failing the whole file.
+    # Decoded as it is parsed: one decoded copy of a 300 MB file in a StringIO took 1.77 GB at peak
+    text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", errors="replace", newline="")
+    rows = _csv_rows(csv.reader(text), name)
     try:
         _, header = next(rows)
     except StopIteration:
