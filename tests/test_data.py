@@ -738,6 +738,38 @@ def test_empty_or_missing_class_folder_is_named(fer_folder, tmp_path, capsys):
     assert load_fer2013(fer_folder, cache=False).missing_classes() == []  # the real slice has every class
 
 
+def test_class_folder_behind_a_symlink_is_read_and_a_bad_link_is_named(fer_folder, fer_slice, tmp_path, capsys):
+    """train/happy -> elsewhere/happy (a class folder kept on another disk): its faces are read like the others, and
+    a face added behind the link reaches the cache. A link loop or a dangling link is one line naming it, exit 2,
+    never a class read as 0 faces."""
+    root, elsewhere = tmp_path / "fer2013", tmp_path / "elsewhere"
+    shutil.copytree(fer_folder, root)
+    elsewhere.mkdir()
+    (root / "train" / "happy").rename(elsewhere / "happy")
+    (root / "train" / "happy").symlink_to(elsewhere / "happy", target_is_directory=True)
+    _assert_same_as_slice(load_fer2013(root), fer_slice)
+    happy = fer_slice["names"].index(next(n for n in fer_slice["names"] if n.startswith("train/happy/")))
+    (elsewhere / "happy" / "Training_99999999.jpg").write_bytes(fer_slice["jpeg"][happy])
+    data = load_fer2013(root)  # a changed fingerprint: decoded again, not the cached faces
+    (row,) = np.flatnonzero(data.ids == "train/happy/Training_99999999.jpg")
+    np.testing.assert_array_equal(data.images[row], fer_slice["pixels"][happy])
+    assert len(data) == len(fer_slice["labels"]) + 1
+
+    loop = elsewhere / "happy" / "again"
+    loop.symlink_to(root / "train", target_is_directory=True)  # train/happy/again/happy/again/...
+    for cache in ([], ["--no-cache"]):
+        assert main(["data", str(root), *cache]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"{root / 'train' / 'happy' / 'again'} is {root / 'train'} again" in err and "link loop" in err, err
+    loop.unlink()
+
+    (elsewhere / "happy").rename(elsewhere / "moved")
+    assert main(["data", str(root), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'train' / 'happy'}: a symbolic link to {elsewhere / 'happy'}, which does not exist" in err, err
+
+
 def test_serve_max_pixels_zero_is_refused_not_read_as_the_default(capsys):
     assert main(["serve", "--max-pixels", "0", "--detector", "none"]) == 2
     err = capsys.readouterr().err

@@ -102,7 +102,7 @@ class _Source:
         self._tar_cache: dict[str, bytes] | None = None
         if path.is_dir():
             self.kind = "dir"
-            self.names = sorted(self._walk(path))
+            self.names = sorted(folder_files(path))
         elif path.name.lower().endswith(".zip"):
             self.kind = "zip"
             try:
@@ -146,17 +146,6 @@ class _Source:
             self._tar_cache[m.name] = raw
         return names
 
-    @staticmethod
-    def _walk(root: Path) -> list[str]:
-        """Every file under `root`, relative; a folder that cannot be listed is an error, never 0 faces."""
-        def fail(e: OSError):
-            raise DataError(f"{e.filename}: cannot list this folder ({e.strerror or e}); its faces would be "
-                            "missing from the data. Fix its permissions or remove it") from None
-        out = []
-        for folder, _, files in os.walk(root, onerror=fail):
-            out += [(Path(folder) / f).relative_to(root).as_posix() for f in files if (Path(folder) / f).is_file()]
-        return out
-
     def read(self, name: str) -> bytes:
         if self.kind == "dir":
             try:
@@ -178,6 +167,29 @@ class _Source:
         if isinstance(raw, DataError):
             raise raw
         return raw
+
+
+def folder_files(root: Path) -> list[str]:
+    """Every file under `root`, relative, folders behind symbolic links included (a class folder kept on another
+    disk). A folder that cannot be listed, a dangling link or a link loop is an error naming it, never 0 faces."""
+    def fail(e: OSError):
+        raise DataError(f"{e.filename}: cannot list this folder ({e.strerror or e}); its faces would be "
+                        "missing from the data. Fix its permissions or remove it") from None
+    out, seen = [], {}
+    for folder, _, files in os.walk(root, onerror=fail, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # reached again through a link: walking on would never end, or read the faces twice
+            raise DataError(f"{folder} is {seen[real]} again, through a symbolic link (a link loop, or the same "
+                            "faces twice); remove the link")
+        seen[real] = folder
+        for f in files:
+            p = Path(folder) / f
+            if p.is_file():
+                out.append(p.relative_to(root).as_posix())
+            elif p.is_symlink() and not p.exists():
+                raise DataError(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist; its faces would "
+                                "be missing from the data. Fix or remove the link")
+    return out
 
 
 def _may_read(name: str) -> bool:
