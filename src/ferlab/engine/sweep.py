@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import random
 import re
 import socket
 import time
@@ -197,7 +198,7 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RD
         engine = {"connect_args": {"timeout": 60}}
     elif url.startswith("postgresql"):  # pre-ping: a worker outlives connections the server or a NAT dropped
         engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
-    for attempt in range(4):
+    for attempt in range(6):
         try:
             # heartbeats: a trial whose worker died (machine lost, killed) is marked failed instead of running forever
             with warnings.catch_warnings():
@@ -205,11 +206,15 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RD
                 beat = max(1, round(heartbeat))
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=beat,
                                                   grace_period=3 * beat)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
-            # workers started together on an empty PostgreSQL race to create Optuna's tables and types ("duplicate
-            # key ... pg_type"): the losers find them made when they try again
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+            # workers started together on a new database race to create Optuna's tables and types (PostgreSQL:
+            # "duplicate key ... pg_type", SQLite: "table studies already exists"): the losers find them made when
+            # they try again, a little apart (random: not all at once again). Any other operational error (no such
+            # host, a file that cannot be opened) is final
             error = e
-            time.sleep(0.5 + attempt)
+            if isinstance(e, sqlalchemy.exc.OperationalError) and "already exists" not in str(e.orig):
+                break
+            time.sleep(random.uniform(0.1, 0.3) * (attempt + 1))
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
             error = e
             break
