@@ -443,6 +443,132 @@ def test_corrupt_archive_is_a_data_error(tmp_path):
             read_fer2013(path)
 
 
+class _Zeros(io.RawIOBase):
+    """`size` zero bytes as a stream: a bomb member is written without ever being held in memory."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.left)
+        b[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def _bomb(path: Path, others: dict[str, bytes], zeros: dict[str, int]) -> Path:
+    """An archive of `others` plus members of `zeros[name]` zero bytes each (a few hundred KB compressed)."""
+    if path.name.endswith(".zip"):
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for name, raw in others.items():
+                z.writestr(name, raw)
+            for name, size in zeros.items():
+                with z.open(name, "w", force_zip64=True) as f:
+                    for _ in range(size // 2**20):
+                        f.write(bytes(2**20))
+        return path
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        for name, raw in others.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+        for name, size in zeros.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tf.addfile(info, _Zeros(size))
+    return path
+
+
+# `ferlab data` in a process of its own, with the member limits scaled down 100-fold so the bombs stay small:
+# exit codes, stderr, and how far the peak memory rose over the reads. The peak is the kernel's VmHWM, reset first
+# (ru_maxrss would not do: a child starts with the peak of the pytest process it was forked from).
+PEAK = r"""
+import json, re, sys
+import ferlab.data.readers as readers
+from ferlab.cli import main
+readers.MAX_IMAGE_BYTES, readers.MAX_CSV_BYTES, readers.MAX_UNPACKED_BYTES = 2**20, 4 * 2**20, 8 * 2**20
+def kib(field):
+    return int(re.search(field + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+before = kib("VmRSS")
+codes = [main(["data", "--no-cache", *args.split("|")]) for args in sys.argv[1:]]
+print(json.dumps({"codes": codes, "grew_mib": (kib("VmHWM") - before) / 1024}))
+"""
+
+
+def _data_peak(*calls: str) -> tuple[dict, str, str]:
+    import json
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", PEAK, *calls], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.splitlines()[-1]), p.stdout, p.stderr
+
+
+BOMB_MIB = 128  # what a bomb member unpacks to: 32 to 128 times the scaled-down limits
+
+
+@pytest.mark.parametrize("archive", ["fer2013.tar.gz", "fer2013.zip"])
+@pytest.mark.parametrize("member, limit", [("fer2013/train/happy/Training_99999999.jpg", "1 MiB"),
+                                           ("fer2013/fer2013.csv", "4 MiB")])
+def test_archive_bomb_member_is_refused_in_one_line_without_unpacking_it(archive, member, limit, tmp_path,
+                                                                         fer_slice):
+    """A member that unpacks to far more than a FER2013 file of its kind (a face image, a CSV) is refused by name
+    before it fills the memory: 128 MiB of zeros, compressed to about 0.5 MB, against limits of 1 and 4 MiB. An
+    image member is a bad file like any other: --skip-bad reads every real face and counts it as skipped."""
+    faces = _folder_members(fer_slice) if member.endswith(".jpg") else {}
+    path = _bomb(tmp_path / archive, faces, {member: BOMB_MIB * 2**20})
+    assert path.stat().st_size < len(b"".join(faces.values())) + 2 * 2**20
+    calls = [str(path)] + ([f"{path}|--skip-bad"] if faces else [])
+    peak, out, err = _data_peak(*calls)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ferlab data: error: {path}!{member}: "), err
+    assert f"more than the {limit}" in lines[0] and "Traceback" not in err, err
+    assert peak["codes"] == [2] + ([0] if faces else [])
+    assert peak["grew_mib"] < 32, peak  # a small multiple of the limit, far below the member's 128 MiB
+    if faces:
+        assert f"images: {len(fer_slice['labels'])} of 48x48" in out and "skipped bad rows: 1" in out, out
+
+
+def test_tar_of_many_members_each_under_the_limit_is_refused_as_a_whole(tmp_path, fer_slice):
+    """A .tar.gz is read in one pass and held in memory: 96 image members of 1 MiB of zeros each pass the
+    per-member limit, but not the limit on everything unpacked (scaled down to 8 MiB), which names the archive."""
+    zeros = {f"fer2013/train/happy/Training_9{i:07d}.jpg": 2**20 for i in range(96)}
+    path = _bomb(tmp_path / "fer2013.tar.gz", _folder_members(fer_slice), zeros)
+    peak, _, err = _data_peak(str(path))
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ferlab data: error: {path}: "), err
+    assert "more than the 8 MiB" in lines[0] and peak["codes"] == [2], err
+    assert peak["grew_mib"] < 32, peak  # the 96 MiB it unpacks to are never all held
+
+
+def test_member_longer_than_it_declares_is_cut_off_at_the_limit(monkeypatch):
+    """zipfile and tarfile stop a member at its declared size, so the reader checks that size first; what it reads
+    is counted too, and a stream that goes on past the limit is refused after one chunk over it."""
+    from ferlab.data import readers
+    monkeypatch.setattr(readers, "MAX_IMAGE_BYTES", 2**20)
+    lying = io.BytesIO(bytes(8 * 2**20))
+    with pytest.raises(DataError, match=r"^a\.zip!x\.jpg: unpacks to more than the 1 MiB a FER2013 image"):
+        readers._read_capped(lying, "x.jpg", "a.zip!x.jpg", declared=100)
+    assert lying.tell() <= 2**20 + readers.READ_CHUNK
+    assert readers._read_capped(io.BytesIO(b"x" * 2**20), "x.jpg", "a.zip!x.jpg", 2**20) == b"x" * 2**20
+
+
+def test_csv_is_parsed_without_copies_of_the_whole_file(tmp_path, fer_slice):
+    """fer2013.csv is about 300 MB, and up to 400 MB pass the archive limit: reading it must cost a small multiple
+    of its size, not one decoded copy and a 4-byte-per-character buffer more (1.77 GB measured for 296 MB)."""
+    rows = _rows(fer_slice)
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(_csv(FER_CSV_HEADER, rows * 6))  # about 3000 real rows, 24 MB
+    size_mib = path.stat().st_size / 2**20
+    peak, out, err = _data_peak(str(path))
+    assert peak["codes"] == [0] and f"images: {6 * len(rows)} of 48x48" in out, err
+    assert peak["grew_mib"] < 2.5 * size_mib, (peak, size_mib)
+
+
 def test_missing_path(tmp_path):
     with pytest.raises(DataError) as e:
         load_fer2013(tmp_path / "nowhere" / "fer2013.csv")
@@ -610,6 +736,38 @@ def test_empty_or_missing_class_folder_is_named(fer_folder, tmp_path, capsys):
                       "WARNING: no fear faces in PublicTest (an empty or missing class folder, or no such label)",
                       "WARNING: no fear faces in PrivateTest (an empty or missing class folder, or no such label)"]
     assert load_fer2013(fer_folder, cache=False).missing_classes() == []  # the real slice has every class
+
+
+def test_class_folder_behind_a_symlink_is_read_and_a_bad_link_is_named(fer_folder, fer_slice, tmp_path, capsys):
+    """train/happy -> elsewhere/happy (a class folder kept on another disk): its faces are read like the others, and
+    a face added behind the link reaches the cache. A link loop or a dangling link is one line naming it, exit 2,
+    never a class read as 0 faces."""
+    root, elsewhere = tmp_path / "fer2013", tmp_path / "elsewhere"
+    shutil.copytree(fer_folder, root)
+    elsewhere.mkdir()
+    (root / "train" / "happy").rename(elsewhere / "happy")
+    (root / "train" / "happy").symlink_to(elsewhere / "happy", target_is_directory=True)
+    _assert_same_as_slice(load_fer2013(root), fer_slice)
+    happy = fer_slice["names"].index(next(n for n in fer_slice["names"] if n.startswith("train/happy/")))
+    (elsewhere / "happy" / "Training_99999999.jpg").write_bytes(fer_slice["jpeg"][happy])
+    data = load_fer2013(root)  # a changed fingerprint: decoded again, not the cached faces
+    (row,) = np.flatnonzero(data.ids == "train/happy/Training_99999999.jpg")
+    np.testing.assert_array_equal(data.images[row], fer_slice["pixels"][happy])
+    assert len(data) == len(fer_slice["labels"]) + 1
+
+    loop = elsewhere / "happy" / "again"
+    loop.symlink_to(root / "train", target_is_directory=True)  # train/happy/again/happy/again/...
+    for cache in ([], ["--no-cache"]):
+        assert main(["data", str(root), *cache]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"{root / 'train' / 'happy' / 'again'} is {root / 'train'} again" in err and "link loop" in err, err
+    loop.unlink()
+
+    (elsewhere / "happy").rename(elsewhere / "moved")
+    assert main(["data", str(root), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'train' / 'happy'}: a symbolic link to {elsewhere / 'happy'}, which does not exist" in err, err
 
 
 def test_serve_max_pixels_zero_is_refused_not_read_as_the_default(capsys):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -21,7 +22,7 @@ import yaml
 from ferlab import configs
 from ferlab.cli import main
 from ferlab.engine import load_config
-from ferlab.engine.sweep import load_sweep, report, run_sweep, trial_config
+from ferlab.engine.sweep import SweepSpec, load_sweep, open_study, report, run_sweep, trial_config
 from ferlab.models import create_model
 
 BASE = dict(model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0], optimizer="adam",
@@ -194,6 +195,37 @@ def test_unusable_storage_url_is_a_clear_error(fer_folder, tmp_path, capsys):
     path = _write_sweep(tmp_path, fer_folder, epochs=1, space={"lr": {"float": [1e-4, 1e-3]}})
     assert main(["sweep", str(path), "--trials", "1", "--storage", "nosuchdb://host/study"]) == 2
     assert "cannot open storage 'nosuchdb://host/study'" in capsys.readouterr().err
+
+
+def _open_at_the_barrier(barrier, spec, rounds, results):
+    for r in range(rounds):
+        barrier.wait()  # every process asks at the same instant, for a study file none has made yet
+        try:
+            results.put((r, open_study(replace(spec, out_dir=f"{spec.out_dir}/{r}")).study_name))
+        except Exception as e:  # reported, not raised: the test names what failed
+            results.put((r, f"{type(e).__name__}: {e}"))
+
+
+def test_workers_started_together_on_a_new_sqlite_study_all_join_it(tmp_path):
+    """`ferlab sweep` workers started at once on a new SQLite study race to create Optuna's tables ("table studies
+    already exists" failed one of two workers in 3 of 12 tries; 4 at once, in every try): 4 processes x 6 fresh study
+    files, all join."""
+    import multiprocessing
+    spec = SweepSpec(name="tiny", base=tmp_path / "base.yaml", space={}, out_dir=str(tmp_path / "sweeps"))
+    procs, rounds = 4, 6
+    ctx = multiprocessing.get_context("fork")  # no second import of torch and optuna: the race, not the start-up
+    barrier, results = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=_open_at_the_barrier, args=(barrier, spec, rounds, results)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    got = [results.get(timeout=120) for _ in range(procs * rounds)]
+    for w in workers:
+        w.join(timeout=30)
+    failed = [f"round {r}: {what}" for r, what in got if what != "tiny"]
+    assert not failed, failed
+    for r in range(rounds):  # one study in each file, joined by all
+        assert [s.study_name for s in optuna.get_all_study_summaries(
+            f"sqlite:///{tmp_path / 'sweeps' / str(r) / 'tiny' / 'study.db'}")] == ["tiny"]
 
 
 def test_report_with_one_completed_trial_skips_importance(fer_folder, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -548,3 +549,96 @@ def test_resume_keeps_the_run_config_and_a_finished_run_is_left_alone(runs, tmp_
     assert main(["train", "--resume", str(run), "threads=1", "--no-progress"]) == 0
     assert "finished all 2 epochs already; nothing to resume" in capsys.readouterr().out
     assert (run / "summary.json").read_text() == summary  # not redone, wall time not overwritten
+
+
+# ----------------------------------------------------------------------------------------------- concurrent runs
+
+def _at_the_barrier(barrier, results, rounds, work):
+    for r in range(rounds):
+        barrier.wait()  # every process at the same instant
+        try:
+            results.put((r, work(r)))
+        except Exception as e:  # reported, not raised: the test names what failed
+            results.put((r, f"{type(e).__name__}: {e}"))
+
+
+def _together(work, procs: int = 4, rounds: int = 6) -> list:
+    """`work(round)` in `procs` forked processes at once, `rounds` times; every result or error, in any order."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=_at_the_barrier, args=(barrier, results, rounds, work)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    got = [results.get(timeout=120) for _ in range(procs * rounds)]
+    for w in workers:
+        w.join(timeout=30)
+    return got
+
+
+def test_runs_started_at_once_under_one_name_get_a_folder_each(tmp_path):
+    """Two `ferlab train` started together with the same name shared runs/<name>: the folder is now claimed by an
+    atomic mkdir, so 4 processes asking at once, 6 times, get 24 distinct folders."""
+    got = _together(lambda r: str(trainer._new_run_dir(str(tmp_path / "runs"), "tiny")))
+    folders = [p for _, p in got]
+    assert len(set(folders)) == len(folders) == 24, sorted(folders)
+    assert all(Path(p).is_dir() for p in folders), folders
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(["tiny"] + [f"tiny-{i}" for i in range(2, 25)])
+
+
+def test_processes_writing_one_checkpoint_at_once_never_share_a_temporary_file(runs, tmp_path):
+    """Checkpoints go through a temporary file named for the writing process: 4 processes rewriting one best.pt
+    at once (as `ferlab calibrate` may while a run ends) all succeed, and it is always one whole checkpoint."""
+    from ferlab.engine.checkpoint import write_checkpoint
+    ckpt, path = load_checkpoint(runs[0]), tmp_path / "best.pt"
+
+    def write(r):
+        write_checkpoint(path, {**ckpt, "epoch": 1000 + os.getpid() % 1000})
+        return load_checkpoint(path)["epoch"]  # whichever process renamed last: a whole checkpoint
+
+    got = _together(write)
+    assert all(isinstance(e, int) and e >= 1000 for _, e in got), got
+    final = load_checkpoint(path)
+    assert all(torch.equal(v, final["state_dict"][k]) for k, v in ckpt["state_dict"].items())
+    assert not list(tmp_path.glob("*.tmp"))  # pathlib's * matches hidden names too
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_run_interrupted_while_drawing_its_plots_finishes_them_on_resume(fer_folder, tmp_path, monkeypatch, capsys):
+    """Killed (here Ctrl-C) after its test evaluation, while drawing: summary.json is written last, so the run
+    is not finished, and `train --resume` draws the plots and writes the summary; its images/s is the mean of
+    every epoch's, not None."""
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "plot_confusion", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(fer_folder, tmp_path, tta=False), progress=False)
+    monkeypatch.undo()
+    run = tmp_path / "tiny"
+    assert not (run / "summary.json").exists()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert _is_png(run / "curves.png") and _is_png(run / "confusion_test.png")
+    s = json.loads((run / "summary.json").read_text())
+    assert s["images_per_s"] == pytest.approx(np.mean([float(r["images_per_s"]) for r in _rows(run)]), rel=1e-4)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+
+
+def test_finished_run_missing_its_plots_gets_them_on_resume(fer_folder, tmp_path, capsys):
+    """A run with summary.json but no plots (killed between the two by an older ferlab, or plots deleted):
+    `train --resume` draws the same plots again from best.pt and metrics.csv and leaves summary.json alone."""
+    run = tmp_path / fit(tiny_config(fer_folder, tmp_path, epochs=1, tta=False), progress=False)["name"]
+    capsys.readouterr()
+    summary = (run / "summary.json").read_text()
+    before = {p: _pixels(run / p) for p in ("curves.png", "confusion_test.png")}
+    for p in before:
+        (run / p).unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "drew its missing curves.png, confusion_test.png" in capsys.readouterr().out
+    for p, pixels in before.items():
+        np.testing.assert_array_equal(_pixels(run / p), pixels, err_msg=p)
+    assert (run / "summary.json").read_text() == summary

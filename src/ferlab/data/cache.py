@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import DataError, FerData, read_fer2013
+from .readers import DataError, FerData, folder_files, read_fer2013
 
 CACHE_VERSION = 1
 DATA_ENV = "FERLAB_DATA"
@@ -24,7 +24,7 @@ def cache_dir() -> Path:
 def fingerprint(path: Path) -> str:
     """Hash of path, sizes and modification times: a changed source gets a new cache entry."""
     h = hashlib.sha1(f"v{CACHE_VERSION}:{path.resolve()}".encode())
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(path / n for n in folder_files(path)) if path.is_dir() else [path]  # the files the reader reads
     for p in files:
         st = p.stat()
         h.update(f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns};".encode())

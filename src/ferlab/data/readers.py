@@ -34,6 +34,14 @@ CSV_FORMS = ("fer2013.csv", "icml_face_data.csv")
 
 csv.field_size_limit(1 << 24)
 
+# What one archive member may unpack to, checked against its declared size and again while reading it, so that an
+# archive bomb (gigabytes of zeros compressed to megabytes) is refused before it fills the memory. FER2013's
+# largest file is fer2013.csv (about 300 MB); a face image is a few KB.
+MAX_CSV_BYTES = 400 * 2**20    # a CSV member, or an archive inside the archive (Kaggle's fer2013.tar.gz: 92 MB)
+MAX_IMAGE_BYTES = 8 * 2**20    # any other member: an image
+MAX_UNPACKED_BYTES = 2**30     # everything a .tar(.gz) holds in memory at once (it is read in one pass)
+READ_CHUNK = 2**20
+
 
 class DataError(ValueError):
     """Bad or unrecognised FER2013 input; the message names the file and row."""
@@ -94,7 +102,7 @@ class _Source:
         self._tar_cache: dict[str, bytes] | None = None
         if path.is_dir():
             self.kind = "dir"
-            self.names = sorted(self._walk(path))
+            self.names = sorted(folder_files(path))
         elif path.name.lower().endswith(".zip"):
             self.kind = "zip"
             try:
@@ -104,29 +112,39 @@ class _Source:
             self.names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
         elif path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
             self.kind = "tar"
-            # gzip streams have no random access: read every member once, in one pass.
+            # gzip streams have no random access: read every member that may be needed in one pass
             self._tar_cache = {}
             try:
                 with tarfile.open(path) as tf:
-                    for m in tf:
-                        if m.isfile():
-                            self._tar_cache[m.name] = tf.extractfile(m).read()
+                    self.names = sorted(self._read_tar(tf))
             except (tarfile.TarError, OSError, EOFError) as e:
                 raise DataError(f"{self.label}: not a readable tar archive ({e})") from None
-            self.names = sorted(self._tar_cache)
         else:
             raise DataError(f"{self.label}: expected a folder, a .zip, .tar.gz or .tar archive, or a .csv file")
 
-    @staticmethod
-    def _walk(root: Path) -> list[str]:
-        """Every file under `root`, relative; a folder that cannot be listed is an error, never 0 faces."""
-        def fail(e: OSError):
-            raise DataError(f"{e.filename}: cannot list this folder ({e.strerror or e}); its faces would be "
-                            "missing from the data. Fix its permissions or remove it") from None
-        out = []
-        for folder, _, files in os.walk(root, onerror=fail):
-            out += [(Path(folder) / f).relative_to(root).as_posix() for f in files if (Path(folder) / f).is_file()]
-        return out
+    def _read_tar(self, tf: tarfile.TarFile) -> set[str]:
+        """Every file member's name; into the cache, the bytes of those a FER2013 form may read (images, CSVs,
+        inner archives), each within its limit (else its error, raised when it is read: a bad image is skippable)
+        and all within MAX_UNPACKED_BYTES."""
+        names, total = set(), 0
+        for m in tf:
+            if not m.isfile():
+                continue
+            names.add(m.name)
+            if not _may_read(m.name):
+                continue
+            try:
+                raw = _read_capped(tf.extractfile(m), m.name, f"{self.label}!{m.name}", m.size)
+            except DataError as e:
+                self._tar_cache[m.name] = e
+                continue
+            total += len(raw)
+            if total > MAX_UNPACKED_BYTES:
+                raise DataError(f"{self.label}: its images and CSV files unpack to more than the "
+                                f"{_mib(MAX_UNPACKED_BYTES)} a FER2013 archive may hold (it is about 300 MB); "
+                                "refused as a damaged archive or an archive bomb")
+            self._tar_cache[m.name] = raw
+        return names
 
     def read(self, name: str) -> bytes:
         if self.kind == "dir":
@@ -134,13 +152,78 @@ class _Source:
                 return (self.path / name).read_bytes()
             except OSError as e:  # unreadable file: named, and skippable with --skip-bad like a corrupt one
                 raise DataError(f"{name}: cannot read ({e.strerror or e})") from None
+        where = f"{self.label}!{name}"
         if self.kind == "zip":
             try:
-                return self._zip.read(name)
+                info = self._zip.getinfo(name)
+                with self._zip.open(info) as f:
+                    return _read_capped(f, name, where, info.file_size)
+            except DataError:
+                raise
             except Exception as e:  # a damaged member: bad header, CRC, compression data, encryption
-                raise DataError(f"{self.label}!{name}: cannot read this member of the zip archive "
+                raise DataError(f"{where}: cannot read this member of the zip archive "
                                 f"({type(e).__name__}: {e})") from None
-        return self._tar_cache[name]
+        raw = self._tar_cache[name]
+        if isinstance(raw, DataError):
+            raise raw
+        return raw
+
+
+def folder_files(root: Path) -> list[str]:
+    """Every file under `root`, relative, folders behind symbolic links included (a class folder kept on another
+    disk). A folder that cannot be listed, a dangling link or a link loop is an error naming it, never 0 faces."""
+    def fail(e: OSError):
+        raise DataError(f"{e.filename}: cannot list this folder ({e.strerror or e}); its faces would be "
+                        "missing from the data. Fix its permissions or remove it") from None
+    out, seen = [], {}
+    for folder, _, files in os.walk(root, onerror=fail, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # reached again through a link: walking on would never end, or read the faces twice
+            raise DataError(f"{folder} is {seen[real]} again, through a symbolic link (a link loop, or the same "
+                            "faces twice); remove the link")
+        seen[real] = folder
+        for f in files:
+            p = Path(folder) / f
+            if p.is_file():
+                out.append(p.relative_to(root).as_posix())
+            elif p.is_symlink() and not p.exists():
+                raise DataError(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist; its faces would "
+                                "be missing from the data. Fix or remove the link")
+    return out
+
+
+def _may_read(name: str) -> bool:
+    """Whether a FER2013 form may read this member: an image, a CSV or an inner archive."""
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTS or name.lower().endswith((".csv", *ARCHIVE_SUFFIXES))
+
+
+def _member_limit(name: str) -> tuple[int, str]:
+    """The most bytes a member may unpack to, and what it is called in messages."""
+    if name.lower().endswith(".csv"):
+        return MAX_CSV_BYTES, "CSV file"
+    if name.lower().endswith(ARCHIVE_SUFFIXES):
+        return MAX_CSV_BYTES, "inner archive"
+    return MAX_IMAGE_BYTES, "image"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _read_capped(f, name: str, where: str, declared: int) -> bytes:
+    """A member's bytes, read in chunks: refused by its declared size before reading, and as soon as what it
+    really unpacks to passes its limit, so an archive bomb costs one chunk over the limit, never its full size."""
+    limit, kind = _member_limit(name)
+    if declared > limit:
+        raise DataError(f"{where}: unpacks to {_mib(declared)}, more than the {_mib(limit)} a FER2013 {kind} may "
+                        "hold; refused unread as a damaged archive or an archive bomb")
+    buf = io.BytesIO()
+    while chunk := f.read(READ_CHUNK):
+        if buf.tell() + len(chunk) > limit:
+            raise DataError(f"{where}: unpacks to more than the {_mib(limit)} a FER2013 {kind} may hold; "
+                            "refused as a damaged archive or an archive bomb")
+        buf.write(chunk)
+    return buf.getvalue()
 
 
 def _find(names: list[str], basename: str) -> str | None:
@@ -218,8 +301,10 @@ def _csv_rows(reader, name: str):
 
 
 def _read_csv(raw: bytes, name: str, default_usage: str | None, skip_bad: bool, skipped: list[str]):
-    # undecodable bytes become U+FFFD and are reported with their row below, instead of failing the whole file
-    rows = _csv_rows(csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"))), name)
+    # undecodable bytes become U+FFFD and are reported with their row below, instead of failing the whole file.
+    # Decoded as it is parsed: one decoded copy of a 300 MB file in a StringIO took 1.77 GB at peak
+    text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", errors="replace", newline="")
+    rows = _csv_rows(csv.reader(text), name)
     try:
         _, header = next(rows)
     except StopIteration:
@@ -320,8 +405,8 @@ def _read_source(src: _Source, skip_bad: bool) -> FerData:
     skipped: list[str] = []
     try:
         rows = _read_form(src, form, skip_bad, skipped)
-    except DataError as e:  # member names alone do not say which download was bad
-        raise DataError(f"{src.label}: {e}") from None
+    except DataError as e:  # member names alone do not say which download was bad (unless the message says)
+        raise DataError(str(e) if str(e).startswith(f"{src.label}!") else f"{src.label}: {e}") from None
     return _assemble(rows, form, src.label, skipped)
 
 

@@ -2,7 +2,6 @@
 `torch.load(..., weights_only=True)` (only tensors, numbers, strings, lists and dicts inside)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from ..data.classes import CLASSES
 from ..inference.preprocess import Preprocess
 from ..models import create_model
 from .calibration import TemperatureScaled
+from .files import write_atomically
 
 FORMAT_VERSION = 1
 
@@ -33,12 +33,9 @@ def save_checkpoint(path: str | Path, *, model, model_name: str, model_args: dic
 
 
 def write_checkpoint(path: str | Path, ckpt: dict) -> Path:
-    """torch.save through a temporary file: an interruption never leaves a half-written checkpoint."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    """torch.save through a temporary file of this process: an interruption never leaves a half-written
+    checkpoint, and two processes saving one checkpoint at once never share the temporary file."""
+    return write_atomically(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def checkpoint_path(spec: str | Path) -> Path:

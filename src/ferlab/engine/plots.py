@@ -10,6 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .files import write_atomically  # noqa: E402
+
+
+def _save(fig, out: Path) -> None:
+    """The figure at `out`, whole or not at all (a run killed while drawing redraws it on resume), then closed."""
+    fmt = Path(out).suffix[1:].lower() or plt.rcParams["savefig.format"]
+    write_atomically(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100))
+    plt.close(fig)
+
 
 def read_metrics(path: Path) -> dict[str, list[float]]:
     with Path(path).open() as f:
@@ -26,7 +35,7 @@ def plot_curves(metrics_csv: Path, out: Path, title: str = "") -> None:
     a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend(); a.grid(alpha=.3)
     b.plot(m["epoch"], m["train_accuracy"], label="train"); b.plot(m["epoch"], m["val_accuracy"], label="val")
     b.set_xlabel("epoch"); b.set_ylabel("accuracy (%)"); b.legend(); b.grid(alpha=.3)
-    fig.suptitle(title); fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
+    fig.suptitle(title); fig.tight_layout(); _save(fig, out)
 
 
 def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
@@ -39,7 +48,7 @@ def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
         for j in range(len(classes)):
             ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > .5 else "black")
-    fig.colorbar(im, ax=ax); ax.set_title(title); fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
+    fig.colorbar(im, ax=ax); ax.set_title(title); fig.tight_layout(); _save(fig, out)
 
 
 def plot_reliability(bins: dict, out: Path, title: str = "") -> None:
@@ -57,4 +66,4 @@ def plot_reliability(bins: dict, out: Path, title: str = "") -> None:
     a.set_ylabel("accuracy"); a.set_ylim(0, 1); a.legend(loc="upper left"); a.grid(alpha=.3); a.set_title(title)
     b.bar(left, count / max(count.sum(), 1), width, align="edge", edgecolor="k", color="gray")
     b.set_xlabel("confidence (top-class probability)"); b.set_ylabel("share of faces"); b.set_xlim(0, 1)
-    fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
+    fig.tight_layout(); _save(fig, out)

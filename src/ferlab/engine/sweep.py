@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import random
 import re
 import socket
 import time
@@ -39,6 +40,7 @@ import yaml
 from .._optional import need
 from ..configs import not_found, packaged, resolve
 from .config import TrainConfig, load_config, read_yaml_mapping
+from .files import write_atomically
 from .trainer import fit
 
 optuna = need("optuna", "sweep", "ferlab sweep")
@@ -197,7 +199,7 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RD
         engine = {"connect_args": {"timeout": 60}}
     elif url.startswith("postgresql"):  # pre-ping: a worker outlives connections the server or a NAT dropped
         engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
-    for attempt in range(4):
+    for attempt in range(6):
         try:
             # heartbeats: a trial whose worker died (machine lost, killed) is marked failed instead of running forever
             with warnings.catch_warnings():
@@ -205,11 +207,15 @@ def open_storage(url: str, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RD
                 beat = max(1, round(heartbeat))
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=beat,
                                                   grace_period=3 * beat)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
-            # workers started together on an empty PostgreSQL race to create Optuna's tables and types ("duplicate
-            # key ... pg_type"): the losers find them made when they try again
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+            # workers started together on a new database race to create Optuna's tables and types (PostgreSQL:
+            # "duplicate key ... pg_type", SQLite: "table studies already exists"): the losers find them made when
+            # they try again, a little apart (random: not all at once again). Any other operational error (no such
+            # host, a file that cannot be opened) is final
             error = e
-            time.sleep(0.5 + attempt)
+            if isinstance(e, sqlalchemy.exc.OperationalError) and "already exists" not in str(e.orig):
+                break
+            time.sleep(random.uniform(0.1, 0.3) * (attempt + 1))
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
             error = e
             break
@@ -367,7 +373,8 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
               f"{best.value:.2f}% at epoch {best.user_attrs.get('best_epoch')}\n# run: {best.user_attrs.get('run_dir')}"
               f"\n# train it: ferlab train {folder / 'best.yaml'}\n")
     # workers sharing a study may share the folder too: each file appears whole (write, then rename)
-    _replace(folder / "best.yaml", lambda tmp: tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    write_atomically(folder / "best.yaml",
+                     lambda tmp: tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     # importance is fitted over completed trials: it needs at least two
     plots = [("history.png", ovm.plot_optimization_history, 1), ("importance.png", ovm.plot_param_importances, 2)]
     with warnings.catch_warnings():
@@ -381,12 +388,6 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
             except ImportError as e:  # older Optuna's default importance evaluator needs scikit-learn
                 print(f"{name}: skipped ({e})", flush=True)
                 continue
-            _replace(folder / name, lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+            write_atomically(folder / name, lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
             plt.close(ax.figure)
     print(f"best config: {folder / 'best.yaml'}; plots in {folder}", flush=True)
-
-
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -31,7 +31,8 @@ from ..models import count_params, create_model, model_defaults
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, resume_config
-from .plots import plot_confusion, plot_curves
+from .files import write_atomically
+from .plots import plot_confusion, plot_curves, read_metrics
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -310,13 +311,22 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess,
 
 # ----------------------------------------------------------------------------------------------- run
 
+RUN_PLOTS = ("curves.png", "confusion_test.png")
+
+
 def _new_run_dir(out_dir: str, name: str) -> Path:
-    """runs/<name>, or runs/<name>-2, -3 ... : an existing run is never overwritten."""
+    """runs/<name>, or runs/<name>-2, -3 ..., made here: the folder is claimed by mkdir, which only one process can
+    win, so an existing run (even an empty folder) is never written into and runs started together with one name
+    never share a folder."""
     base = Path(out_dir) / name
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, i = base, 2
-    while path.exists() and any(path.iterdir()):
-        path, i = base.with_name(f"{name}-{i}"), i + 1
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, i = base.with_name(f"{name}-{i}"), i + 1
 
 
 def _load_splits(cfg: TrainConfig):
@@ -348,10 +358,14 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, callbacks: li
         data = [f"data={cfg.data}"] if cfg is not None and cfg.data else []
         saved = resume_config(resume_ckpt["config"], data + list(resume_overrides or []))
         done = resume / "summary.json"
-        if resume_ckpt["epoch"] >= saved.epochs and done.exists():
+        if resume_ckpt["epoch"] >= saved.epochs and done.exists():  # summary.json is written last
+            missing = [p for p in RUN_PLOTS if not (resume / p).exists()]
             if dinfo.main:
-                print(f"{resume} finished all {saved.epochs} epochs already; nothing to resume "
-                      f"(its results: {done})", flush=True)
+                if missing:  # deleted, or a run killed between its summary and its plots by an older ferlab
+                    _redraw_plots(resume, saved)
+                print(f"{resume} finished all {saved.epochs} epochs already; "
+                      + (f"drew its missing {', '.join(missing)}" if missing else "nothing to resume")
+                      + f" (its results: {done})", flush=True)
             return json.loads(done.read_text())
         cfg, run_dir = saved, resume
         trained_world = resume_ckpt.get("world_size", 1)
@@ -454,7 +468,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
 
     eval_model = ema.module if ema else model
     trained_s = resume_ckpt.get("train_time_s", 0.0) if resume_ckpt is not None else 0.0  # before this process
-    t_start, throughput = time.perf_counter(), []
+    t_start = time.perf_counter()
 
     saved = start - 1  # the epoch last.pt holds
 
@@ -477,7 +491,6 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             dinfo.sync_buffers(eval_model)  # each rank's last batch moved its own BN statistics: judge rank 0's model
             va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
                           cfg.channels_last)
-            throughput.append(tr["images_per_s"])
             m = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "val_loss": va["loss"],
                  "val_accuracy": va["accuracy"], "train_val_acc_gap": tr["accuracy"] - va["accuracy"],
                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": tr["time_s"],
@@ -501,17 +514,16 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     summary = {}
     if dinfo.main:
         summary = finish_run(run_dir, cfg, pre, xte, yte, xva, yva, device, n_params,
-                             wall_time_s=trained_s + time.perf_counter() - t_start, throughput=throughput,
-                             origin=origin)
+                             wall_time_s=trained_s + time.perf_counter() - t_start, origin=origin)
         for cb in cbs:
             cb.on_train_end(summary)
     return dinfo.broadcast(summary)  # other ranks wait here while rank 0 tests best.pt
 
 
 def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device, n_params, wall_time_s,
-               throughput, origin: dict | None = None) -> dict:
-    """Fit best.pt's temperature on the validation split, then evaluate it once on the test split; write
-    summary.json and the plots (rank 0 alone, whole split)."""
+               origin: dict | None = None) -> dict:
+    """Fit best.pt's temperature on the validation split, then evaluate it once on the test split; draw the plots,
+    then write summary.json, last and whole: a run with a summary is finished (rank 0 alone, whole split)."""
     from .calibration import calibrate_checkpoint, expected_calibration_error
     from .checkpoint import model_from_checkpoint, write_checkpoint
     from .metrics import classification_report
@@ -537,7 +549,8 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
         # one temperature fitted on the validation split; ECE (15 bins) of the plain predictions on test
         "temperature": best["temperature"], "test_ece": expected_calibration_error(te["probs"], yte),
         "test_ece_uncalibrated": expected_calibration_error(raw["probs"], yte),
-        "wall_time_s": wall_time_s, "images_per_s": float(np.mean(throughput)) if throughput else None,
+        # every epoch's, also those before a resume (metrics.csv keeps them)
+        "wall_time_s": wall_time_s, "images_per_s": _mean_images_per_s(run_dir),
         "precision": cfg.precision, "device": str(device),
         **(origin or {}),  # hosts, world_size, torch, git_commit
     }
@@ -546,9 +559,33 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
                                                cfg.precision, alone)["accuracy"]
         summary["test_accuracy_tta"] = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, True,
                                                 cfg.precision, alone)["accuracy"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({cfg.model})")
-    plot_confusion(rep["confusion"], CLASSES, run_dir / "confusion_test.png",
-                   f"{run_dir.name}: test accuracy {te['accuracy']:.2f}%")
+    _draw_plots(run_dir, cfg, rep["confusion"], te["accuracy"])
+    write_atomically(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(json.dumps({k: v for k, v in summary.items() if k != "test_per_class_recall"}), flush=True)
     return summary
+
+
+def _mean_images_per_s(run_dir: Path) -> float | None:
+    rates = read_metrics(run_dir / "metrics.csv").get("images_per_s", [])
+    return float(np.mean(rates)) if rates else None
+
+
+def _draw_plots(run_dir: Path, cfg: TrainConfig, confusion, test_accuracy: float) -> None:
+    """RUN_PLOTS: the training curves from metrics.csv and best.pt's confusion matrix on the test split."""
+    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({cfg.model})")
+    plot_confusion(confusion, CLASSES, run_dir / "confusion_test.png",
+                   f"{run_dir.name}: test accuracy {test_accuracy:.2f}%")
+
+
+def _redraw_plots(run_dir: Path, cfg: TrainConfig) -> None:
+    """The plots of a finished run, again: best.pt (calibrated as finish_run left it) on the test split."""
+    from .checkpoint import model_from_checkpoint
+    from .metrics import classification_report
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    xte, yte = _load_splits(cfg)["test"]
+    model, pre = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
+    te = evaluate(model.to(device), xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision,
+                  DistInfo(env={}))
+    _draw_plots(run_dir, cfg, classification_report(te["probs"], yte)["confusion"], te["accuracy"])
