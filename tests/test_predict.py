@@ -544,3 +544,21 @@ def test_camera_frames_are_never_held_for_a_detection_group():
     assert live == [1, 1, 1]
     big = np.zeros((1500, 2000, 3), np.uint8)  # 3 MP: two of them reach DETECT_PIXELS
     assert [len(g) for g in _detect_groups(iter([Frame(big) for _ in range(3)]))] == [2, 1]
+
+
+def test_a_dollar_in_a_video_name_is_text_not_mathtext(run_dir, astronaut, video, tmp_path, capsys):
+    """A video named `$\\frac{$.mp4` (two dollars: matplotlib would parse its title as a formula, and fail):
+    `--save` still writes its timeline and summary, and the inputs after it keep their annotated copies."""
+    odd = tmp_path / "in" / "$\\frac{$.mp4"
+    odd.parent.mkdir()
+    odd.write_bytes(video.read_bytes())
+    Image.fromarray(astronaut).save(tmp_path / "in" / "after.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(odd), str(tmp_path / "in" / "after.png"), "--model", str(run_dir), "--every", "3",
+                 "--save", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {Path(r["source"]).name for r in rows} == {odd.name, "after.png"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(["$\\frac{$_annotated.mp4", "$\\frac{$_emotions.csv",
+                                                            "$\\frac{$_timeline.png", "after.png"])
+    timeline = Image.open(out / "$\\frac{$_timeline.png")
+    assert timeline.size[0] > 500 and np.asarray(timeline.convert("L")).std() > 10

@@ -354,3 +354,14 @@ def test_serve_leaves_one_core_to_the_event_loop(monkeypatch):
     rest = set(cpus[1:]) if len(cpus) >= 2 else None
     assert seen == [(max(1, len(cpus) - 1), rest, 8123), (2, rest, 8124), (max(1, len(cpus) - 1), None, 8125)]
     assert pinned == ([(0, {cpus[0]})] * 2 if rest else [])
+
+
+def test_a_dollar_in_a_video_name_is_text_not_mathtext(haar_client, astronaut_video):
+    """The upload's name is the timeline's title: `$\\frac{$.mp4` is drawn as written, never parsed as a formula
+    (which failed the request with a 500)."""
+    r = upload_video(haar_client, astronaut_video.read_bytes(), name="$\\frac{$.mp4", every=4)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["filename"] == "$\\frac{$.mp4" and body["frames_analysed"] == 2
+    plot = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["timeline_png"].split(",", 1)[1]))).convert("RGB"))
+    assert plot.shape[1] > 500 and plot.std() > 20

@@ -390,6 +390,17 @@ def test_report_cli_table_and_plot(runs, tmp_path, capsys):
     assert main(["report", str(tmp_path / "none")]) == 2
 
 
+
+def test_a_dollar_in_a_run_name_is_text_not_mathtext(fer_folder, tmp_path, capsys):
+    """A run named `$\\frac{$` (matplotlib would read its two dollars as a formula, and fail): training still
+    draws its curves and confusion matrix, and `ferlab report` its comparison plot with the name as the label."""
+    name = "$\\frac{$"
+    fit(tiny_config(fer_folder, tmp_path, name=name, epochs=1, tta=False), progress=False)
+    run = tmp_path / name
+    assert _is_png(run / "curves.png") and _is_png(run / "confusion_test.png")
+    assert main(["report", str(run), "--plot", str(tmp_path / "report.png")]) == 0
+    assert f"(curves: {name})" in capsys.readouterr().out and _is_png(tmp_path / "report.png")
+
 # ----------------------------------------------------------------------------------------------- W&B
 
 def test_wandb_missing_only_warns(fer_folder, tmp_path, monkeypatch):

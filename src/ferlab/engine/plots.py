@@ -11,12 +11,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def plain_text():
+    """Text drawn under it is shown as written, never parsed as mathtext: the names in titles and legends (a
+    video's, a run's, a sweep's) are the user's, and one holding two `$` ('$\\frac{$.mp4') would otherwise be
+    read as a formula and fail the whole plot. A `with` block or a decorator."""
+    return matplotlib.rc_context({"text.parse_math": False})
+
+
 def read_metrics(path: Path) -> dict[str, list[float]]:
     with Path(path).open() as f:
         rows = list(csv.DictReader(f))
     return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
 
 
+@plain_text()
 def plot_curves(metrics_csv: Path, out: Path, title: str = "") -> None:
     m = read_metrics(metrics_csv)
     if not m:
@@ -29,6 +37,7 @@ def plot_curves(metrics_csv: Path, out: Path, title: str = "") -> None:
     fig.suptitle(title); fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
 
 
+@plain_text()
 def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -42,6 +51,7 @@ def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
     fig.colorbar(im, ax=ax); ax.set_title(title); fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
 
 
+@plain_text()
 def plot_reliability(bins: dict, out: Path, title: str = "") -> None:
     """Accuracy against confidence per bin (`calibration.reliability`), bars over the diagonal of perfect
     calibration, with the share of faces in each bin below."""

@@ -120,27 +120,26 @@ class VideoSummary:
         return buf.getvalue()
 
     def _plot(self, path) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ..engine.plots import plain_text, plt
         t = np.array([r[0] for r in self.rows])
         shares = np.array([r[3] if r[3] is not None else np.full(len(self.classes), np.nan) for r in self.rows])
-        fig, ax = plt.subplots(figsize=(10, 3.6))
-        if len(t):
-            ax.stackplot(t, np.nan_to_num(shares.T) if shares.size else [], labels=self.classes,
-                         colors=[EMOTION_COLOURS.get(c, "grey") for c in self.classes], alpha=0.9)
-            ax.set_xlim(t.min(), max(t.max(), t.min() + 1e-3))
-        faceless = [r[0] for r in self.rows if r[3] is None]
-        if faceless:
-            ax.plot(faceless, [1.02] * len(faceless), "|", color="black", label="no face", clip_on=False)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("emotion share")
-        ax.set_title(f"{Path(self.source).name}: mean of the faces' probabilities per frame")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        with plain_text():  # the title is the video's name: text, never a formula
+            fig, ax = plt.subplots(figsize=(10, 3.6))
+            if len(t):
+                ax.stackplot(t, np.nan_to_num(shares.T) if shares.size else [], labels=self.classes,
+                             colors=[EMOTION_COLOURS.get(c, "grey") for c in self.classes], alpha=0.9)
+                ax.set_xlim(t.min(), max(t.max(), t.min() + 1e-3))
+            faceless = [r[0] for r in self.rows if r[3] is None]
+            if faceless:
+                ax.plot(faceless, [1.02] * len(faceless), "|", color="black", label="no face", clip_on=False)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("time (s)")
+            ax.set_ylabel("emotion share")
+            ax.set_title(f"{Path(self.source).name}: mean of the faces' probabilities per frame")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
 
 
 EMOTION_COLOURS = {"angry": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "happy": "#ffbf00",
