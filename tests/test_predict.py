@@ -562,3 +562,45 @@ def test_a_dollar_in_a_video_name_is_text_not_mathtext(run_dir, astronaut, video
                                                             "$\\frac{$_timeline.png", "after.png"])
     timeline = Image.open(out / "$\\frac{$_timeline.png")
     assert timeline.size[0] > 500 and np.asarray(timeline.convert("L")).std() > 10
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(run_dir, fer_slice, astronaut, video, small_disk,
+                                                            tmp_path, capsys):
+    """`--save` onto a real file system that fills up: every input still gets its rows, the copies written before
+    the disk filled are whole, nothing half-written stays (no truncated PNG, no unplayable MP4, no temporary
+    file), and the failure is one line naming the file and saying "no space left" (exit 2, also with
+    --keep-going: the copies asked for were not all written)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(fer_slice["pixels"][0]).save(folder / "a_face.png")
+    (folder / "b_clip.mp4").write_bytes(video.read_bytes())
+    Image.fromarray(astronaut).save(folder / "c_astronaut.png")
+    inputs = [str(folder / n) for n in ("a_face.png", "b_clip.mp4", "c_astronaut.png")]
+    disk = small_disk.mount(2 * 2**20)
+    # room for the face's copy and the video's (about 100 KB at their peak) but not the astronaut's (400 KB);
+    # then room for nothing the video needs (its MP4 alone is about 20 KB)
+    for free, order, keep_going, lost in ((200_000, inputs, True, "c_astronaut.png"),
+                                          (8_192, inputs[1:] + inputs[:1], False, "b_clip_annotated.mp4")):
+        out = disk / f"out-{free}"
+        out.mkdir()
+        filler = small_disk.leave(disk, free)
+        code = main(["predict", *order, "--model", str(run_dir), "--every", "3", "--save", str(out),
+                     "--no-progress"] + (["--keep-going"] if keep_going else []))
+        stdout, err = capsys.readouterr()
+        assert code == 2, err
+        rows = [json.loads(line) for line in stdout.splitlines()]
+        assert {Path(r["source"]).name for r in rows} == {"a_face.png", "b_clip.mp4", "c_astronaut.png"}
+        assert {r["frame"] for r in rows if r["source"].endswith(".mp4")} == {0, 3}  # all the sampled frames
+        [line] = [ln for ln in err.splitlines() if "no space left" in ln]
+        assert str(out / lost) in line and line.startswith("ferlab predict: error:"), err
+        assert "Traceback" not in err and "ffmpeg" not in err.lower(), err
+        saved = sorted(p.name for p in out.rglob("*"))
+        if lost == "c_astronaut.png":
+            assert saved == ["a_face.png", "b_clip_annotated.mp4", "b_clip_emotions.csv", "b_clip_timeline.png"]
+            cap = cv2.VideoCapture(str(out / "b_clip_annotated.mp4"))
+            assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2  # whole, playable
+            cap.release()
+            assert Image.open(out / "a_face.png").size == (48, 48)
+        else:
+            assert saved == []
+        filler.unlink()

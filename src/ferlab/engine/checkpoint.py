@@ -2,11 +2,11 @@
 `torch.load(..., weights_only=True)` (only tensors, numbers, strings, lists and dicts inside)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from .._atomic import replacing
 from ..data.classes import CLASSES
 from ..inference.preprocess import Preprocess
 from ..models import create_model
@@ -33,11 +33,18 @@ def save_checkpoint(path: str | Path, *, model, model_name: str, model_args: dic
 
 
 def write_checkpoint(path: str | Path, ckpt: dict) -> Path:
-    """torch.save through a temporary file: an interruption never leaves a half-written checkpoint."""
+    """torch.save through a temporary file: an interruption or a full disk never leaves a half-written
+    checkpoint, and a failed write is one WriteError naming the file."""
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a buffered file: it writes all it is given or raises
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:
+            # a write failed (disk full) and torch, closing its zip on the way out, raised "[enforce fail ...]
+            # unexpected pos" instead: the OSError that says why is that error's context
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
     return path
 
 

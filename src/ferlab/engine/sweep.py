@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .._atomic import replacing
 from .._optional import need
 from ..configs import not_found, packaged, resolve
 from .config import TrainConfig, load_config, read_yaml_mapping
@@ -367,7 +368,8 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
               f"{best.value:.2f}% at epoch {best.user_attrs.get('best_epoch')}\n# run: {best.user_attrs.get('run_dir')}"
               f"\n# train it: ferlab train {folder / 'best.yaml'}\n")
     # workers sharing a study may share the folder too: each file appears whole (write, then rename)
-    _replace(folder / "best.yaml", lambda tmp: tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    with replacing(folder / "best.yaml") as tmp:
+        tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # importance is fitted over completed trials: it needs at least two
     plots = [("history.png", ovm.plot_optimization_history, 1), ("importance.png", ovm.plot_param_importances, 2)]
     with warnings.catch_warnings():
@@ -381,12 +383,7 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
             except ImportError as e:  # older Optuna's default importance evaluator needs scikit-learn
                 print(f"{name}: skipped ({e})", flush=True)
                 continue
-            _replace(folder / name, lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+            with replacing(folder / name) as tmp:
+                ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(ax.figure)
     print(f"best config: {folder / 'best.yaml'}; plots in {folder}", flush=True)
-
-
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
