@@ -604,3 +604,35 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(run_dir, fer_slice, 
         else:
             assert saved == []
         filler.unlink()
+
+
+def test_damaged_checkpoints_are_one_clear_line(run_dir, fer_slice, tmp_path, capsys):
+    """A checkpoint without its weights or its preprocessing, with a model argument its network does not take, of a
+    format version this ferlab does not know, with NaN weights (or a NaN temperature), or with weights of another
+    network: `predict --model` and `eval` each say in one line which file and what is wrong (exit 2, no
+    traceback), and the Predictor refuses it, so no NaN probability is ever returned."""
+    good = torch.load(run_dir / "best.pt", weights_only=True)
+    nan_weights = {k: v.clone() for k, v in good["state_dict"].items()}
+    first_conv = next(k for k, v in nan_weights.items() if v.ndim == 4)
+    nan_weights[first_conv][0, 0, 0, 0] = float("nan")
+    damaged = {  # file -> (checkpoint, what the line must say)
+        "no_weights.pt": ({k: v for k, v in good.items() if k != "state_dict"}, "no state_dict"),
+        "no_preprocess.pt": ({k: v for k, v in good.items() if k != "preprocess"}, "no preprocess"),
+        "unknown_arg.pt": ({**good, "model_args": {"wings": 2}}, "model_args"),
+        "future.pt": ({**good, "format_version": 99}, "format_version 99"),
+        "nan_weights.pt": ({**good, "state_dict": nan_weights}, f"{first_conv}: 1 of "),
+        "nan_temperature.pt": ({**good, "temperature": float("nan")}, "temperature nan"),
+        "other_net.pt": ({**good, "model": "vgg_m"}, "its weights do not fit its 'vgg_m' network (Error(s) in"),
+    }
+    Image.fromarray(fer_slice["pixels"][0]).save(tmp_path / "face.png")
+    for name, (ckpt, said) in damaged.items():
+        torch.save(ckpt, tmp_path / name)
+        for argv in (["predict", str(tmp_path / "face.png"), "--model", str(tmp_path / name), "--detector", "none"],
+                     ["eval", str(tmp_path / name)]):
+            assert main(argv) == 2, argv
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+            assert err.startswith(f"ferlab {argv[0]}: error: {tmp_path / name}: ") and said in err, (argv, err)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            ferlab.Predictor(tmp_path / name, detector="none")
+    assert main(["predict", str(tmp_path / "face.png"), "--model", str(run_dir), "--detector", "none"]) == 0
