@@ -180,3 +180,43 @@ def postgres() -> dict:
             subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "-t", "60", "stop"],
                            capture_output=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- full disk
+
+class SmallDisk:
+    """Real file systems that fill up: small tmpfs mounts (root only), unmounted when the test ends."""
+
+    def __init__(self, root: Path):
+        self.root, self.mounted = root, []
+
+    def mount(self, size: int) -> Path:
+        """A fresh, empty tmpfs of `size` bytes; skips the test where it cannot be mounted."""
+        if os.geteuid() != 0:
+            pytest.skip("a small tmpfs to fill up needs root (mount -t tmpfs)")
+        where = self.root / f"disk{len(self.mounted)}"
+        where.mkdir(parents=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        self.mounted.append(where)
+        return where
+
+    @staticmethod
+    def leave(folder: Path, free: int) -> Path:
+        """Fill the file system of `folder` with one file, so that about `free` bytes (rounded to its blocks) stay
+        free; returns that file, to delete when room is wanted again."""
+        st = os.statvfs(folder)
+        filler = folder / "filler"
+        with open(filler, "wb") as f:
+            f.write(bytes(max(0, st.f_bavail * st.f_frsize - free)))
+        return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = SmallDisk(tmp_path / "small-disks")
+    yield disk
+    for where in disk.mounted:
+        subprocess.run(["umount", "--lazy", str(where)], capture_output=True, timeout=60)  # also if a file is open

@@ -256,3 +256,35 @@ def test_int8_export_needs_training_faces_and_is_refused_when_labels_change(fer_
     with pytest.raises(RuntimeError, match="int8 export disagrees with PyTorch"):
         export_onnx("default", tmp_path / "x.onnx", data=fer_folder, int8=True, n_check=8)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_onnx_models_are_one_clear_line(exported, fer_slice, tmp_path, capsys):
+    """A truncated export, bytes that are no ONNX at all, and an export with a NaN weight: `predict --model` says in
+    one line which file and what is wrong (exit 2, no traceback) and the Predictor refuses it (never a NaN
+    probability); `eval`, which scores PyTorch checkpoints, says so about any .onnx in one line too."""
+    from PIL import Image
+    path, _ = exported
+    raw = path.read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "garbage.onnx").write_bytes(b"this is not an ONNX model at all")
+    model = onnx.load(str(path))
+    weight = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4)
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[0] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    Image.fromarray(fer_slice["pixels"][0]).save(tmp_path / "face.png")
+    for name, said in (("truncated.onnx", "not a readable ONNX model"), ("garbage.onnx", "not a readable ONNX model"),
+                       ("nan.onnx", f"weights not finite: {weight.name}: 1 of {values.size} values")):
+        bad = tmp_path / name
+        assert main(["predict", str(tmp_path / "face.png"), "--model", str(bad), "--detector", "none"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"ferlab predict: error: {bad}: ") and said in err, err
+        with pytest.raises(ValueError, match=said):
+            ferlab.Predictor(bad, detector="none")
+        assert main(["eval", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"ferlab eval: error: {bad}: an ONNX export, which holds no PyTorch checkpoint: give the run " \
+                      "folder or the .pt checkpoint it was exported from\n", err
+    assert main(["predict", str(tmp_path / "face.png"), "--model", str(path), "--detector", "none"]) == 0

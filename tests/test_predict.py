@@ -562,3 +562,95 @@ def test_camera_frames_are_never_held_for_a_detection_group():
     assert live == [1, 1, 1]
     big = np.zeros((1500, 2000, 3), np.uint8)  # 3 MP: two of them reach DETECT_PIXELS
     assert [len(g) for g in _detect_groups(iter([Frame(big) for _ in range(3)]))] == [2, 1]
+
+
+def test_a_dollar_in_a_video_name_is_text_not_mathtext(run_dir, astronaut, video, tmp_path, capsys):
+    """A video named `$\\frac{$.mp4` (two dollars: matplotlib would parse its title as a formula, and fail):
+    `--save` still writes its timeline and summary, and the inputs after it keep their annotated copies."""
+    odd = tmp_path / "in" / "$\\frac{$.mp4"
+    odd.parent.mkdir()
+    odd.write_bytes(video.read_bytes())
+    Image.fromarray(astronaut).save(tmp_path / "in" / "after.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(odd), str(tmp_path / "in" / "after.png"), "--model", str(run_dir), "--every", "3",
+                 "--save", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {Path(r["source"]).name for r in rows} == {odd.name, "after.png"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(["$\\frac{$_annotated.mp4", "$\\frac{$_emotions.csv",
+                                                            "$\\frac{$_timeline.png", "after.png"])
+    timeline = Image.open(out / "$\\frac{$_timeline.png")
+    assert timeline.size[0] > 500 and np.asarray(timeline.convert("L")).std() > 10
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(run_dir, fer_slice, astronaut, video, small_disk,
+                                                            tmp_path, capsys):
+    """`--save` onto a real file system that fills up: every input still gets its rows, the copies written before
+    the disk filled are whole, nothing half-written stays (no truncated PNG, no unplayable MP4, no temporary
+    file), and the failure is one line naming the file and saying "no space left" (exit 2, also with
+    --keep-going: the copies asked for were not all written)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(fer_slice["pixels"][0]).save(folder / "a_face.png")
+    (folder / "b_clip.mp4").write_bytes(video.read_bytes())
+    Image.fromarray(astronaut).save(folder / "c_astronaut.png")
+    inputs = [str(folder / n) for n in ("a_face.png", "b_clip.mp4", "c_astronaut.png")]
+    disk = small_disk.mount(2 * 2**20)
+    # room for the face's copy and the video's (about 100 KB at their peak) but not the astronaut's (400 KB);
+    # then room for nothing the video needs (its MP4 alone is about 20 KB)
+    for free, order, keep_going, lost in ((200_000, inputs, True, "c_astronaut.png"),
+                                          (8_192, inputs[1:] + inputs[:1], False, "b_clip_annotated.mp4")):
+        out = disk / f"out-{free}"
+        out.mkdir()
+        filler = small_disk.leave(disk, free)
+        code = main(["predict", *order, "--model", str(run_dir), "--every", "3", "--save", str(out),
+                     "--no-progress"] + (["--keep-going"] if keep_going else []))
+        stdout, err = capsys.readouterr()
+        assert code == 2, err
+        rows = [json.loads(line) for line in stdout.splitlines()]
+        assert {Path(r["source"]).name for r in rows} == {"a_face.png", "b_clip.mp4", "c_astronaut.png"}
+        assert {r["frame"] for r in rows if r["source"].endswith(".mp4")} == {0, 3}  # all the sampled frames
+        [line] = [ln for ln in err.splitlines() if "no space left" in ln]
+        assert str(out / lost) in line and line.startswith("ferlab predict: error:"), err
+        assert "Traceback" not in err and "ffmpeg" not in err.lower(), err
+        saved = sorted(p.name for p in out.rglob("*"))
+        if lost == "c_astronaut.png":
+            assert saved == ["a_face.png", "b_clip_annotated.mp4", "b_clip_emotions.csv", "b_clip_timeline.png"]
+            cap = cv2.VideoCapture(str(out / "b_clip_annotated.mp4"))
+            assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2  # whole, playable
+            cap.release()
+            assert Image.open(out / "a_face.png").size == (48, 48)
+        else:
+            assert saved == []
+        filler.unlink()
+
+
+def test_damaged_checkpoints_are_one_clear_line(run_dir, fer_slice, tmp_path, capsys):
+    """A checkpoint without its weights or its preprocessing, with a model argument its network does not take, of a
+    format version this ferlab does not know, with NaN weights (or a NaN temperature), or with weights of another
+    network: `predict --model` and `eval` each say in one line which file and what is wrong (exit 2, no
+    traceback), and the Predictor refuses it, so no NaN probability is ever returned."""
+    good = torch.load(run_dir / "best.pt", weights_only=True)
+    nan_weights = {k: v.clone() for k, v in good["state_dict"].items()}
+    first_conv = next(k for k, v in nan_weights.items() if v.ndim == 4)
+    nan_weights[first_conv][0, 0, 0, 0] = float("nan")
+    damaged = {  # file -> (checkpoint, what the line must say)
+        "no_weights.pt": ({k: v for k, v in good.items() if k != "state_dict"}, "no state_dict"),
+        "no_preprocess.pt": ({k: v for k, v in good.items() if k != "preprocess"}, "no preprocess"),
+        "unknown_arg.pt": ({**good, "model_args": {"wings": 2}}, "model_args"),
+        "future.pt": ({**good, "format_version": 99}, "format_version 99"),
+        "nan_weights.pt": ({**good, "state_dict": nan_weights}, f"{first_conv}: 1 of "),
+        "nan_temperature.pt": ({**good, "temperature": float("nan")}, "temperature nan"),
+        "other_net.pt": ({**good, "model": "vgg_m"}, "its weights do not fit its 'vgg_m' network (Error(s) in"),
+    }
+    Image.fromarray(fer_slice["pixels"][0]).save(tmp_path / "face.png")
+    for name, (ckpt, said) in damaged.items():
+        torch.save(ckpt, tmp_path / name)
+        for argv in (["predict", str(tmp_path / "face.png"), "--model", str(tmp_path / name), "--detector", "none"],
+                     ["eval", str(tmp_path / name)]):
+            assert main(argv) == 2, argv
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+            assert err.startswith(f"ferlab {argv[0]}: error: {tmp_path / name}: ") and said in err, (argv, err)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            ferlab.Predictor(tmp_path / name, detector="none")
+    assert main(["predict", str(tmp_path / "face.png"), "--model", str(run_dir), "--detector", "none"]) == 0

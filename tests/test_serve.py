@@ -528,3 +528,14 @@ def _closed(sock, wait_s: float) -> bool:
         return True
     except socket.timeout:
         return False
+
+
+def test_a_dollar_in_a_video_name_is_text_not_mathtext(haar_client, astronaut_video):
+    """The upload's name is the timeline's title: `$\\frac{$.mp4` is drawn as written, never parsed as a formula
+    (which failed the request with a 500)."""
+    r = upload_video(haar_client, astronaut_video.read_bytes(), name="$\\frac{$.mp4", every=4)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["filename"] == "$\\frac{$.mp4" and body["frames_analysed"] == 2
+    plot = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["timeline_png"].split(",", 1)[1]))).convert("RGB"))
+    assert plot.shape[1] > 500 and plot.std() > 20

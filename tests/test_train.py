@@ -160,7 +160,7 @@ def test_run_folder_contents(runs, fer_folder):
     for png in ("curves.png", "confusion_test.png"):
         assert _is_png(run / png), png
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
-    assert not list(run.glob("*.tmp"))  # checkpoints are written atomically
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]  # files are written whole, then renamed
 
 
 def test_summary_records_where_and_with_what_the_run_was_made(runs, monkeypatch):
@@ -391,6 +391,17 @@ def test_report_cli_table_and_plot(runs, tmp_path, capsys):
     assert main(["report", str(tmp_path / "none")]) == 2
 
 
+
+def test_a_dollar_in_a_run_name_is_text_not_mathtext(fer_folder, tmp_path, capsys):
+    """A run named `$\\frac{$` (matplotlib would read its two dollars as a formula, and fail): training still
+    draws its curves and confusion matrix, and `ferlab report` its comparison plot with the name as the label."""
+    name = "$\\frac{$"
+    fit(tiny_config(fer_folder, tmp_path, name=name, epochs=1, tta=False), progress=False)
+    run = tmp_path / name
+    assert _is_png(run / "curves.png") and _is_png(run / "confusion_test.png")
+    assert main(["report", str(run), "--plot", str(tmp_path / "report.png")]) == 0
+    assert f"(curves: {name})" in capsys.readouterr().out and _is_png(tmp_path / "report.png")
+
 # ----------------------------------------------------------------------------------------------- W&B
 
 def test_wandb_missing_only_warns(fer_folder, tmp_path, monkeypatch):
@@ -600,7 +611,7 @@ def test_processes_writing_one_checkpoint_at_once_never_share_a_temporary_file(r
     assert all(isinstance(e, int) and e >= 1000 for _, e in got), got
     final = load_checkpoint(path)
     assert all(torch.equal(v, final["state_dict"][k]) for k, v in ckpt["state_dict"].items())
-    assert not list(tmp_path.glob("*.tmp"))  # pathlib's * matches hidden names too
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -642,3 +653,35 @@ def test_finished_run_missing_its_plots_gets_them_on_resume(fer_folder, tmp_path
     for p, pixels in before.items():
         np.testing.assert_array_equal(_pixels(run / p), pixels, err_msg=p)
     assert (run / "summary.json").read_text() == summary
+
+
+def test_a_full_disk_stops_training_with_one_line_that_says_how_to_resume(fer_folder, small_disk, capsys):
+    """The run folder on a real file system that fills up after epoch 1: training stops with one line that names
+    the file, says "no space left", which epoch last.pt holds and `ferlab train --resume RUN`; no temporary or
+    half-written file stays (torch's own error was "[enforce fail at inline_container.cc] unexpected pos" and
+    a last.tmp), also when the resume itself meets the full disk; once there is room the resumed run finishes."""
+    disk = small_disk.mount(64 * 2**20)  # last.pt with its Adam state is 14 MB
+    filler = []
+
+    def fill_after_epoch_1(epoch, metrics):
+        if epoch == 1:  # room for metrics.csv, none for a checkpoint
+            filler.append(small_disk.leave(disk, 8192))
+
+    with pytest.raises(RuntimeError) as raised:
+        fit(tiny_config(fer_folder, disk), progress=False, epoch_hook=fill_after_epoch_1)
+    run = disk / "tiny"
+    said = str(raised.value)
+    assert "\n" not in said and "no space left on device" in said and f"cannot write {run}/" in said, said
+    assert f"{run / 'last.pt'} holds epoch 1 of 2" in said and f"ferlab train --resume {run}" in said, said
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1 and _rows(run)[0]["epoch"] == "1"
+
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2  # the disk is still full
+    err = capsys.readouterr().err
+    [line] = [ln for ln in err.splitlines() if "no space left" in ln]
+    assert line.startswith("ferlab train: error: cannot write") and f"--resume {run}" in line, err
+    assert "Traceback" not in err and not [p.name for p in run.iterdir() if ".tmp" in p.name]
+
+    filler[0].unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert [r["epoch"] for r in _rows(run)] == ["1", "2"] and (run / "summary.json").exists()

@@ -190,6 +190,9 @@ def _cmd_predict(a):
     predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size,
                           tta=not a.no_tta, **options)
     res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=_progress(a))
+    if res["save_error"]:  # the copies asked for are missing: an error, --keep-going or not
+        raise RuntimeError(f"{res['save_error']}; saving stopped there ({len(res['saved'])} annotated file(s) "
+                           "written before it are whole, nothing partial is left), every input's rows were printed")
     if res["errors"] and not a.keep_going:
         raise RuntimeError(f"{len(res['errors'])} of the inputs could not be read (listed above; the rest "
                            "were processed); pass --keep-going to exit 0 anyway")

@@ -6,6 +6,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .._atomic import replacing
+
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "train_val_acc_gap", "lr",
                "epoch_time_s", "images_per_s")
 
@@ -16,23 +18,26 @@ class Callback:
 
 
 class CSVLogger(Callback):
-    """metrics.csv, one row per epoch; on resume the rows after the resumed epoch are dropped."""
+    """metrics.csv, one row per epoch, rewritten whole each epoch (a full disk never leaves half a row); on
+    resume the rows after the resumed epoch are dropped."""
 
     def __init__(self, run_dir: Path, resume_epoch: int = 0):
         self.path = Path(run_dir) / "metrics.csv"
-        rows = []
+        self.rows = []
         if resume_epoch and self.path.exists():
             with self.path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
-        with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, METRIC_KEYS)
-            w.writeheader()
-            w.writerows(rows)
+                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+        self._write()
 
     def on_epoch_end(self, epoch, metrics):
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, METRIC_KEYS, extrasaction="ignore").writerow(
-                {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+        self.rows.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+        self._write()
+
+    def _write(self):
+        with replacing(self.path) as tmp, tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_KEYS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
 
 
 class PrintLogger(Callback):

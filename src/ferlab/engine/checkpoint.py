@@ -2,15 +2,16 @@
 `torch.load(..., weights_only=True)` (only tensors, numbers, strings, lists and dicts inside)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
+from .._atomic import replacing
 from ..data.classes import CLASSES
 from ..inference.preprocess import Preprocess
 from ..models import create_model
 from .calibration import TemperatureScaled
-from .files import write_atomically
 
 FORMAT_VERSION = 1
 
@@ -33,9 +34,19 @@ def save_checkpoint(path: str | Path, *, model, model_name: str, model_args: dic
 
 
 def write_checkpoint(path: str | Path, ckpt: dict) -> Path:
-    """torch.save through a temporary file of this process: an interruption never leaves a half-written
-    checkpoint, and two processes saving one checkpoint at once never share the temporary file."""
-    return write_atomically(path, lambda tmp: torch.save(ckpt, tmp))
+    """torch.save through a temporary file: an interruption or a full disk never leaves a half-written
+    checkpoint, and a failed write is one WriteError naming the file."""
+    path = Path(path)
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a buffered file: it writes all it is given or raises
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:
+            # a write failed (disk full) and torch, closing its zip on the way out, raised "[enforce fail ...]
+            # unexpected pos" instead: the OSError that says why is that error's context
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+    return path
 
 
 def checkpoint_path(spec: str | Path) -> Path:
@@ -51,11 +62,16 @@ def checkpoint_path(spec: str | Path) -> Path:
             raise FileNotFoundError(f"{path}: a run folder must contain best.pt")
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    if path.suffix == ".onnx":
+        raise ValueError(f"{path}: an ONNX export, which holds no PyTorch checkpoint: give the run folder or the .pt "
+                         "checkpoint it was exported from")
     return path
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a ferlab checkpoint: a .pt file, a run folder (its best.pt) or "default"."""
+    """Load a ferlab checkpoint: a .pt file, a run folder (its best.pt) or "default". It is checked whole (its
+    format version, its parts, finite weights that build its network): a damaged one is one ValueError that
+    names the file and what is wrong."""
     path = checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -66,7 +82,49 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
                          "ferlab run wrote") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "ferlab":
         raise ValueError(f"{path}: not a ferlab checkpoint (expected a dict with format='ferlab')")
+    problem = damage(ckpt)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     return ckpt
+
+
+PARTS = {"model": str, "model_args": dict, "preprocess": dict, "classes": list, "state_dict": dict}
+
+
+def damage(ckpt: dict) -> str | None:
+    """What keeps a checkpoint dict from being used, in a few words, or None when nothing does."""
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        return (f"checkpoint format_version {version!r}, which this ferlab does not read (it reads version "
+                f"{FORMAT_VERSION}); was it written by a newer ferlab? Upgrade ferlab to use it")
+    missing = [k for k in PARTS if ckpt.get(k) is None]
+    if missing:
+        return f"damaged checkpoint: no {' and no '.join(missing)} (a ferlab checkpoint holds {', '.join(PARTS)})"
+    wrong = [f"{k} is a {type(ckpt[k]).__name__}, not a {kind.__name__}" for k, kind in PARTS.items()
+             if not isinstance(ckpt[k], kind)]
+    if wrong:
+        return f"damaged checkpoint: {'; '.join(wrong)}"
+    for part in ("state_dict", "ema_state_dict"):
+        for name, t in (ckpt.get(part) or {}).items():
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return (f"weights not finite: {part} {name}: {int((~torch.isfinite(t)).sum())} of {t.numel()} "
+                        "values are NaN or infinite (did the training diverge?); a model with such weights "
+                        "answers NaN, so ferlab does not load it")
+    t = ckpt.get("temperature")
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        return f"temperature {t!r} is not a finite number > 0: fit it again with `ferlab calibrate`"
+    bias = ckpt.get("logit_bias")
+    if bias is not None and not bool(torch.isfinite(torch.as_tensor(bias, dtype=torch.float64)).all()):
+        return f"logit_bias {bias!r} is not finite: fit it again with `ferlab calibrate --min-recall ...`"
+    try:
+        Preprocess.from_dict(ckpt["preprocess"])
+    except (KeyError, TypeError, ValueError) as e:
+        return f"preprocess {ckpt['preprocess']!r} is not readable ({type(e).__name__}: {e})"
+    try:
+        model_from_checkpoint(ckpt)  # builds its network and loads the weights it will use
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True,
@@ -74,13 +132,22 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True,
     """Rebuild the network in eval mode and its preprocessing from a checkpoint dict.
 
     With `calibrated` and a fitted temperature in the checkpoint (`ferlab calibrate`), the network's logits
-    come divided by it, so its softmax gives calibrated probabilities.
+    come divided by it, so its softmax gives calibrated probabilities. Model arguments or weights that do not
+    fit the network are a one-line ValueError.
     """
     pre = Preprocess.from_dict(ckpt["preprocess"])
-    model = create_model(ckpt["model"], num_classes=len(ckpt["classes"]), in_channels=pre.in_channels,
-                         input_size=pre.input_size, **ckpt["model_args"])
+    try:
+        model = create_model(ckpt["model"], num_classes=len(ckpt["classes"]), in_channels=pre.in_channels,
+                             input_size=pre.input_size, **ckpt["model_args"])
+    except TypeError as e:
+        raise ValueError(f"model_args {ckpt['model_args']!r} do not fit model {ckpt['model']!r} ({e})") from None
     state = ckpt["ema_state_dict"] if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing or unexpected keys, other shapes: torch says so over many lines
+        said = " ".join(str(e).split())
+        raise ValueError(f"its weights do not fit its {ckpt['model']!r} network ("
+                         f"{said if len(said) <= 300 else said[:300] + ' ...'})") from None
     if calibrated and ckpt.get("temperature"):
         model = TemperatureScaled(model, ckpt["temperature"], ckpt.get("logit_bias"))
     return model.eval(), pre

@@ -25,7 +25,7 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be one of train, val, test; got {split!r}")
     ckpts = [load_checkpoint(s) for s in specs]
-    cfg = ckpts[0]["config"]
+    cfg = ckpts[0].get("config") or {}  # where its data was and how it was split; a packaged model may not say
     for s, c in zip(specs, ckpts):
         if c["classes"] != list(CLASSES):
             raise ValueError(f"{s}: classes {c['classes']} differ from FER2013's {list(CLASSES)}")

@@ -10,14 +10,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .files import write_atomically  # noqa: E402
+from .._atomic import replacing  # noqa: E402
 
 
-def _save(fig, out: Path) -> None:
-    """The figure at `out`, whole or not at all (a run killed while drawing redraws it on resume), then closed."""
-    fmt = Path(out).suffix[1:].lower() or plt.rcParams["savefig.format"]
-    write_atomically(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100))
-    plt.close(fig)
+def plain_text():
+    """Text drawn under it is shown as written, never parsed as mathtext: the names in titles and legends (a
+    video's, a run's, a sweep's) are the user's, and one holding two `$` ('$\\frac{$.mp4') would otherwise be
+    read as a formula and fail the whole plot. A `with` block or a decorator."""
+    return matplotlib.rc_context({"text.parse_math": False})
+
+
+def save_figure(fig, out: Path) -> Path:
+    """`fig` saved whole at `out` (in the format its suffix names, PNG without one) or not at all: a full disk
+    is one WriteError naming it. The figure is closed."""
+    try:
+        with replacing(out) as tmp:
+            fig.savefig(tmp, dpi=100, format=Path(out).suffix[1:] or "png")
+    finally:
+        plt.close(fig)
+    return Path(out)
 
 
 def read_metrics(path: Path) -> dict[str, list[float]]:
@@ -26,6 +37,7 @@ def read_metrics(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
 
 
+@plain_text()
 def plot_curves(metrics_csv: Path, out: Path, title: str = "") -> None:
     m = read_metrics(metrics_csv)
     if not m:
@@ -35,9 +47,10 @@ def plot_curves(metrics_csv: Path, out: Path, title: str = "") -> None:
     a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend(); a.grid(alpha=.3)
     b.plot(m["epoch"], m["train_accuracy"], label="train"); b.plot(m["epoch"], m["val_accuracy"], label="val")
     b.set_xlabel("epoch"); b.set_ylabel("accuracy (%)"); b.legend(); b.grid(alpha=.3)
-    fig.suptitle(title); fig.tight_layout(); _save(fig, out)
+    fig.suptitle(title); fig.tight_layout(); save_figure(fig, out)
 
 
+@plain_text()
 def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -48,9 +61,10 @@ def plot_confusion(cm: np.ndarray, classes, out: Path, title: str = "") -> None:
         for j in range(len(classes)):
             ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > .5 else "black")
-    fig.colorbar(im, ax=ax); ax.set_title(title); fig.tight_layout(); _save(fig, out)
+    fig.colorbar(im, ax=ax); ax.set_title(title); fig.tight_layout(); save_figure(fig, out)
 
 
+@plain_text()
 def plot_reliability(bins: dict, out: Path, title: str = "") -> None:
     """Accuracy against confidence per bin (`calibration.reliability`), bars over the diagonal of perfect
     calibration, with the share of faces in each bin below."""
@@ -66,4 +80,4 @@ def plot_reliability(bins: dict, out: Path, title: str = "") -> None:
     a.set_ylabel("accuracy"); a.set_ylim(0, 1); a.legend(loc="upper left"); a.grid(alpha=.3); a.set_title(title)
     b.bar(left, count / max(count.sum(), 1), width, align="edge", edgecolor="k", color="gray")
     b.set_xlabel("confidence (top-class probability)"); b.set_ylabel("share of faces"); b.set_xlim(0, 1)
-    fig.tight_layout(); _save(fig, out)
+    fig.tight_layout(); save_figure(fig, out)

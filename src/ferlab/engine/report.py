@@ -17,7 +17,7 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .plots import read_metrics  # noqa: E402
+from .plots import plain_text, read_metrics, save_figure  # noqa: E402
 
 COLUMNS = ("run", "model", "input", "params", "train acc", "val acc", "test acc", "test acc (flip TTA)", "gap",
            "epochs", "time")
@@ -126,6 +126,7 @@ def best_label(sweep: Sweep) -> str:
     return f"{sweep.name} best ({sweep.best.name})"
 
 
+@plain_text()
 def report_plot(runs: list[Path], out: Path, labels: list[str] | None = None) -> Path:
     """Validation accuracy and train-val gap per epoch, every run on the same axes."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -139,5 +140,5 @@ def report_plot(runs: list[Path], out: Path, labels: list[str] | None = None) ->
     for ax in (a, b):
         ax.set_xlabel("epoch"); ax.grid(alpha=.3)
     a.legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(out, dpi=100); plt.close(fig)
-    return out
+    fig.tight_layout()
+    return save_figure(fig, out)

@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from .._atomic import replacing
 from .._optional import need
 from ..configs import not_found, packaged, resolve
 from .config import TrainConfig, load_config, read_yaml_mapping
-from .files import write_atomically
 from .trainer import fit
 
 optuna = need("optuna", "sweep", "ferlab sweep")
@@ -373,8 +373,8 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
               f"{best.value:.2f}% at epoch {best.user_attrs.get('best_epoch')}\n# run: {best.user_attrs.get('run_dir')}"
               f"\n# train it: ferlab train {folder / 'best.yaml'}\n")
     # workers sharing a study may share the folder too: each file appears whole (write, then rename)
-    write_atomically(folder / "best.yaml",
-                     lambda tmp: tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    with replacing(folder / "best.yaml") as tmp:
+        tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     # importance is fitted over completed trials: it needs at least two
     plots = [("history.png", ovm.plot_optimization_history, 1), ("importance.png", ovm.plot_param_importances, 2)]
     with warnings.catch_warnings():
@@ -388,6 +388,7 @@ def report(study: optuna.Study, spec: SweepSpec, folder: Path, overrides: list[s
             except ImportError as e:  # older Optuna's default importance evaluator needs scikit-learn
                 print(f"{name}: skipped ({e})", flush=True)
                 continue
-            write_atomically(folder / name, lambda tmp: ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+            with replacing(folder / name) as tmp:
+                ax.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(ax.figure)
     print(f"best config: {folder / 'best.yaml'}; plots in {folder}", flush=True)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from .._atomic import WriteError, replacing
 from ..data import CLASSES, load_fer2013, make_splits
 from ..data.augment import augment
 from ..inference.preprocess import Preprocess, to_model_input
@@ -31,7 +32,6 @@ from ..models import count_params, create_model, model_defaults
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, resume_config
-from .files import write_atomically
 from .plots import plot_confusion, plot_curves, read_metrics
 
 
@@ -384,9 +384,22 @@ def fit(cfg: TrainConfig | None, resume: str | Path | None = None, callbacks: li
         dist.init_process_group(backend)
     try:
         return _fit(cfg, dinfo, device, resume_ckpt, run_dir, callbacks, wandb_project, progress, epoch_hook)
+    except WriteError as e:  # disk full: the run's files are whole, and last.pt says where to go on from
+        raise RuntimeError(_how_to_go_on(e, cfg.epochs)) from None
     finally:
         if own_group:  # also when fit raises here (an error, a pruned trial): not left to interpreter exit
             _leave_group(backend)
+
+
+def _how_to_go_on(e: WriteError, epochs: int) -> str:
+    """One line for a run file that could not be written (each lives in the run folder): what failed, what
+    last.pt holds and the command that continues the run."""
+    run = e.path.parent
+    last, when = run / "last.pt", "once there is room" if e.full else "once it can be written"
+    if not last.exists():
+        return f"{e}; no epoch was saved, so there is nothing to resume: start the run again {when}"
+    return (f"{e}; {last} holds epoch {load_checkpoint(last)['epoch']} of {epochs}, whole: {when}, continue "
+            f"with: ferlab train --resume {run}")
 
 
 def _leave_group(backend: str) -> None:
@@ -446,9 +459,9 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     cbs: list[Callback] = []
     if dinfo.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg_dict, "world_size": dinfo.world,
-                                                             "global_batch_size": cfg.batch_size * dinfo.world},
-                                                            sort_keys=False))
+        with replacing(run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump({**cfg_dict, "world_size": dinfo.world,
+                                           "global_batch_size": cfg.batch_size * dinfo.world}, sort_keys=False))
         cbs = [CSVLogger(run_dir, start - 1), PrintLogger()]
         if wandb_project:
             cbs.append(WandbLogger(wandb_project, run_dir.name, cfg_dict, run_dir))
@@ -474,10 +487,10 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
 
     def save_last(epoch, metrics):
         nonlocal saved
-        saved = epoch
         save_checkpoint(run_dir / "last.pt", **ckpt_kwargs(epoch, metrics), optimizer=optimizer,
                         scheduler=scheduler, extra={"rng_state": torch.get_rng_state(), "world_size": dinfo.world,
                                                     "train_time_s": trained_s + time.perf_counter() - t_start})
+        saved = epoch  # once written: a checkpoint the disk had no room for holds nothing
 
     if resume_ckpt is None and dinfo.main:
         save_last(0, {})  # epoch 0: a run killed in its first epoch resumes from its very start, not from nothing
@@ -560,7 +573,8 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
         summary["test_accuracy_tta"] = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, True,
                                                 cfg.precision, alone)["accuracy"]
     _draw_plots(run_dir, cfg, rep["confusion"], te["accuracy"])
-    write_atomically(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    with replacing(run_dir / "summary.json") as tmp:  # last: a run with a summary is finished
+        tmp.write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "test_per_class_recall"}), flush=True)
     return summary
 

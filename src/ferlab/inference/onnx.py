@@ -289,13 +289,25 @@ class OnnxClassifier:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime's own error types: a truncated, corrupt or foreign file
+            raise ValueError(f"{path}: not a readable ONNX model ({' '.join(str(e).split())}); export it again "
+                             "with `ferlab export`") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if "ferlab.preprocess" not in meta or "ferlab.classes" not in meta:
             raise ValueError(f"{path}: not a ferlab ONNX export (metadata ferlab.preprocess / ferlab.classes "
                              f"missing; found keys: {', '.join(sorted(meta)) or 'none'})")
-        self.pre = Preprocess.from_dict(json.loads(meta["ferlab.preprocess"]))
-        self.classes = tuple(json.loads(meta["ferlab.classes"]))
+        try:
+            self.pre = Preprocess.from_dict(json.loads(meta["ferlab.preprocess"]))
+            self.classes = tuple(json.loads(meta["ferlab.classes"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: its ferlab metadata is damaged ({type(e).__name__}: {e}); export it again "
+                             "with `ferlab export`") from None
+        bad = nonfinite_weight(path)
+        if bad:
+            raise ValueError(f"{path}: weights not finite: {bad}; a model with such weights answers NaN, so ferlab "
+                             "does not load it")
         self.name = meta.get("ferlab.model", Path(path).stem)
         (inp,) = self.session.get_inputs()
         if inp.type != "tensor(uint8)":
@@ -307,3 +319,14 @@ class OnnxClassifier:
     def __call__(self, faces) -> np.ndarray:
         x = faces.cpu().numpy() if torch.is_tensor(faces) else np.asarray(faces)
         return self.session.run([OUTPUT], {self.input: x.astype(np.uint8, copy=False)})[0]
+
+
+def nonfinite_weight(path: str | Path) -> str | None:
+    """The first floating-point weight (initializer) of an ONNX model holding NaN or infinity, in words, or None."""
+    onnx = need("onnx", "export", "an .onnx model")
+    from onnx import numpy_helper
+    for init in onnx.load(str(path)).graph.initializer:
+        w = numpy_helper.to_array(init)
+        if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
+            return f"{init.name}: {int((~np.isfinite(w)).sum())} of {w.size} values are NaN or infinite"
+    return None

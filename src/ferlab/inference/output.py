@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from .._atomic import WriteError
 from .predictor import AnnotatedWriter, Predictor
 
 FORMATS = ("jsonl", "csv", "table")
@@ -80,13 +81,27 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
                   err: TextIO | None = None) -> dict:
     """Predict on images, folders, videos and camera indices; write one row per face to `out` (stdout).
 
-    Returns counts and the unreadable inputs as [(path, reason)]; processing never stops at one.
+    Returns counts, the unreadable inputs as [(path, reason)] and, when an annotated copy could not be written
+    (disk full), that WriteError as "save_error"; processing never stops at one: saving stops there, the rows go
+    on for every input.
     """
     out, err = out or sys.stdout, err or sys.stderr
     rows = _Rows(fmt, predictor.classes, out)
     writer = AnnotatedWriter(save, predictor.classes, inputs=paths) if save else None
     errors: list[tuple[str, str]] = []
+    save_error: WriteError | None = None
     n_frames = n_faces = n_empty = 0
+
+    def saving(step, *args):
+        nonlocal save_error
+        if writer is None or save_error is not None:
+            return
+        try:
+            step(*args)
+        except WriteError as e:  # the disk is full: nothing half-written stays, and nothing more is tried
+            save_error = e
+            writer.discard()
+
     try:
         for fr, faces in predictor.stream(paths, every, errors, progress, keep_images=writer is not None):
             if fr.error is not None:  # an unreadable input, in its place among the others
@@ -100,10 +115,10 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
             if not faces:
                 rows.no_face(fr)
             if writer:
-                writer.write(fr, faces)
+                saving(writer.write, fr, faces)
     finally:
         if writer:
-            writer.close_video()
+            saving(writer.close_video)
     print(f"{n_faces} face(s) in {n_frames} image(s)/frame(s); {n_empty} without a face"
           + (f"; {len(errors)} input(s) unreadable" if errors else ""), file=err)
     if writer and writer.written:
@@ -111,4 +126,4 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
     if errors:
         print("unreadable inputs:", *(f"  {reason}" for _, reason in errors), sep="\n", file=err)
     return {"frames": n_frames, "faces": n_faces, "frames_without_face": n_empty, "errors": errors,
-            "saved": [str(p) for p in (writer.written if writer else [])]}
+            "saved": [str(p) for p in (writer.written if writer else [])], "save_error": save_error}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._atomic import WriteError, replacing
 from ..data.images import TooManyScans, check_jpeg_scans, rgb_array, upright_rgb
 from ..engine.trainer import tta_views
 from .detect import detect_many, make_detector
@@ -445,7 +446,9 @@ def draw_faces(image: np.ndarray, faces: list[dict]) -> np.ndarray:
 
 class AnnotatedWriter:
     """`--save DIR`: annotated copies of images; per video, an annotated H.264 MP4 (frames as sampled) and its
-    summary, the emotion share over time as `<video>_emotions.csv` and `<video>_timeline.png`."""
+    summary, the emotion share over time as `<video>_emotions.csv` and `<video>_timeline.png`. Each file
+    appears whole or not at all: one that cannot be written (disk full) raises WriteError and leaves nothing;
+    `written` lists the files complete so far."""
 
     def __init__(self, out_dir: str | Path, classes: tuple[str, ...], inputs=()):
         self.out_dir = Path(out_dir)
@@ -467,7 +470,10 @@ class AnnotatedWriter:
         path = self.out_dir / rel
         if fr.frame is None and path.suffix.lower() not in IMAGE_EXTS:
             path = path.with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError.from_os(path.parent, e) from None
         return self._free(path)
 
     def _free(self, path: Path) -> Path:
@@ -479,7 +485,8 @@ class AnnotatedWriter:
         if fr.frame is None:
             self.close_video()
             path = self._target(fr)
-            Image.fromarray(img).save(path)
+            with replacing(path) as tmp:
+                Image.fromarray(img).save(tmp)
             self.written.append(path)
             return
         if fr.source != self._video_source:
@@ -488,16 +495,23 @@ class AnnotatedWriter:
             h, w = img.shape[:2]
             self._video = H264Writer(path, fr.fps or 25.0, (w, h))
             self._video_source = fr.source
-            self.written.append(path)
             self._summary = VideoSummary(str(fr.source), self.classes)
             self._summary_stem = path.with_name("".join(path.stem.rsplit("_annotated", 1)))  # x_annotated-2 -> x-2
         self._video.write(img)
         self._summary.add(fr.frame, fr.time_s, faces)
 
     def close_video(self):
+        video, summary, stem = self._video, self._summary, self._summary_stem
+        self._video, self._video_source, self._summary = None, None, None
+        if video is None:
+            return
+        video.close()
+        self.written.append(video.path)
+        for suffix, write in (("_emotions.csv", summary.write_csv), ("_timeline.png", summary.write_timeline)):
+            self.written.append(write(self._free(stem.with_name(stem.name + suffix))))
+
+    def discard(self):
+        """Stop saving: the video being written is dropped unfinished (its temporary file removed)."""
         if self._video is not None:
-            self._video.close()
-            stem = self._summary_stem
-            self.written += self._summary.write(self._free(stem.with_name(stem.name + "_emotions.csv")),
-                                                self._free(stem.with_name(stem.name + "_timeline.png")))
+            self._video.abort()
         self._video, self._video_source, self._summary = None, None, None

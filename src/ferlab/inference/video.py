@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
+
+from .._atomic import WriteError, replacing, temp_name
 
 
 def iou(a, b) -> float:
@@ -61,7 +67,11 @@ class IoUTracker:
 class H264Writer:
     """RGB frames -> an H.264 MP4 (yuv420p, moov atom first) through the ffmpeg binary that the imageio-ffmpeg
     wheel ships: the codec and layout every browser plays. Odd frame sizes are padded by one pixel, since
-    4:2:0 chroma needs even sides."""
+    4:2:0 chroma needs even sides.
+
+    The video is written under a temporary name and appears at `path` whole, on `close`. When ffmpeg fails
+    (the disk is full) its temporary file is removed and `write` or `close` raises WriteError; ffmpeg's own
+    messages go to that error, never to the terminal. `abort` drops the video unfinished."""
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         try:
@@ -71,28 +81,68 @@ class H264Writer:
         w, h = size
         self.pad = (w % 2, h % 2)
         self.path = Path(path)
-        self._gen = imageio_ffmpeg.write_frames(
-            str(path), (w + self.pad[0], h + self.pad[1]), fps=float(fps or 25.0), codec="libx264",
-            pix_fmt_in="rgb24", pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
-            output_params=["-crf", "23", "-preset", "veryfast", "-movflags", "+faststart"],
-            ffmpeg_log_level="error")
-        self._gen.send(None)
+        self._tmp = temp_name(self.path)
+        self._log = tempfile.TemporaryFile()
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w + self.pad[0]}x{h + self.pad[1]}", "-r", f"{float(fps or 25.0)}", "-i", "-", "-an",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "23", "-preset", "veryfast",
+               "-movflags", "+faststart", str(self._tmp)]
+        # its own session: Ctrl-C reaches ferlab alone, which still closes the video it has (a playable MP4)
+        own = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, **own)
 
     def write(self, rgb: np.ndarray) -> None:
         if any(self.pad):
             rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0]), (0, 0)), mode="edge")
-        self._gen.send(np.ascontiguousarray(rgb, dtype=np.uint8))
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(rgb, dtype=np.uint8))
+        except OSError:  # ffmpeg has stopped: say why
+            self._failed()
 
     def close(self) -> None:
-        if self._gen is not None:
-            self._gen.close()
-            self._gen = None
+        """Finish the video and put it in place; WriteError (and no file) when ffmpeg could not."""
+        if self._proc is None:
+            return
+        with suppress(OSError):
+            self._proc.stdin.close()  # a broken pipe here is told by ffmpeg's exit status
+        if self._proc.wait() != 0:
+            self._failed()
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise WriteError.from_os(self.path, e) from None
+        self._proc = None
+        self._log.close()
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the unfinished video."""
+        if self._proc is not None:
+            self._proc.kill()
+            with suppress(OSError):
+                self._proc.stdin.close()
+            self._proc.wait()
+            self._proc = None
+            self._log.close()
+        with suppress(OSError):
+            self._tmp.unlink(missing_ok=True)
+
+    def _failed(self):
+        self._proc.kill()  # it may still be running when a write failed for another reason
+        status = self._proc.wait()
+        self._log.seek(0)
+        said = self._log.read().decode(errors="replace")
+        self.abort()
+        if "No space left on device" in said:  # ffmpeg's words for ENOSPC
+            raise WriteError(self.path, "no space left on device", full=True)
+        last = [ln.strip() for ln in said.splitlines() if ln.strip()]
+        raise WriteError(self.path, f"ffmpeg failed ({last[-1] if last else f'exit status {status}'})")
 
 
 class VideoSummary:
     """The emotion share over time of one video: for each sampled frame, the mean of its faces' probabilities.
-    `write` saves it as CSV (time_s, frame, faces, one column per class; empty where no face was seen) and as
-    a PNG timeline (stacked shares against time)."""
+    `write_csv` saves it as CSV (time_s, frame, faces, one column per class; empty where no face was seen),
+    `write_timeline` as a PNG timeline (stacked shares against time); each file appears whole or not at all."""
 
     def __init__(self, source: str, classes: tuple[str, ...]):
         self.source, self.classes = source, tuple(classes)
@@ -102,45 +152,48 @@ class VideoSummary:
         share = np.mean([[f["probs"][c] for c in self.classes] for f in faces], axis=0) if faces else None
         self.rows.append((float(time_s if time_s is not None else frame), int(frame), len(faces), share))
 
-    def write(self, csv_path: str | Path, png_path: str | Path) -> list[Path]:
-        with open(csv_path, "w", newline="") as f:
+    def write_csv(self, path: str | Path) -> Path:
+        with replacing(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["time_s", "frame", "faces", *self.classes])
             for t, frame, n, share in self.rows:
                 w.writerow([f"{t:.3f}", frame, n, *([f"{v:.4f}" for v in share] if share is not None
                                                      else [""] * len(self.classes))])
-        self._plot(png_path)
-        return [Path(csv_path), Path(png_path)]
+        return Path(path)
+
+    def write_timeline(self, path: str | Path) -> Path:
+        with replacing(path) as tmp:
+            self._plot(tmp)
+        return Path(path)
 
     def timeline_png(self) -> bytes:
-        """The PNG timeline `write` saves, as bytes (the REST API sends it inline)."""
+        """The PNG timeline `write_timeline` saves, as bytes (the REST API sends it inline)."""
         import io
         buf = io.BytesIO()
         self._plot(buf)
         return buf.getvalue()
 
     def _plot(self, path) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ..engine.plots import plain_text, plt
         t = np.array([r[0] for r in self.rows])
         shares = np.array([r[3] if r[3] is not None else np.full(len(self.classes), np.nan) for r in self.rows])
-        fig, ax = plt.subplots(figsize=(10, 3.6))
-        if len(t):
-            ax.stackplot(t, np.nan_to_num(shares.T) if shares.size else [], labels=self.classes,
-                         colors=[EMOTION_COLOURS.get(c, "grey") for c in self.classes], alpha=0.9)
-            ax.set_xlim(t.min(), max(t.max(), t.min() + 1e-3))
-        faceless = [r[0] for r in self.rows if r[3] is None]
-        if faceless:
-            ax.plot(faceless, [1.02] * len(faceless), "|", color="black", label="no face", clip_on=False)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("emotion share")
-        ax.set_title(f"{Path(self.source).name}: mean of the faces' probabilities per frame")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        with plain_text():  # the title is the video's name: text, never a formula
+            fig, ax = plt.subplots(figsize=(10, 3.6))
+            if len(t):
+                ax.stackplot(t, np.nan_to_num(shares.T) if shares.size else [], labels=self.classes,
+                             colors=[EMOTION_COLOURS.get(c, "grey") for c in self.classes], alpha=0.9)
+                ax.set_xlim(t.min(), max(t.max(), t.min() + 1e-3))
+            faceless = [r[0] for r in self.rows if r[3] is None]
+            if faceless:
+                ax.plot(faceless, [1.02] * len(faceless), "|", color="black", label="no face", clip_on=False)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("time (s)")
+            ax.set_ylabel("emotion share")
+            ax.set_title(f"{Path(self.source).name}: mean of the faces' probabilities per frame")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
 
 
 EMOTION_COLOURS = {"angry": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "happy": "#ffbf00",
