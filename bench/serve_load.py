@@ -13,6 +13,13 @@ summed: an upper bound of the tree's peak, since the processes need not peak at 
 server, its worker, the clients and the prober are not counted; "steal ms" the time a hypervisor gave the
 machine's virtual cores to someone else (/proc/stat). "prober wake-up delay max" is how late the
 prober itself woke from its 100 ms sleeps at worst: a /health stall that the prober shares was the machine's.
+A full queue (`ferlab serve --max-queue`) answers 503 with Retry-After: 5 and closes the connection unread,
+so a client still sending its body sees a reset instead; clients wait those 5 s before asking again, or ask
+again at once with --no-backoff (a hostile client). The table counts 200s, 503s, resets and anything else
+apart; p50/p95/p99 are over the 200s.
+The server's temp folder is one of the bench's own (TMPDIR; uploads over 1 MB are spooled there while they
+are parsed, in files deleted at once but held open); the bytes the server's processes hold open there are
+sampled every 100 ms during the load (/proc/PID/fd) and the peak reported.
 Prints one Markdown table row (and the header with --header).
 """
 from __future__ import annotations
@@ -22,10 +29,12 @@ import http.client
 import io
 import multiprocessing
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -110,11 +119,32 @@ def tree_mib(pid: int, field: str = "VmRSS") -> float:
     return total
 
 
+def temp_bytes(pids: list[int], folder: str) -> int:
+    """Bytes in the files under `folder` that `pids` hold open, deleted ones included (Starlette spools each
+    upload over 1 MB into an unnamed temp file there, invisible to a listing of the folder)."""
+    total = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder):
+                    total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return total
+
+
 def multipart(data: bytes, name: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+RETRY_AFTER_S = 5.0  # what `ferlab serve` sends with its 503s
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, ctype: str | None = None,
@@ -171,6 +201,9 @@ def main() -> None:
     p.add_argument("--image", help="image to upload (default: the 39.7 MP PNG described above)")
     p.add_argument("--serve-args", default="", help="extra arguments for ferlab serve, e.g. '--workers 1'")
     p.add_argument("--header", action="store_true", help="print the table header first")
+    p.add_argument("--no-backoff", action="store_true",
+                   help="clients ask again at once after a 503 or a reset, as a hostile client would (default: they "
+                        "wait the 5 s the 503's Retry-After asks for)")
     a = p.parse_args()
 
     data = Path(a.image).read_bytes() if a.image else big_png()
@@ -180,7 +213,9 @@ def main() -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "ferlab.cli", "serve", "--model", a.model, "--detector", a.detector,
            "--port", str(port), *a.serve_args.split()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    temp = tempfile.mkdtemp(prefix="serve-load-")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": temp})
+    temp_peak = [0]
     try:
         wait_ready(port, proc)
         # one untimed upload first, as any running server has had: the first request imports the multipart
@@ -199,14 +234,23 @@ def main() -> None:
                 r = request(port, "POST", "/v1/predict", body, ctype)
                 with lock:
                     results.append(r)
+                if r[0] in (0, 503) and not a.no_backoff:  # as the 503's Retry-After asks (a reset: the same)
+                    time.sleep(min(RETRY_AFTER_S, max(0.0, end - time.time())))
 
         ctx = multiprocessing.get_context("spawn")
         receive, send = ctx.Pipe(duplex=False)
         prober = ctx.Process(target=probe_health, args=(port, a.seconds, send))
         threads = [threading.Thread(target=client) for _ in range(a.clients)]
+
+        def watch_temp():
+            while time.time() < end:
+                temp_peak[0] = max(temp_peak[0], temp_bytes(tree, temp))
+                time.sleep(0.1)
+        watcher = threading.Thread(target=watch_temp, daemon=True)
         tree = [proc.pid, *descendants(proc.pid)]
         t0, (busy0, steal0), ours0 = time.perf_counter(), machine_cpu_s(), cpu_s(tree) + sum(os.times()[:4])
         prober.start()
+        watcher.start()
         for t in threads:
             t.start()
         for t in threads:
@@ -226,21 +270,26 @@ def main() -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
     ok = [dt for s, dt in results if s == 200]
-    bad = sum(1 for s, _ in results if s != 200)
-    cols = ["detector", "image", "clients", "requests/s", "p50 s", "p95 s", "p99 s", "non-200",
+    busy = sum(1 for s, _ in results if s == 503)  # refused at once by a full queue (--max-queue), Retry-After
+    # a refused upload's connection is closed unread: a client still sending its body sees a reset, not the 503
+    reset = sum(1 for s, _ in results if s == 0)
+    bad = sum(1 for s, _ in results if s not in (200, 503, 0))
+    cols = ["detector", "image", "clients", "requests/s", "p50 s", "p95 s", "p99 s", "200", "503 busy", "reset", "other",
             "/health p50 ms", "/health p95 ms", "/health p99 ms", "/health max ms", "other CPU %", "steal ms",
             "prober wake-up delay max ms", "processes",
-            "RSS idle MiB (sum)", "RSS peak MiB (sum of VmHWM)", "RSS final MiB (sum)",
+            "RSS idle MiB (sum)", "RSS peak MiB (sum of VmHWM)", "RSS final MiB (sum)", "temp folder peak MiB",
             "server process alone: RSS idle / peak MiB"]
     if a.header:
         print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     row = [a.detector, f"{size} ({len(data) / 1024:.0f} KB)", str(a.clients), f"{len(results) / wall:.2f}",
-           f"{pct(ok, 50):.2f}", f"{pct(ok, 95):.2f}", f"{pct(ok, 99):.2f}", str(bad),
+           f"{pct(ok, 50):.2f}", f"{pct(ok, 95):.2f}", f"{pct(ok, 99):.2f}", str(len(ok)), str(busy), str(reset), str(bad),
            f"{1000 * statistics.median(health):.0f}" if health else "-", f"{1000 * pct(health, 95):.0f}",
            f"{1000 * pct(health, 99):.0f}",
            f"{1000 * max(health):.0f}" if health else "-", f"{max(0.0, 100 * other / wall):.0f}", f"{1000 * steal:.0f}", f"{1000 * max(late):.0f}", str(procs), f"{idle:.0f}", f"{peak:.0f}", f"{final:.0f}",
+           f"{temp_peak[0] / 2**20:.0f}",
            f"{server_idle:.0f} / {server_peak:.0f}"]
     print("| " + " | ".join(row) + " |", flush=True)
 

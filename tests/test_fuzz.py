@@ -242,3 +242,68 @@ def test_folder_and_archive_readers_fuzzed_with_mutated_real_files(fer_slice):
                 _sound_data(out)
 
     check()
+
+
+@pytest.fixture(scope="module")
+def progressive_seed(fer_slice) -> bytes:
+    """A real face as a progressive JPEG at 1000 px: each scan is a pass over a million pixels."""
+    buf = io.BytesIO()
+    Image.fromarray(fer_slice["pixels"][3]).resize((1000, 1000)).save(buf, "JPEG", progressive=True)
+    return buf.getvalue()
+
+
+def test_scan_bombs_are_refused_or_cheap(progressive_seed):
+    """A real progressive JPEG with one of its scans repeated 0-3,000 times (the crafted JPEG of Hardening II,
+    small): under the scan limit it decodes (or fails) as fast as a normal photo, over it it is refused before
+    decoding, by the REST decoder (413) and by `predict`'s reader (its error names the file)."""
+    import time
+
+    from ferlab.data.images import MAX_JPEG_SCANS, jpeg_scans
+    starts = [i for i in range(len(progressive_seed) - 1) if progressive_seed[i:i + 2] == b"\xff\xda"]
+
+    @settings(FUZZ, max_examples=30)
+    @given(st.sampled_from(starts), st.integers(0, 3000))
+    def check(start, repeats):
+        end = progressive_seed.find(b"\xff\xda", start + 2)
+        end = len(progressive_seed) - 2 if end < 0 else end
+        data = progressive_seed[:end] + progressive_seed[start:end] * repeats + progressive_seed[end:]
+        over = jpeg_scans(data) > MAX_JPEG_SCANS
+        t0 = time.perf_counter()
+        try:
+            _sound_rgb(decode_image(data, 4_000_000), 4_000_000)
+            assert not over
+        except HTTPException as e:
+            assert (e.status_code == 413 and "scans" in e.detail) if over else e.status_code in (400, 413, 415)
+        assert time.perf_counter() - t0 < 2.0
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "bomb.jpg"
+            path.write_bytes(data)
+            try:
+                read_image(path)
+                assert not over
+            except ValueError as e:
+                assert str(path) in str(e) and (not over or "scans, refused before decoding" in str(e))
+
+    check()
+
+
+def test_a_video_of_huge_grey_frames_stops_at_its_budget(fer_slice, tmp_path, capsys):
+    """The crafted video of Hardening II, small: 300 grey 1280x1280 frames, H.264, a few hundred bytes each, but
+    a detector pass each; `predict --timeout 1` stops it about there, with one error row, and goes on."""
+    import time
+
+    from ferlab.cli import main
+    from ferlab.inference.video import H264Writer
+    clip = tmp_path / "grey.mp4"
+    writer = H264Writer(clip, 25.0, (1280, 1280))
+    for i in range(300):
+        writer.write(np.full((1280, 1280, 3), 100 + i % 50, np.uint8))
+    writer.close()
+    assert clip.stat().st_size < 300_000
+    face = tmp_path / "face.png"
+    Image.fromarray(fer_slice["pixels"][0]).save(face)
+    t0 = time.perf_counter()
+    assert main(["predict", str(clip), str(face), "--timeout", "1", "--keep-going", "--no-progress"]) == 0
+    assert time.perf_counter() - t0 < 15
+    out = capsys.readouterr().out
+    assert out.count('"error"') == 1 and "time budget" in out and "face.png" in out.splitlines()[-1]

@@ -252,6 +252,32 @@ def test_a_jpeg_of_thousands_of_scans_is_one_row_with_its_reason(run_dir, fer_sl
     assert rows[0]["label"] and rows[2]["label"] and "scans, refused before decoding" in rows[1]["error"]
 
 
+def test_a_video_over_its_timeout_is_stopped_with_its_rows_kept(run_dir, video, fer_slice, tmp_path, capsys):
+    """`--timeout`: a video still going after S seconds is stopped there, reported as that file's error, its
+    frames so far kept; the next input is analysed and --keep-going exits 0."""
+    import cv2
+    long = tmp_path / "long.mp4"
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    cap.release()
+    vw = cv2.VideoWriter(str(long), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, frames[0].shape[1::-1])
+    for i in range(600):  # 600 frames: far more than 0.5 s of analysis
+        vw.write(frames[i % len(frames)])
+    vw.release()
+    Image.fromarray(fer_slice["pixels"][0]).save(tmp_path / "z.png")
+    argv = ["predict", str(long), str(tmp_path / "z.png"), "--model", str(run_dir), "--no-progress", "--timeout", "0.5"]
+    assert main(argv + ["--keep-going"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    analysed = [r for r in rows if r["source"] == str(long) and r.get("frame") is not None]
+    stopped = [r for r in rows if r.get("error")]
+    assert 0 < len({r["frame"] for r in analysed}) < 600
+    assert len(stopped) == 1 and "0.5 s, its time budget (--timeout)" in stopped[0]["error"]
+    assert rows[-1]["source"] == str(tmp_path / "z.png")
+    assert main(argv) == 2  # without --keep-going a stopped video is an error of the run
+
+
 def test_csv_and_table_formats(run_dir, fer_slice, tmp_path, capsys):
     deep = tmp_path / ("a_folder_with_a_rather_long_name_" * 3) / "and_another_one_below_it"
     deep.mkdir(parents=True)

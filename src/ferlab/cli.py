@@ -189,7 +189,8 @@ def _cmd_predict(a):
         raise ValueError(f"--min-face is an mtcnn option; the {a.detector} detector does not take it")
     predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size,
                           tta=not a.no_tta, **options)
-    res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=_progress(a))
+    res = predict_paths(a.paths, predictor, a.format, a.save, a.every, progress=_progress(a),
+                        video_timeout_s=a.timeout)
     if res["save_error"]:  # the copies asked for are missing: an error, --keep-going or not
         raise RuntimeError(f"{res['save_error']}; saving stopped there ({len(res['saved'])} annotated file(s) "
                            "written before it are whole, nothing partial is left), every input's rows were printed")
@@ -384,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save", metavar="DIR", help="write annotated images / videos (box + label + probability)")
     s.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default: 64)")
     s.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th video frame (default: 1)")
+    s.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="stop a video still being analysed after S seconds, keeping its rows so far and reporting "
+                        "it as an error of that file (default: no limit; JPEGs of absurdly many scans and images "
+                        "over the pixel limit are refused before decoding either way)")
     s.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:1 (default: cpu)")
     s.add_argument("--no-tta", action="store_true",
                    help="classify each face once, not also its mirror image (faster, slightly less accurate)")

@@ -78,7 +78,7 @@ def _blank(source, frame=None, time_s=None) -> dict:
 
 def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", save: str | Path | None = None,
                   every: int = 1, progress: bool = True, out: TextIO | None = None,
-                  err: TextIO | None = None) -> dict:
+                  err: TextIO | None = None, video_timeout_s: float | None = None) -> dict:
     """Predict on images, folders, videos and camera indices; write one row per face to `out` (stdout).
 
     Returns counts, the unreadable inputs as [(path, reason)] and, when an annotated copy could not be written
@@ -103,7 +103,8 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
             writer.discard()
 
     try:
-        for fr, faces in predictor.stream(paths, every, errors, progress, keep_images=writer is not None):
+        for fr, faces in predictor.stream(paths, every, errors, progress, keep_images=writer is not None,
+                                          video_timeout_s=video_timeout_s):
             if fr.error is not None:  # an unreadable input, in its place among the others
                 rows.unreadable(fr.source, fr.error)
                 continue

@@ -177,16 +177,19 @@ class Predictor:
         return out
 
     def stream(self, source, every: int = 1, errors: list | None = None, progress: bool = False,
-               keep_images: bool = False, color: str = "rgb") -> Iterator[tuple[Frame, list[dict]]]:
+               keep_images: bool = False, color: str = "rgb",
+               video_timeout_s: float | None = None) -> Iterator[tuple[Frame, list[dict]]]:
         """(frame, its faces) in input order, for any `source` `predict` takes (`Frame.item` is the index of
         the item a frame came from when `source` is a list). With an `errors` list, unreadable files are
         appended to it as (path, reason) and skipped; without one they raise. Frames keep their pixels only
-        with `keep_images` (to draw on them); at most PENDING_FRAMES of them wait for a batch."""
+        with `keep_images` (to draw on them); at most PENDING_FRAMES of them wait for a batch. A video file
+        still going after `video_timeout_s` seconds is stopped there, as an error of that file (its frames so
+        far kept)."""
         if color not in ("rgb", "bgr"):
             raise ValueError(f"color must be 'rgb' or 'bgr' (the channel order of numpy images), got {color!r}")
         pending: list[tuple[Frame, list]] = []
         crops: list[np.ndarray] = []
-        for group in _detect_groups(_frames(source, every, errors, progress, color)):
+        for group in _detect_groups(_frames(source, every, errors, progress, color, video_timeout_s)):
             found = iter(self._detect_many([fr.image for fr in group if fr.error is None]))
             for fr in group:
                 # an unreadable input keeps its place in the output
@@ -273,19 +276,20 @@ def _detect_groups(frames: Iterator[Frame]) -> Iterator[list[Frame]]:
         yield group
 
 
-def _frames(source, every: int, errors: list | None, progress: bool, color: str) -> Iterator[Frame]:
+def _frames(source, every: int, errors: list | None, progress: bool, color: str,
+            video_timeout_s: float | None = None) -> Iterator[Frame]:
     """Frames of one source or of a list of them, each tagged with the index of its item in the list."""
     if not isinstance(source, (list, tuple)) or all(isinstance(s, (str, Path)) for s in source):
         if isinstance(source, (np.ndarray, Image.Image)):
             yield Frame(_as_array(source, color))
             return
-        yield from iter_frames(source, every, errors, progress)  # frames carry the index of their item
+        yield from iter_frames(source, every, errors, progress, video_timeout_s)  # frames carry their item
         return
     for i, item in enumerate(source):
         if isinstance(item, (np.ndarray, Image.Image)):
             yield Frame(_as_array(item, color), item=i)
         else:
-            for fr in iter_frames(item, every, errors, progress=False):
+            for fr in iter_frames(item, every, errors, False, video_timeout_s):
                 fr.item = i
                 yield fr
 
@@ -322,8 +326,11 @@ def _expand(source) -> list[tuple[str, Path | None, int]]:
     return out
 
 
-def iter_frames(source, every: int = 1, errors: list | None = None, progress: bool = False) -> Iterator[Frame]:
-    """Frames of images, videos (every `every`-th frame) and camera indices, decoded one at a time."""
+def iter_frames(source, every: int = 1, errors: list | None = None, progress: bool = False,
+                video_timeout_s: float | None = None) -> Iterator[Frame]:
+    """Frames of images, videos (every `every`-th frame) and camera indices, decoded one at a time; a video
+    file is stopped with a ValueError once `video_timeout_s` seconds have passed since its first frame
+    (the time its consumer spends on the frames counts: it runs between them)."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     items = _expand(source)
@@ -333,7 +340,7 @@ def iter_frames(source, every: int = 1, errors: list | None = None, progress: bo
             if path.isdigit() and not Path(path).exists():
                 frames = _video_frames(int(path), every, progress)
             elif Path(path).suffix.lower() in VIDEO_EXTS:
-                frames = _video_frames(path, every, progress, root)
+                frames = _video_frames(path, every, progress, root, video_timeout_s)
             else:
                 frames = iter([Frame(read_image(path), path, root=root)])
             for fr in frames:
@@ -368,7 +375,8 @@ def read_image(path: str | Path) -> np.ndarray:
                          f"{', '.join(sorted(IMAGE_EXTS))} or a video ({', '.join(sorted(VIDEO_EXTS))})") from e
 
 
-def _video_frames(source, every: int, progress: bool, root: Path | None = None) -> Iterator[Frame]:
+def _video_frames(source, every: int, progress: bool, root: Path | None = None,
+                  timeout_s: float | None = None) -> Iterator[Frame]:
     import cv2
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
@@ -381,6 +389,9 @@ def _video_frames(source, every: int, progress: bool, root: Path | None = None) 
     t0, i = time.monotonic(), 0
     try:
         while True:
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise ValueError(f"{name}: stopped at frame {i} after {timeout_s:g} s, its time budget (--timeout); "
+                                 "the frames before it were analysed")
             if i % every:
                 if not cap.grab():  # skipped frames are not decoded
                     break
