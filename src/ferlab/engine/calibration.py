@@ -156,9 +156,9 @@ def calibrate_run(spec: str, data: str | None = None, device: str = "auto", tta:
     from ..data import load_fer2013, make_splits
     from .checkpoint import checkpoint_path, load_checkpoint, write_checkpoint
     from .trainer import resolve_device
-    if str(spec) == "default":
-        raise ValueError("the packaged model is calibrated when it is packaged: calibrate its run folder, then "
-                         "package it with python -m ferlab.weights RUN")
+    if str(spec) in ("default", "ensemble"):
+        raise ValueError(f"the packaged {spec} model is calibrated when it is packaged: calibrate its run folders, "
+                         "then package them with python -m ferlab.weights")
     path = checkpoint_path(spec)
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]

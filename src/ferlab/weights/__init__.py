@@ -1,25 +1,34 @@
-"""Where the packaged model lives: `ferlab predict --model default` and `Predictor(model="default")`.
+"""Where the packaged models live: `--model default` and `--model ensemble`, `Predictor(model=...)`.
 
-The file is shipped as package data (pyproject: `weights/*.pt`) next to this module.
+The files are shipped as package data (pyproject: `weights/*.pt`) next to this module: `default.pt`, one
+network, and `ensemble.pt`, several trained networks averaged (ferlab.models.ensemble), once packaged.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "default.pt"
+HERE = Path(__file__).resolve().parent
+DEFAULT_WEIGHTS = HERE / "default.pt"
+ENSEMBLE_WEIGHTS = HERE / "ensemble.pt"
+PACKAGED = ("default", "ensemble")
+
+
+def packaged_weights(name: str) -> Path:
+    """Path of a packaged model ("default", "ensemble"); a clear error while it has not been shipped."""
+    path = {"default": DEFAULT_WEIGHTS, "ensemble": ENSEMBLE_WEIGHTS}[name]
+    if not path.exists():
+        raise FileNotFoundError(f"the {name} model is not packaged in this ferlab: expected {path}. "
+                                "Pass --model RUN_DIR, CHECKPOINT.pt or MODEL.onnx instead")
+    return path
 
 
 def default_weights() -> Path:
-    """Path of the packaged default checkpoint; a clear error while it has not been shipped."""
-    if not DEFAULT_WEIGHTS.exists():
-        raise FileNotFoundError(f"the default model is not packaged yet: expected {DEFAULT_WEIGHTS}. "
-                                "Pass --model RUN_DIR, CHECKPOINT.pt or MODEL.onnx instead")
-    return DEFAULT_WEIGHTS
+    return packaged_weights("default")
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """A --model argument as a path: "default" is the packaged checkpoint, anything else a path as given."""
-    return default_weights() if str(spec) == "default" else Path(spec)
+    """A --model argument as a path: "default" and "ensemble" are the packaged models, anything else a path."""
+    return packaged_weights(str(spec)) if str(spec) in PACKAGED else Path(spec)
 
 
 def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS) -> Path:
@@ -38,3 +47,52 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS) -> Path:
             "config": config_from_saved(ckpt["config"]).to_dict()}
     return write_checkpoint(out, ckpt)
 
+
+
+def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS, data: str | None = None,
+                     device: str = "auto") -> tuple[Path, dict]:
+    """Write calibrated runs as one shippable ensemble (ferlab.models.ensemble): each member keeps its own
+    temperature and logit bias, and one more temperature, for the ensemble as a whole, is fitted on the
+    validation split (PublicTest) under flip TTA, as the Predictor predicts. Weights are stored in fp16
+    (halving the file; the float32 network they load into gives the same labels: see the README).
+    Returns the file and the calibration record."""
+    import torch
+
+    from ..data import load_fer2013, make_splits
+    from ..engine.calibration import calibrate_checkpoint
+    from ..engine.checkpoint import FORMAT_VERSION, load_checkpoint, model_from_checkpoint, write_checkpoint
+    from ..engine.trainer import resolve_device
+    from ..inference.preprocess import Preprocess
+    from ..models import create_model
+    if len(runs) < 2:
+        raise ValueError(f"an ensemble needs at least two runs, got {len(runs)}")
+    ckpts = [load_checkpoint(r) for r in runs]
+    first = ckpts[0]
+    for run, c in zip(runs, ckpts):
+        if not c.get("temperature"):
+            raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first")
+        if c["classes"] != first["classes"] or Preprocess.from_dict(c["preprocess"]) != Preprocess.from_dict(
+                first["preprocess"]):
+            raise ValueError(f"{run}: its classes or preprocessing differ from {runs[0]}'s; an ensemble's members "
+                             "see the same input and answer the same classes")
+    members = [{"model": c["model"], "model_args": c["model_args"]} for c in ckpts]
+    pre = Preprocess.from_dict(first["preprocess"])
+    net = create_model("ensemble", num_classes=len(first["classes"]), in_channels=pre.in_channels,
+                       input_size=pre.input_size, members=members)
+    for i, c in enumerate(ckpts):
+        member, _ = model_from_checkpoint(c, calibrated=False)  # its EMA weights where it has them
+        net.members[i].load_state_dict(member.state_dict())
+        net.temperatures[i] = float(c["temperature"])
+        if c.get("logit_bias") is not None:
+            net.biases[i] = torch.as_tensor(c["logit_bias"], dtype=torch.float32)
+    ckpt = {"format": "ferlab", "format_version": FORMAT_VERSION, "model": "ensemble", "model_args": {"members": members},
+            "preprocess": pre.to_dict(), "classes": list(first["classes"]), "state_dict": net.state_dict(),
+            "members": [str(r) for r in runs], "config": {"split": "official", "data": first["config"].get("data")},
+            "epoch": None, "best_val_acc": None, "metrics": {}}
+    cfg = first.get("config") or {}
+    val = make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
+                      seed=cfg.get("seed", 42))["val"]
+    ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),
+                                resolve_device(device), "flip")
+    ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    return write_checkpoint(out, ckpt), ckpt["calibration"]

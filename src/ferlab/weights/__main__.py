@@ -1,10 +1,22 @@
-"""python -m ferlab.weights RUN [--out PATH]: package a run's best model as the shipped default."""
+"""python -m ferlab.weights RUN [--out PATH]: package a run's best model as the shipped default;
+python -m ferlab.weights --ensemble RUN RUN ... [--out PATH] [--data FER2013]: package runs as the ensemble."""
 import argparse
 
-from . import DEFAULT_WEIGHTS, package_model
+from . import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS, package_ensemble, package_model
 
-p = argparse.ArgumentParser(prog="python -m ferlab.weights", description=package_model.__doc__)
-p.add_argument("run")
-p.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+p = argparse.ArgumentParser(prog="python -m ferlab.weights", description=__doc__)
+p.add_argument("runs", nargs="+")
+p.add_argument("--ensemble", action="store_true", help="package the runs as one ensemble (default: one run as "
+                                                       "the default model)")
+p.add_argument("--out", help=f"where to write (default: {DEFAULT_WEIGHTS} or {ENSEMBLE_WEIGHTS})")
+p.add_argument("--data", help="FER2013, to fit the ensemble's temperature on PublicTest (default: the first run's)")
 a = p.parse_args()
-print(package_model(a.run, a.out))
+if a.ensemble:
+    path, record = package_ensemble(a.runs, a.out or ENSEMBLE_WEIGHTS, a.data)
+    print(path, f"temperature {record['temperature']:.3f} on {record['faces']} PublicTest faces, NLL "
+                f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}, ECE {record['ece_before']:.2f}% -> "
+                f"{record['ece_after']:.2f}%")
+elif len(a.runs) != 1:
+    p.error("give one run for the default model, or --ensemble with several")
+else:
+    print(package_model(a.runs[0], a.out or DEFAULT_WEIGHTS))

@@ -1,0 +1,94 @@
+"""`--model ensemble`: calibrated runs packaged as one network whose probabilities are the mean of theirs,
+calibrated once more as a whole on the validation split; every consumer of a checkpoint takes it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ferlab
+from ferlab.cli import main
+from ferlab.engine import TrainConfig, fit, load_checkpoint, model_from_checkpoint
+from ferlab.weights import package_ensemble
+
+
+@pytest.fixture(scope="module")
+def second_run(fer_folder, tmp_path_factory):
+    """A second calibrated run beside conftest's `calibrated_run`: same preprocessing, another seed and net."""
+    out = tmp_path_factory.mktemp("second")
+    threads = torch.get_num_threads()
+    cfg = TrainConfig(name="second", model="simple_cnn_v2", input_size=48, in_channels=1, mean=[0.0], std=[1.0],
+                      standardize=True, data=str(fer_folder), split="official", seed=4, epochs=2, batch_size=16,
+                      optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0,
+                      threads=1, device="cpu", tta=True, out_dir=str(out))
+    try:
+        fit(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "second"
+
+
+@pytest.fixture(scope="module")
+def ensemble(calibrated_run, second_run, fer_folder, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ensemble") / "ensemble.pt"
+    written, record = package_ensemble([calibrated_run, second_run], path, data=str(fer_folder), device="cpu")
+    assert written == path and record["split"] == "val" and record["tta"] == "flip"
+    return path
+
+
+def test_ensemble_is_the_calibrated_mean_of_its_members(ensemble, calibrated_run, second_run, fer_slice):
+    """Its probabilities: softmax(log(mean of the members' calibrated probabilities) / T), T its own (fitted on
+    the validation split), within what fp16 storage of the weights moves; stored in fp16, half the bytes."""
+    ckpt = load_checkpoint(ensemble)
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert ckpt["model_args"]["members"][0]["model"] == "simple_cnn" and ckpt["temperature"] > 0
+    faces = torch.from_numpy(fer_slice["pixels"][:64])
+    from ferlab.engine.trainer import to_model_input
+    means = []
+    for run in (calibrated_run, second_run):
+        member, pre = model_from_checkpoint(load_checkpoint(run))
+        with torch.no_grad():
+            means.append(member(to_model_input(faces, pre, torch.device("cpu"))).softmax(1))
+    want = ((torch.stack(means).mean(0).log()) / ckpt["temperature"]).softmax(1)
+    net, pre = model_from_checkpoint(ckpt)
+    with torch.no_grad():
+        got = net(to_model_input(faces, pre, torch.device("cpu"))).softmax(1)
+    assert torch.allclose(got, want, atol=5e-3), (got - want).abs().max()
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.95
+    assert not torch.allclose(means[0], means[1], atol=1e-2)  # two members that disagree: a real average
+
+
+def test_ensemble_runs_wherever_a_model_is_chosen(ensemble, fer_folder, fer_slice, tmp_path, monkeypatch, capsys):
+    """`--model ensemble` (the packaged file), eval, predict, the Python API and the ONNX export all take it;
+    while none is packaged the name is one clear line."""
+    import ferlab.weights as weights
+    monkeypatch.setattr(weights, "ENSEMBLE_WEIGHTS", tmp_path / "missing.pt")
+    assert main(["predict", str(fer_folder), "--model", "ensemble", "--detector", "none"]) == 2
+    assert "the ensemble model is not packaged" in capsys.readouterr().err
+    monkeypatch.setattr(weights, "ENSEMBLE_WEIGHTS", ensemble)
+    p = ferlab.Predictor("ensemble", detector="none")
+    faces = p.predict(fer_slice["pixels"][0])
+    assert len(faces) == 1 and sum(faces[0]["probs"].values()) == pytest.approx(1, abs=1e-3)
+    assert main(["eval", "ensemble", "--split", "val", "--data", str(fer_folder)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    onnx = tmp_path / "ensemble.onnx"
+    assert main(["export", "ensemble", "--output", str(onnx), "--data", str(fer_folder)]) == 0
+    capsys.readouterr()
+    q = ferlab.Predictor(str(onnx), detector="none")
+    got = q.predict(fer_slice["pixels"][0])[0]["probs"]
+    assert np.allclose(list(got.values()), list(faces[0]["probs"].values()), atol=2e-3)
+
+
+def test_ensemble_members_must_be_calibrated_and_alike(calibrated_run, fer_folder, tmp_path):
+    with pytest.raises(ValueError, match="at least two runs"):
+        package_ensemble([calibrated_run], tmp_path / "e.pt", data=str(fer_folder))
+    raw = load_checkpoint(calibrated_run)
+    uncalibrated = tmp_path / "u.pt"
+    torch.save({**raw, "temperature": None}, uncalibrated)
+    with pytest.raises(ValueError, match="no temperature fitted"):
+        package_ensemble([calibrated_run, uncalibrated], tmp_path / "e.pt", data=str(fer_folder))
+    other = tmp_path / "o.pt"
+    torch.save({**raw, "preprocess": {**raw["preprocess"], "standardize": False}}, other)
+    with pytest.raises(ValueError, match="preprocessing differ"):
+        package_ensemble([calibrated_run, other], tmp_path / "e.pt", data=str(fer_folder))
+    assert not (tmp_path / "e.pt").exists()
