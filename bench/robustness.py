@@ -26,8 +26,8 @@ import shlex
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> str:
     prog = sys.argv[0] if argv is None else "bench/robustness.py"
     argv = sys.argv[1:] if argv is None else list(argv)
     a = ap.parse_args(argv)
+    if a.limit is not None and a.limit < 1:
+        ap.error("--limit must be at least 1")
     names = [n.strip() for n in a.corruptions.split(",") if n.strip()]
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown:
@@ -266,17 +268,17 @@ def main(argv: list[str] | None = None) -> str:
     specs = [m.split("+") for m in a.models]
     ckpts, faces, labels, protocol = _split_faces(specs, a.split, a.data)
     total = len(labels)
-    if a.limit and a.limit < total:
+    if a.limit and a.limit < total:  # spread evenly: the split is stored class by class
         idx = np.linspace(0, total - 1, a.limit).astype(int)
         faces, labels = faces[idx], labels[idx]
     device = resolve_device(a.device)
     split_name = {("official", "test"): "PrivateTest", ("official", "val"): "PublicTest"}.get(
         (protocol, a.split), f"{a.split} split")
     lines = [f"command: python {shlex.join([prog, *argv])}",
-             f"ferlab {ferlab.__version__} ({Path(ferlab.__file__).parent}), torch {torch.__version__}, "
-             f"OpenCV {cv2.__version__}, device {device}, {a.threads} thread(s)",
-             f"{split_name} ({protocol} protocol): {len(labels)} of {total} faces; flip TTA, as `ferlab eval`; "
-             "accuracy %, drop = clean minus corrupted, points",
+             (f"ferlab {ferlab.__version__} ({Path(ferlab.__file__).parent}), torch {torch.__version__}, "
+              f"OpenCV {cv2.__version__}, device {device}, {a.threads} thread(s)"),
+             (f"{split_name} ({protocol} protocol): {len(labels)} of {total} faces; flip TTA, as `ferlab eval`; "
+              "accuracy %, drop = clean minus corrupted, points"),
              "", table_header(a.models)]
     print("\n".join(lines), flush=True)
     clean_accs: list[float] | None = None
