@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 DATA   ?= $(FERLAB_DATA)
 
-.PHONY: help install test eval-default seed-study train-cpu report
+.PHONY: help install demo test eval-default seed-study train-cpu report
 
 help:
 	@echo "make install                      create $(VENV) and install ferlab -e with every extra and the test tools (pip install . for users)"
-	@echo "make test                         install, then run the test suite"
+	@echo "make demo                         install, then predict and explain on an example photo (no dataset): demo/"
+	@echo "make test                         install, then run the test suite (faces tests: FERLAB_TEST_DATA=PATH)"
 	@echo "make eval-default DATA=PATH       install, then score the shipped model on PrivateTest"
 	@echo "make seed-study DATA=PATH         install, then train the seed's five iterations + report"
 	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (vgg_s_cpu48, 1.8 h on 1 core)"
@@ -21,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/ferlab demo --out demo
 
 test: install
 	$(VENV)/bin/pytest -q

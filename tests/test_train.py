@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import yaml
 from PIL import Image
 
 from ferlab.cli import main
-from ferlab.data import CLASSES, load_fer2013, make_splits
+from ferlab.data import CLASSES, USAGES, load_fer2013, make_splits
 from ferlab.engine import TrainConfig, evaluate, fit, load_checkpoint, model_from_checkpoint, predict_probs
 from ferlab.engine.trainer import predict_probs_tta, tta_views
 from ferlab.engine.callbacks import METRIC_KEYS
@@ -87,27 +86,25 @@ def runs(fer_folder, tmp_path_factory):
 # ----------------------------------------------------------------------------------------------- learning
 
 @pytest.fixture(scope="module")
-def two_class_folder(fer_archive, tmp_path_factory) -> Path:
+def two_class_folder(fer_data, tmp_path_factory) -> Path:
     """happy vs surprise in the Kaggle folder layout: 200 Training faces per class, 60 PublicTest and 60
-    PrivateTest. fer_slice's 24 faces per class are too few to tell learning from luck, so this reads more
-    real faces from the same archive."""
+    PrivateTest (the first of each, in the order ferlab's reader gives them; PNG files, their pixels exactly).
+    fer_slice's 24 faces per class are too few to tell learning from luck, so this takes more real faces."""
     root = tmp_path_factory.mktemp("two-class") / "fer2013"
     want = {"Training": 200, "PublicTest": 60, "PrivateTest": 60}
     taken: dict = {}
-    with tarfile.open(fer_archive) as tf:
-        for m in tf:
-            parts = Path(m.name).parts
-            if not m.isfile() or not m.name.endswith(".jpg") or parts[-2] not in ("happy", "surprise"):
-                continue
-            key = (parts[-1].split("_")[0], parts[-2])
-            if taken.get(key, 0) >= want.get(key[0], 0):
-                continue
-            taken[key] = taken.get(key, 0) + 1
-            p = root.joinpath(*parts[-3:])
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(tf.extractfile(m).read())
-            if sum(taken.values()) == 2 * sum(want.values()):
-                break
+    for i, (lab, u) in enumerate(zip(fer_data.labels.tolist(), fer_data.usage.tolist())):
+        if lab < 0 or CLASSES[lab] not in ("happy", "surprise"):
+            continue
+        key = (USAGES[u], CLASSES[lab])
+        if taken.get(key, 0) >= want.get(key[0], 0):
+            continue
+        taken[key] = taken.get(key, 0) + 1
+        p = root / ("train" if key[0] == "Training" else "test") / key[1] / f"{key[0]}_{i}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(fer_data.images[i]).save(p)
+        if sum(taken.values()) == 2 * sum(want.values()):
+            break
     assert len(taken) == 6 and min(taken.values()) == 60, taken
     return root
 

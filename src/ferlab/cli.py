@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import os
 import sys
+
+# OpenCV's and FFmpeg's own log lines ("[ WARN:0@0.1] ...", "[mov,mp4,... @ 0x...] moov atom not found") would reach
+# the user beside ferlab's one line per unreadable input: quieted before anything imports cv2 (a user's setting wins)
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 # ferlab.inference.detect's names and aliases, spelled out so that building the parser imports no torch
 DETECTOR_CHOICES = ("mtcnn", "haar", "cascade", "lbp", "none")
@@ -68,7 +74,31 @@ def _cmd_sweep(a):
               overrides=_overrides(a), total_trials=a.total_trials, heartbeat=a.heartbeat, report_only=a.report)
 
 
+def _port_free(host: str, port: int) -> None:
+    """Bind host:port once, as the server will (SO_REUSEADDR, as uvicorn), so that a port already taken is one line
+    before the model loads, not a traceback after."""
+    import errno
+    import socket
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError, OverflowError) as e:
+        raise ValueError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise RuntimeError(f"{host}:{port} is already in use (another server is listening there); stop it "
+                                   "or pass another --port") from None
+            raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
 def _cmd_serve(a):
+    _port_free(a.host, a.port)
+    from .weights import resolve_model
+    resolve_model(a.model)  # a mistyped name is one line now, not an error of the worker process
     from ._optional import need
     from .serve.app import MAX_PIXELS, create_app  # checks the rest of the 'serve' extra first
     need("uvicorn", "serve", "ferlab serve")
@@ -200,28 +230,61 @@ def _cmd_predict(a):
 
 
 def _cmd_explain(a):
+    from pathlib import Path
+
+    from .inference.predictor import Predictor
+    options = {"align": a.align} if a.align is not None else {}
+    predictor = Predictor(a.model, detector=a.detector, device=a.device, tta=not a.no_tta, **options)
+    _explain_photos(predictor, a.photos, Path(a.out))
+
+
+def _explain_photos(predictor, photos, out_dir, rows: bool = True) -> None:
+    """Each photo's faces explained (Grad-CAM) into out_dir/PHOTO_explained.png; with `rows`, a JSON line per face
+    on stdout."""
     import json
     from pathlib import Path
 
     from PIL import Image
 
     from .inference.explain import draw_explained
-    from .inference.predictor import Predictor, free_name, read_image
-    options = {"align": a.align} if a.align is not None else {}
-    predictor = Predictor(a.model, detector=a.detector, device=a.device, tta=not a.no_tta, **options)
-    out_dir = Path(a.out)
+    from .inference.predictor import free_name, read_image
     out_dir.mkdir(parents=True, exist_ok=True)
     written: set[Path] = set()
-    for path in a.photos:
+    for path in photos:
         rgb = read_image(path)
         faces = predictor.explain(rgb)
         target = free_name(out_dir / f"{Path(path).stem}_explained.png", written)  # never over an existing file
         written.add(target)
         Image.fromarray(draw_explained(rgb, faces)).save(target)
-        for f in faces:
+        for f in faces if rows else ():
             row = {k: v for k, v in f.items() if k != "heatmap"}
             print(json.dumps({**row, "source": path, "explained": str(target)}), flush=True)
         print(f"{path}: {len(faces)} face(s){'' if faces else ' (no face found)'} -> {target}", file=sys.stderr)
+
+
+def _cmd_demo(a):
+    """predict and explain on scikit-image's astronaut photo: no dataset, no download."""
+    from pathlib import Path
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    from ._atomic import replacing
+    from .inference.output import predict_paths
+    from .inference.predictor import Predictor
+    out = Path(a.out)
+    photo = out / "astronaut.png"
+    with replacing(photo) as tmp:
+        Image.fromarray(skdata.astronaut()).save(tmp)
+    for old in (out / "astronaut_annotated.png", out / "astronaut_explained.png"):  # this demo's own, from before
+        old.unlink(missing_ok=True)
+    print(f"ferlab demo: scikit-image's astronaut photo (Eileen Collins, NASA) -> {photo}", file=sys.stderr)
+    predictor = Predictor("default", device="cpu")
+    res = predict_paths([str(photo)], predictor, "table", save=out, progress=False)
+    if res["save_error"]:
+        raise RuntimeError(str(res["save_error"]))
+    sys.stdout.flush()
+    _explain_photos(predictor, [str(photo)], out, rows=False)
 
 
 def _cmd_export(a):
@@ -240,13 +303,62 @@ def _cmd_export(a):
           f"preprocessing in the graph); ONNX Runtime matches PyTorch: max |dp| = {checked} (<= {PARITY_TOL:.0e})")
 
 
+# Each verb's `-h` ends with these, after its description (the verb's one-line help)
+EXAMPLES = {
+    "demo": ["ferlab demo                        # writes demo/astronaut_annotated.png and _explained.png",
+             "ferlab demo --out /tmp/ferlab-demo"],
+    "data": ["ferlab data ~/Downloads/fer2013.zip",
+             "ferlab data fer2013.csv --stats    # brightness, contrast, sharpness per split"],
+    "train": ["ferlab train vgg_s_cpu48 --data ~/Downloads/fer2013.zip",
+              "ferlab train seed/iter1_simple_cnn epochs=5 lr=0.01 --data fer2013.csv",
+              "ferlab train --resume runs/vgg_s_cpu48"],
+    "configs": ["ferlab configs",
+                "ferlab configs vgg_s_cpu48 > mine.yaml   # then: ferlab train mine.yaml"],
+    "sweep": ["ferlab sweep seed_regularisation --trials 20 --data fer2013.csv",
+              "ferlab sweep seed_regularisation --report"],
+    "eval": ["ferlab eval default --data fer2013.csv",
+             "ferlab eval runs/vgg_s_cpu48 --split val --ten-crop",
+             "ferlab eval runs/a runs/b --data fer2013.csv   # the two as an ensemble"],
+    "calibrate": ["ferlab calibrate runs/vgg_s_cpu48 --data fer2013.csv",
+                  "ferlab calibrate runs/vgg_s_cpu48 --min-recall disgust=45"],
+    "report": ["ferlab report runs/seed_iter* --markdown runs/seed_report.md",
+               "ferlab report runs/ --plot runs.png"],
+    "serve": ["ferlab serve                       # http://127.0.0.1:8000/",
+              "ferlab serve --host 0.0.0.0 --port 8080 --workers 2",
+              "ferlab serve --model runs/vgg_s_cpu48 --detector haar"],
+    "predict": ["ferlab predict photo.jpg",
+                "ferlab predict photos/ clip.mp4 --format table --save annotated/",
+                "ferlab predict photos/ --format json > faces.json",
+                "ferlab predict 0 --every 5           # camera 0, every 5th frame"],
+    "explain": ["ferlab explain photo.jpg",
+                "ferlab explain a.jpg b.png --out heatmaps/ --model runs/vgg_s_cpu48"],
+    "export": ["ferlab export default -o ferlab.onnx",
+               "ferlab export runs/vgg_s_cpu48 --int8 --data fer2013.csv"],
+}
+
+
+def _verb(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A verb's parser: its help line also as the description of its `-h`, with its examples below."""
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog="Examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name]),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition on FER2013.")
     p.add_argument("--version", action="version", version=f"ferlab {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p.verbs = sub.choices  # every verb's parser by name (the did-you-mean of a mistyped verb)
 
-    s = sub.add_parser("data", help="describe a FER2013 source: form, counts per split and class, image size")
+    s = _verb(sub, "demo", help="predict and explain on an example photo shipped with scikit-image (no dataset, "
+                               "no download): prints the table, writes the annotated and the explained picture")
+    s.add_argument("--out", default="demo", metavar="DIR",
+                   help="folder for astronaut.png, astronaut_annotated.png and astronaut_explained.png "
+                        "(default: demo/)")
+    s.set_defaults(fn=_cmd_demo)
+
+    s = _verb(sub, "data", help="describe a FER2013 source: form, counts per split and class, image size")
     s.add_argument("path", nargs="?", help="folder, .zip/.tar.gz, or CSV (default: $FERLAB_DATA)")
     s.add_argument("--skip-bad", action="store_true", help="drop bad rows/files and report how many")
     s.add_argument("--no-cache", action="store_true", help="decode again instead of using the array cache")
@@ -255,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="official", help="split protocol for --stats (official or seed)")
     s.set_defaults(fn=_cmd_data)
 
-    s = sub.add_parser("train", help="train one model from a YAML config")
+    s = _verb(sub, "train", help="train one model from a YAML config")
     s.add_argument("config", nargs="?", help="a packaged config's name (ferlab configs lists them, e.g. "
                    "vgg_s_cpu48) or a YAML file; optional with --resume")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 lr=0.01 augment.erase=0")
@@ -267,11 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     s.set_defaults(fn=_cmd_train)
 
-    s = sub.add_parser("configs", help="list the configs shipped with ferlab, or print one (to copy and edit)")
+    s = _verb(sub, "configs", help="list the configs shipped with ferlab, or print one (to copy and edit)")
     s.add_argument("name", nargs="?", help="a config's or a sweep's name: print its YAML")
     s.set_defaults(fn=_cmd_configs)
 
-    s = sub.add_parser("sweep", help="hyper-parameter search with Optuna; each trial is a run folder")
+    s = _verb(sub, "sweep", help="hyper-parameter search with Optuna; each trial is a run folder")
     s.add_argument("sweep", help="a packaged sweep's name (ferlab configs lists them, e.g. seed_regularisation) "
                                  "or a sweep YAML file")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial, e.g. epochs=3")
@@ -293,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.set_defaults(fn=_cmd_sweep)
 
-    s = sub.add_parser("eval", help="accuracy, per-class precision/recall/F1 and confusion matrix of a model")
+    s = _verb(sub, "eval", help="accuracy, per-class precision/recall/F1 and confusion matrix of a model")
     s.add_argument("runs", nargs="+", metavar="RUN_OR_CHECKPOINT",
                    help="run folder(s), .pt file(s) or 'default'; several = an ensemble (probabilities averaged)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -305,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="confusion matrix PNG (default: in the run folder)")
     s.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("calibrate", help="fit a model's temperature on the validation split (PublicTest) and "
+    s = _verb(sub, "calibrate", help="fit a model's temperature on the validation split (PublicTest) and "
                                          "store it in its checkpoint")
     s.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder (its best.pt) or .pt checkpoint")
     s.add_argument("--data", help="FER2013 location (default: the run's, else $FERLAB_DATA)")
@@ -317,14 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "recall on the validation split, e.g. disgust=45; repeatable")
     s.set_defaults(fn=_cmd_calibrate)
 
-    s = sub.add_parser("report", help="the seed's iteration table for a set of runs, plus a comparison plot")
+    s = _verb(sub, "report", help="the seed's iteration table for a set of runs, plus a comparison plot")
     s.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or sweep folders (a row per "
                                            "trial; the best trial's curves beside the runs')")
     s.add_argument("--markdown", help="also write the table to this file")
     s.add_argument("--plot", default="report.png", help="comparison plot path (default: report.png)")
     s.set_defaults(fn=_cmd_report)
 
-    s = sub.add_parser("serve", help="REST API (POST /v1/predict, /v1/video) and web page for emotion recognition")
+    s = _verb(sub, "serve", help="REST API (POST /v1/predict, /v1/video) and web page for emotion recognition")
     s.add_argument("--model", default="default", help="'default', 'ensemble', a run folder, a .pt checkpoint or a .onnx file")
     s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES,
                    help="face detector: mtcnn (default), haar (OpenCV; alias cascade), lbp (scikit-image) or none")
@@ -368,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "page (repeatable); other sites' requests are refused")
     s.set_defaults(fn=_cmd_serve)
 
-    s = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a camera")
+    s = _verb(sub, "predict", help="expressions of the faces in images, folders, videos or a camera")
     s.add_argument("paths", nargs="+", metavar="PATH",
                    help="image, folder (searched recursively), video, or a camera index such as 0")
     s.add_argument("--model", default="default", help="'default', 'ensemble', a run folder, a .pt checkpoint or a .onnx file")
@@ -381,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="turn each face upright by its eyes before classifying it (mtcnn only; default: on)")
     s.add_argument("--margin", type=float, default=None,
                    help="grow each detected box by this share of its size per side (default: 0, as FER2013 crops)")
-    s.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "table"], help="output (default: jsonl)")
+    s.add_argument("--format", default="jsonl", choices=["jsonl", "json", "csv", "table"],
+                   help="output: a JSON line per row, one JSON list of the rows (at the end), CSV, or a table "
+                        "(default: jsonl)")
     s.add_argument("--save", metavar="DIR", help="write annotated images / videos (box + label + probability)")
     s.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default: 64)")
     s.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th video frame (default: 1)")
@@ -398,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_predict)
 
-    s = sub.add_parser("explain", help="Grad-CAM: which regions of each face drove its label, drawn on the photo")
+    s = _verb(sub, "explain", help="Grad-CAM: which regions of each face drove its label, drawn on the photo")
     s.add_argument("photos", nargs="+", metavar="PHOTO", help="image files")
     s.add_argument("--out", default="explained", metavar="DIR",
                    help="folder for PHOTO_explained.png (default: explained/)")
@@ -410,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tta", action="store_true", help="explain the face alone, not also its mirror image")
     s.set_defaults(fn=_cmd_explain)
 
-    s = sub.add_parser("export", help="export a model to standalone ONNX (preprocessing inside), checked against "
+    s = _verb(sub, "export", help="export a model to standalone ONNX (preprocessing inside), checked against "
                                       "PyTorch")
     s.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, .pt checkpoint, 'default' or 'ensemble'")
     s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
@@ -472,8 +586,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = stdout
 
 
+def _unknown_verb(argv: list[str], verbs: list[str]) -> str | None:
+    """What is wrong with the verb (the first word that is no option: `ferlab` itself takes only -h and
+    --version), with the nearest verb and the list of them; None when it is one of them or there is none."""
+    word = next((w for w in argv if not w.startswith("-")), None)
+    if word is None or word in verbs:
+        return None
+    near = difflib.get_close_matches(word, verbs, n=1)
+    return f"unknown command {word!r}" + (f"; did you mean {near[0]!r}?" if near else ".") + \
+        f" Commands: {', '.join(verbs)}"
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    unknown = _unknown_verb(list(sys.argv[1:] if argv is None else argv), list(parser.verbs))
+    if unknown:
+        print(f"ferlab: error: {unknown}", file=sys.stderr)
+        return 2
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may sit anywhere among the options (argparse stops collecting them at a flag)
     if extra:

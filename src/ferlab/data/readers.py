@@ -398,6 +398,15 @@ def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
     return _read_source(_Source(path), skip_bad)
 
 
+def read_files(path: str | os.PathLike, names: list[str]) -> dict[str, bytes]:
+    """The stored bytes of some files of a folder, .zip or .tar(.gz) (the ids of a folder-form `FerData` read from
+    `path`), e.g. to hand on the original JPEGs; names the source does not hold directly (a nested archive's
+    members) are left out."""
+    src = _Source(Path(path).expanduser())
+    held = set(src.names)
+    return {n: src.read(n) for n in names if n in held}
+
+
 def _read_source(src: _Source, skip_bad: bool) -> FerData:
     form = detect_form(src.names)
     if form is None:

@@ -11,7 +11,7 @@ from typing import TextIO
 from .._atomic import WriteError
 from .predictor import AnnotatedWriter, Predictor
 
-FORMATS = ("jsonl", "csv", "table")
+FORMATS = ("jsonl", "json", "csv", "table")
 
 
 class _Rows:
@@ -23,6 +23,7 @@ class _Rows:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self.fmt, self.classes, self.out = fmt, classes, out
+        self.rows: list[dict] = []  # json: every row, printed as one list by close()
         self.header = ["source", "frame", "time_s", "track", "x", "y", "w", "h", "score", "label", *classes,
                        "error"]
         if fmt == "csv":
@@ -46,6 +47,9 @@ class _Rows:
         if self.fmt == "jsonl":
             print(json.dumps(face), file=self.out, flush=True)
             return
+        if self.fmt == "json":
+            self.rows.append(face)
+            return
         box = face.get("box") or ["", "", "", ""]
         cells = ["" if face.get("frame") is None else face["frame"],
                  "" if face.get("time_s") is None else f"{face['time_s']:.3f}",
@@ -62,6 +66,11 @@ class _Rows:
             elif face.get("label") is None:
                 cells[8] = "no face"
             print(self._line([str(c) for c in cells] + [source]), file=self.out, flush=True)
+
+    def close(self) -> None:
+        """json: the one document, a list of every row (also when stopped part way: the rows so far)."""
+        if self.fmt == "json":
+            print(json.dumps(self.rows, indent=1), file=self.out, flush=True)
 
     def no_face(self, fr) -> None:
         self.write(_blank(fr.source, fr.frame, fr.time_s))
@@ -118,6 +127,7 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
             if writer:
                 saving(writer.write, fr, faces)
     finally:
+        rows.close()
         if writer:
             saving(writer.close_video)
     print(f"{n_faces} face(s) in {n_frames} image(s)/frame(s); {n_empty} without a face"

@@ -317,10 +317,7 @@ def _expand(source) -> list[tuple[str, Path | None, int]]:
         p = Path(s)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
-            if not found:
-                log.warning("no images or videos in folder %s (looked for %s)", p,
-                            ", ".join(sorted(IMAGE_EXTS | VIDEO_EXTS)))
-            out += [(str(f), p, i) for f in found]
+            out += [(str(f), p, i) for f in found] or [(s, None, i)]  # an empty folder: an input that fails
         else:
             out.append((s, None, i))
     return out
@@ -337,6 +334,9 @@ def iter_frames(source, every: int = 1, errors: list | None = None, progress: bo
     bar = _bar(len(items), "file", progress and len(items) > 1)
     for path, root, item in items:
         try:
+            if Path(path).is_dir():  # only an empty folder stays one after _expand
+                raise ValueError(f"{path}: a folder without images or videos (looked for "
+                                 f"{', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))}, in its subfolders too)")
             if path.isdigit() and not Path(path).exists():
                 frames = _video_frames(int(path), every, progress)
             elif Path(path).suffix.lower() in VIDEO_EXTS:

@@ -5,6 +5,7 @@ network, and `ensemble.pt`, several trained networks averaged (ferlab.models.ens
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,8 +28,16 @@ def default_weights() -> Path:
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """A --model argument as a path: "default" and "ensemble" are the packaged models, anything else a path."""
-    return packaged_weights(str(spec)) if str(spec) in PACKAGED else Path(spec)
+    """A --model argument as a path: "default" and "ensemble" are the packaged models, anything else a path. A
+    name that is neither, but close to a packaged one ("defualt"), is a FileNotFoundError that says which."""
+    if str(spec) in PACKAGED:
+        return packaged_weights(str(spec))
+    path = Path(spec)
+    near = difflib.get_close_matches(str(spec), PACKAGED, n=1)
+    if near and not path.exists():
+        raise FileNotFoundError(f"unknown model {str(spec)!r}; did you mean {near[0]!r}? (a model is "
+                                f"{' or '.join(map(repr, PACKAGED))}, a run folder, a .pt checkpoint or a .onnx file)")
+    return path
 
 
 def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS) -> Path:
