@@ -277,14 +277,17 @@ def test_resume_without_last_checkpoint_is_an_error(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- eval
 
-def test_eval_cli_prints_report_and_writes_confusion(runs, fer_folder, capsys):
+def test_eval_cli_prints_report_and_writes_confusion(runs, fer_folder, capsys, tmp_path, monkeypatch):
+    """The report on stdout; plots only where --out asks, never into the current folder or the run's own."""
     run, _ = runs
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in run.iterdir())
     assert main(["eval", str(run), "--split", "val", "--data", str(fer_folder), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "plain:" in out and "horizontal-flip TTA:" in out and "(official split, 168 faces)" in out
     assert out.count("precision") == 2 and all(out.count(c) >= 2 for c in CLASSES)
-    assert _is_png(run / "confusion_val.png") and _is_png(run / "reliability_val.png")
-    assert f"reliability diagram: {run / 'reliability_val.png'}" in out
+    assert sorted(p.name for p in run.iterdir()) == before and list(tmp_path.iterdir()) == []
+    assert "--out FILE.png" in out
     res = evaluate_checkpoints([str(run)], "val", str(fer_folder), device="cpu")
     for kind in ("plain", "tta"):
         assert f"accuracy {res[kind]['accuracy']:.2f}%" in out

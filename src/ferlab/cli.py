@@ -146,13 +146,10 @@ def _cmd_eval(a):
     if "tencrop" in res:
         print("\nten-crop TTA (centre + 4 corners of the face padded by 6%, each mirrored):\n"
               + format_report(res["tencrop"]))
-    if a.out:
-        out = Path(a.out)
-    elif len(a.runs) == 1 and Path(a.runs[0]).is_dir():
-        out = Path(a.runs[0]) / f"confusion_{a.split}.png"
-    else:
-        out = Path(f"confusion_{a.split}.png")
-    confusion, rel = write_plots(res, out)
+    if not a.out:  # never into the current folder or over a run's own plots unless asked
+        print("\n(--out FILE.png draws the confusion matrix there and the reliability diagram beside it)")
+        return
+    confusion, rel = write_plots(res, Path(a.out))
     print(f"\nconfusion matrix: {confusion}\nreliability diagram: {rel}")
 
 
@@ -414,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tta", action="store_true", help="skip the horizontal-flip TTA evaluation")
     s.add_argument("--ten-crop", action="store_true",
                    help="also report ten-crop TTA, for models trained with random crops / shifts")
-    s.add_argument("--out", help="confusion matrix PNG (default: in the run folder)")
+    s.add_argument("--out", help="draw the confusion matrix into this PNG and the reliability diagram beside it "
+                                 "(default: no plots)")
     s.set_defaults(fn=_cmd_eval)
 
     s = _verb(sub, "calibrate", help="fit a model's temperature on the validation split (PublicTest) and "
