@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,12 @@ from PIL import Image
 from ferlab.cli import main
 from ferlab.data import CLASSES, USAGES, DataError, load_fer2013, make_splits, read_fer2013
 from ferlab.data.ferplus import VOTES_FILE, blend_targets, left_out, relabel
+from ferlab.engine import fit, load_checkpoint, model_from_checkpoint, predict_probs
+from ferlab.engine import trainer
+from ferlab.engine.config import load_config
+from ferlab.inference.preprocess import to_model_input
 from test_data import FER_CSV_HEADER, ICML_HEADER, RENAMED, _csv, _pixels, _tar_gz, _write_tree, _zip
+from test_train import NO_AUGMENT, tiny_config
 
 COLS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
 EIGHT = (*CLASSES, "contempt")
@@ -243,8 +249,9 @@ def test_a_csv_alone_has_no_votes_and_says_where_they_come_from(tmp_path, voted_
     assert main(["data", str(path), "--stats"]) == 0
     assert "FER+ votes: none of these faces has any (the Kaggle folder layout gets them from ferlab's packaged " \
            "vote file; fer2013.csv and icml_face_data.csv from FER+'s fer2013new.csv" in capsys.readouterr().out
+    cfg = tiny_config(path, tmp_path / "runs", labels="ferplus")
     with pytest.raises(DataError, match="labels: ferplus needs FER\\+ votes, and no face of the train split has any"):
-        relabel(make_splits(data, "official"), "ferplus")
+        fit(cfg, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- stats, labels
@@ -310,3 +317,137 @@ def test_blend_target_of_one_real_face_by_hand(table):
     got = blend_targets(np.array([y, 2]), np.array([v, [-1] * 10], np.int8), 0.3, 0.1)
     np.testing.assert_allclose(got, [hand, no_votes], rtol=1e-6)
     assert got.sum(1) == pytest.approx([1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+MODES = [("fer2013", 0.3, CLASSES), ("ferplus", 0.0, EIGHT), ("ferplus_dist", 0.0, EIGHT)]
+
+
+@pytest.fixture(scope="module")
+def mode_runs(voted_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mode-runs")
+    runs = {}
+    for mode, blend, _ in MODES:
+        cfg = tiny_config(voted_folder, out, name=mode, labels=mode, ferplus_blend=blend, epochs=1,
+                          label_smoothing=0.1)
+        runs[mode] = (out / fit(cfg, progress=False)["name"], cfg)
+    return runs
+
+
+@pytest.mark.parametrize("mode, blend, classes", MODES)
+def test_each_label_mode_trains_a_model_of_its_classes_scored_against_its_labels(mode, blend, classes, mode_runs,
+                                                                                  table):
+    run, cfg = mode_runs[mode]
+    summary = json.loads((run / "summary.json").read_text())
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(run / name)
+        assert ckpt["classes"] == list(classes) and ckpt["config"]["labels"] == mode
+    model, pre = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    assert summary["labels"] == mode and list(summary["test_per_class_recall"]) == list(classes)
+
+    # the test split as the run had it, labelled here: FER2013's labels, or the FER+ majority where there is one
+    data = load_fer2013(cfg.data)
+    test = make_splits(data, "official", seed=cfg.seed, fraction=cfg.fraction)["test"]
+    if mode == "fer2013":
+        images, labels = test.images, test.labels
+    else:
+        majority = [own_majority(v.tolist() if v[0] >= 0 else None) for v in test.votes]
+        keep = np.array([m is not None for m in majority])
+        images, labels = test.images[keep], np.array([m for m in majority if m is not None])
+        assert 0 < len(labels) < len(test)
+    probs = predict_probs(model, torch.from_numpy(images), pre, torch.device("cpu"))
+    assert probs.shape == (len(labels), len(classes))
+    assert summary["test_accuracy"] == pytest.approx(100 * (probs.argmax(1).numpy() == labels).mean(), abs=1e-9)
+
+
+@pytest.mark.parametrize("mode, blend", [("ferplus_dist", 0.0), ("fer2013", 0.3)])
+def test_soft_targets_reach_the_loss_with_their_own_faces(mode, blend, voted_folder, tmp_path, monkeypatch, table):
+    """Every face in every batch meets the target made from its own votes (the epoch permutation indexes faces
+    and targets alike), label smoothing included once."""
+    seen_x, seen_t = [], []
+    real_augment, real_ce = trainer.augment, torch.nn.functional.cross_entropy
+
+    def spy_augment(x, cfg, gen):
+        x = real_augment(x, cfg, gen)
+        seen_x.append(x.detach().clone())
+        return x
+
+    def spy_ce(logits, target, **kw):
+        if target.ndim == 2:
+            assert kw.get("label_smoothing") == 0.0  # already in the target
+            seen_t.append(target.detach().clone())
+        return real_ce(logits, target, **kw)
+
+    monkeypatch.setattr(trainer, "augment", spy_augment)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy_ce)
+    cfg = tiny_config(voted_folder, tmp_path, labels=mode, ferplus_blend=blend, epochs=1, augment=NO_AUGMENT,
+                      label_smoothing=0.1, tta=False)
+    fit(cfg, progress=False)
+    assert seen_x and len(seen_x) == len(seen_t)
+
+    train = make_splits(load_fer2013(cfg.data), "official", seed=cfg.seed, fraction=cfg.fraction)["train"]
+    inputs = to_model_input(torch.from_numpy(train.images), trainer.build_preprocess(cfg), torch.device("cpu"))
+    flat = inputs.flatten(1)
+    checked = 0
+    for x, t in zip(seen_x, seen_t):
+        for xi, ti in zip(x.flatten(1), t):
+            i = int((flat - xi).abs().amax(1).argmin())
+            assert float((flat[i] - xi).abs().max()) < 1e-5
+            v = train.votes[i].tolist()
+            if mode == "ferplus_dist":
+                want = [0.9 * p + 0.1 / 8 for p in own_shares(v, 8)]
+            else:
+                y = int(train.labels[i])
+                hard = [(0.9 if k == y else 0.0) + 0.1 / 7 for k in range(7)]
+                want = hard if v[0] < 0 else [0.7 * h + 0.3 * p for h, p in zip(hard, own_shares(v, 7))]
+            np.testing.assert_allclose(ti.numpy(), want, rtol=1e-5, atol=1e-7)
+            checked += 1
+    assert checked == len(seen_x) * cfg.batch_size
+
+
+def test_a_ferplus_run_resumed_ends_where_the_uninterrupted_run_ends(voted_folder, tmp_path):
+    kw = dict(labels="ferplus_dist", epochs=2, augment=dict(hflip=0.5, rotate=5.0, erase=0.5))
+    straight = tmp_path / "straight" / fit(tiny_config(voted_folder, tmp_path / "straight", **kw),
+                                           progress=False)["name"]
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(voted_folder, tmp_path / "cut", **kw), progress=False, epoch_hook=stop_after_first)
+    summary = fit(None, resume=tmp_path / "cut" / "tiny", progress=False)
+    a, b = (load_checkpoint(p / "last.pt") for p in (straight, tmp_path / "cut" / "tiny"))
+    assert a["classes"] == b["classes"] == list(EIGHT)
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(v, b["state_dict"][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert json.loads((straight / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_eval_and_calibrate_score_a_ferplus_model_against_the_ferplus_majority(mode_runs, capsys):
+    run, cfg = mode_runs["ferplus"]
+    splits = make_splits(load_fer2013(cfg.data), "official", seed=cfg.seed)  # eval: the whole split
+    majority = [own_majority(v.tolist() if v[0] >= 0 else None) for v in splits["test"].votes]
+    keep = np.array([m is not None for m in majority])
+    model, pre = model_from_checkpoint(load_checkpoint(run))
+    probs = predict_probs(model, torch.from_numpy(splits["test"].images[keep]), pre, torch.device("cpu"))
+    accuracy = 100 * (probs.argmax(1).numpy() == np.array([m for m in majority if m is not None])).mean()
+    assert main(["eval", str(run), "--split", "test", "--no-tta"]) == 0
+    out = capsys.readouterr().out
+    assert f"on test (official split, {keep.sum()} faces), scored against the FER+ majority" in out
+    assert "\ncontempt " in out and f"accuracy {accuracy:.2f}%" in out
+
+    assert main(["calibrate", str(run)]) == 0  # fitted on the run's validation faces that have a FER+ majority
+    val_faces = int(capsys.readouterr().out.split("validation split (")[1].split(" faces")[0])
+    val = make_splits(load_fer2013(cfg.data), "official", seed=cfg.seed, fraction=cfg.fraction)["val"]
+    assert val_faces == sum(own_majority(v.tolist() if v[0] >= 0 else None) is not None for v in val.votes)
+
+
+def test_config_refuses_unknown_label_modes_and_a_blend_outside_fer2013_labels():
+    with pytest.raises(ValueError, match="labels: 'fer2013plus' is not one of fer2013, ferplus, ferplus_dist"):
+        load_config(None, ["labels=fer2013plus"])
+    with pytest.raises(ValueError, match="ferplus_blend mixes FER\\+'s votes into the FER2013 labels"):
+        load_config(None, ["labels=ferplus_dist", "ferplus_blend=0.3"])
+    with pytest.raises(ValueError, match="ferplus_blend: 1.5 is not a share between 0 and 1"):
+        load_config(None, ["ferplus_blend=1.5"])

@@ -112,7 +112,8 @@ def _cmd_eval(a):
     res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device,
                                tencrop=a.ten_crop)
     what = a.runs[0] if len(a.runs) == 1 else f"ensemble of {len(a.runs)} models"
-    print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces)\n")
+    print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces), scored against the "
+          f"{res['scored_against']}\n")
     print("plain:\n" + format_report(res["plain"]))
     if "tta" in res:
         print("\nhorizontal-flip TTA:\n" + format_report(res["tta"]))
