@@ -451,3 +451,16 @@ def test_config_refuses_unknown_label_modes_and_a_blend_outside_fer2013_labels()
         load_config(None, ["labels=ferplus_dist", "ferplus_blend=0.3"])
     with pytest.raises(ValueError, match="ferplus_blend: 1.5 is not a share between 0 and 1"):
         load_config(None, ["ferplus_blend=1.5"])
+
+
+def test_packaged_ferplus_config_is_the_cpu_recipe_on_vote_shares_and_trains(voted_folder, tmp_path):
+    mine, base = load_config("ferplus_vgg_s").to_dict(), load_config("vgg_s_cpu48").to_dict()
+    assert {k for k in mine if mine[k] != base[k]} == {"name", "labels", "epochs", "label_smoothing"}
+    assert (mine["labels"], mine["epochs"], mine["precision"], mine["threads"], mine["model"], mine["input_size"],
+            mine["label_smoothing"]) == ("ferplus_dist", 40, "bf16", 1, "vgg_s", 48, 0.0)
+    assert main(["train", "ferplus_vgg_s", "epochs=1", "fraction=0.5", "batch_size=32", "tta=false",
+                 f"out_dir={tmp_path}", "--data", str(voted_folder), "--no-progress"]) == 0
+    ckpt = load_checkpoint(tmp_path / "ferplus_vgg_s")
+    assert ckpt["classes"] == list(EIGHT) and ckpt["config"]["labels"] == "ferplus_dist"
+    model, _ = model_from_checkpoint(ckpt)
+    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
