@@ -267,7 +267,9 @@ def test_data_stats_counts_votes_and_agreement_per_split_and_class(voted_folder,
         voted = [f for f in files if table[f]["votes"] is not None]
         both = [f for f in voted if own_majority(table[f]["votes"], 7) is not None]
         agree = sum(own_majority(table[f]["votes"], 7) == CLASSES.index(f.split("/")[2]) for f in both)
-        assert rows[s] == [str(len(files)), str(len(voted)), f"{100 * agree / len(both):.1f}%"], s
+        agree10 = sum(own_majority(table[f]["votes"]) == CLASSES.index(f.split("/")[2]) for f in voted)
+        assert rows[s] == [str(len(files)), str(len(voted)), f"{100 * agree / len(both):.1f}%",
+                           f"{100 * agree10 / len(voted):.1f}%"], s
     for k, c in enumerate(CLASSES):
         want = []
         for s, files in per_split.items():
@@ -278,9 +280,10 @@ def test_data_stats_counts_votes_and_agreement_per_split_and_class(voted_folder,
     kept = {s: sum(own_majority(table[f]["votes"]) is not None for f in files) for s, files in per_split.items()}
     none = {s: sum(table[f]["votes"] is None for f in files) for s, files in per_split.items()}
     unknown = {s: len(files) - kept[s] - none[s] for s, files in per_split.items()}
-    assert (f"keeps train {kept['train']}, val {kept['val']}, test {kept['test']} faces,\nleaving out those without "
-            f"votes (train {none['train']}, val {none['val']}, test {none['test']}) and those with an unknown or NF "
-            f"majority (train {unknown['train']}, val {unknown['val']}, test {unknown['test']})") in out
+    assert (f"labels: ferplus / ferplus_dist keep train {kept['train']}, val {kept['val']}, test {kept['test']} faces, "
+            f"leaving out\nthose without votes (train {none['train']}, val {none['val']}, test {none['test']}) and "
+            f"with an unknown or NF majority (train {unknown['train']}, val {unknown['val']}, test {unknown['test']})"
+            ) in out
 
 
 def test_ferplus_labels_leave_out_faces_without_votes_or_with_an_unknown_or_nf_majority(voted_folder, table):

@@ -231,30 +231,31 @@ def train_targets(split: Split, mode: str, blend: float = 0.0, smoothing: float 
 
 def vote_report(splits: dict[str, Split], source: str | None) -> str:
     """`ferlab data --stats`: how many faces of each split carry votes, how often the FER2013 label is the FER+
-    majority over the 7 shared emotions (overall and per FER2013 class), and what the ferplus modes leave out."""
+    majority over the 7 shared emotions (overall and per FER2013 class) and over all 10 columns (the label of the
+    ferplus modes; among all faces with votes), and what the ferplus modes leave out."""
     if source is None or not any(s.votes is not None and has_votes(s.votes).any() for s in splits.values()):
         return f"FER+ votes: none of these faces has any ({HOW_TO_GET_VOTES})"
     lines = [f"FER+ votes (from {source}):",
-             f"{'split':<6}{'faces':>7}{'with votes':>12}{'FER2013 label = FER+ majority':>31}"]
+             f"{'':<25}FER2013 label = FER+ majority over",
+             f"{'split':<6}{'faces':>7}{'with votes':>12}{'7 shared emotions':>19}{'all 10 columns':>16}"]
     per_class = {}
     for name, s in splits.items():
         maj = majority(s.votes, shared=True)
-        both = maj >= 0
+        both, voted = maj >= 0, has_votes(s.votes)
         agree = maj == s.labels
-        lines.append(f"{name:<6}{len(s):>7}{int(has_votes(s.votes).sum()):>12}"
-                     f"{_pct(agree[both].sum(), both.sum()):>31}")
+        lines.append(f"{name:<6}{len(s):>7}{int(voted.sum()):>12}{_pct(agree[both].sum(), both.sum()):>19}"
+                     f"{_pct((majority(s.votes) == s.labels)[voted].sum(), voted.sum()):>16}")
         per_class[name] = [_pct((agree & both & (s.labels == k)).sum(), (both & (s.labels == k)).sum())
                            for k in range(len(CLASSES))]
-    lines += ["", "FER2013 label = FER+ majority, per FER2013 class (the majority over the 7 emotions both label:",
-              "contempt, unknown and NF votes ignored; a tie goes to the emotion FER+ lists first):",
+    lines += ["(7 shared: contempt, unknown and NF votes ignored; all 10: a contempt, unknown or NF majority "
+              "disagrees; a tie goes", "to the column FER+ lists first)", "",
+              "FER2013 label = FER+ majority over the 7 shared emotions, per FER2013 class:",
               f"{'class':<10}" + "".join(f"{n:>8}" for n in splits)]
     lines += [f"{c:<10}" + "".join(f"{per_class[n][k]:>8}" for n in splits) for k, c in enumerate(CLASSES)]
     counts = {n: (int((majority(s.votes) >= 0).sum()), *left_out(s.votes)) for n, s in splits.items()}
-    lines += ["", "training with labels: ferplus or ferplus_dist (the majority over all 10 columns) keeps "
-              + ", ".join(f"{n} {c[0]}" for n, c in counts.items()) + " faces,",
-              "leaving out those without votes (" + ", ".join(f"{n} {c[1]}" for n, c in counts.items())
-              + ") and those with an unknown or NF majority (" + ", ".join(f"{n} {c[2]}" for n, c in counts.items())
-              + ")"]
+    lines += ["", "labels: ferplus / ferplus_dist keep " + ", ".join(f"{n} {c[0]}" for n, c in counts.items())
+              + " faces, leaving out", "those without votes (" + ", ".join(f"{n} {c[1]}" for n, c in counts.items())
+              + ") and with an unknown or NF majority (" + ", ".join(f"{n} {c[2]}" for n, c in counts.items()) + ")"]
     return "\n".join(lines)
 
 
