@@ -22,8 +22,11 @@ def _cmd_data(a):
     print(data.summary())
     if a.stats:
         from .data import make_splits
+        from .data.ferplus import vote_report
         from .data.stats import split_stats
-        print("\n" + split_stats(make_splits(data, a.split)))
+        splits = make_splits(data, a.split)
+        print("\n" + split_stats(splits))
+        print("\n" + vote_report(splits, data.votes_source))
     if data.skipped:
         print(f"\n{len(data.skipped)} bad rows skipped, first few:", *data.skipped[:5], sep="\n  ")
 
@@ -139,7 +142,8 @@ def _cmd_eval(a):
     res = evaluate_checkpoints(a.runs, a.split, a.data, tta=not a.no_tta, device=a.device,
                                tencrop=a.ten_crop)
     what = a.runs[0] if len(a.runs) == 1 else f"ensemble of {len(a.runs)} models"
-    print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces)\n")
+    print(f"{what} on {res['split']} ({res['protocol']} split, {res['n']} faces), scored against the "
+          f"{res['scored_against']}\n")
     print("plain:\n" + format_report(res["plain"]))
     if "tta" in res:
         print("\nhorizontal-flip TTA:\n" + format_report(res["tta"]))
@@ -360,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="drop bad rows/files and report how many")
     s.add_argument("--no-cache", action="store_true", help="decode again instead of using the array cache")
     s.add_argument("--stats", action="store_true",
-                   help="per-split brightness, contrast and sharpness (reveals train/test shifts)")
+                   help="per-split brightness, contrast and sharpness (reveals train/test shifts), and how many "
+                        "faces carry FER+ votes and how often their FER2013 label is the FER+ majority")
     s.add_argument("--split", default="official", help="split protocol for --stats (official or seed)")
     s.set_defaults(fn=_cmd_data)
 

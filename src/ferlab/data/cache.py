@@ -57,9 +57,11 @@ def load_fer2013(path: str | os.PathLike | None = None, skip_bad: bool = False, 
                 data = FerData(z["images"], z["labels"], z["usage"], z["ids"], meta["form"], meta["source"],
                                meta["skipped"])
             os.utime(file)  # most recently used: kept by the pruning below
-            return data
         except Exception:  # empty, truncated or foreign: a damaged cache file is simply rebuilt
             pass
+        else:
+            from .ferplus import attach_votes
+            return attach_votes(data, path)  # not cached: always the packaged file's, or fer2013new.csv's as it is now
     data = read_fer2013(path, skip_bad)
     try:
         _write(file, data)

@@ -56,6 +56,8 @@ class FerData:
     form: str
     source: str
     skipped: list[str] = field(default_factory=list)
+    votes: np.ndarray | None = None   # (N, 10) int8 FER+ votes, -1 rows = none (ferplus.attach_votes; never cached)
+    votes_source: str | None = None   # where they came from, None when no face has any
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -231,6 +233,34 @@ def _find(names: list[str], basename: str) -> str | None:
     return min(hits, key=len) if hits else None
 
 
+def read_beside(path: Path, basename: str) -> tuple[str, bytes] | None:
+    """(name, bytes) of a file called `basename` where FER2013 is read from (beside a CSV file, or in its folder or
+    archive: the shortest path; in a .tar(.gz), the first), read within the CSV limit; None where there is none."""
+    if path.is_file() and path.suffix.lower() == ".csv":
+        found = [p for p in path.parent.iterdir() if p.name.lower() == basename and p.is_file()]
+        if not found:
+            return None
+        name = found[0].name
+        try:
+            with open(found[0], "rb") as f:
+                return name, _read_capped(f, name, str(found[0]), found[0].stat().st_size)
+        except OSError as e:
+            raise DataError(f"{found[0]}: cannot read ({e.strerror or e})") from None
+    if path.is_dir() or path.name.lower().endswith(".zip"):
+        src = _Source(path)
+        name = _find(src.names, basename)
+        return (name, src.read(name)) if name else None
+    if path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):  # a stream: the first one, not read past
+        try:
+            with tarfile.open(path) as tf:
+                for m in tf:
+                    if m.isfile() and PurePosixPath(m.name).name.lower() == basename and "__MACOSX" not in m.name:
+                        return m.name, _read_capped(tf.extractfile(m), m.name, f"{path}!{m.name}", m.size)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable tar archive ({e})") from None
+    return None
+
+
 def _folder_images(names: list[str]) -> list[tuple[str, str, str]]:
     """(name, split_dir, class_dir) for every image file laid out as .../(train|test)/<class>/<file>."""
     out = []
@@ -394,8 +424,11 @@ def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
         except OSError as e:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         rows = _read_csv(raw, path.name, default, skip_bad, skipped)
-        return _assemble(rows, form, str(path), skipped)
-    return _read_source(_Source(path), skip_bad)
+        data = _assemble(rows, form, str(path), skipped)
+    else:
+        data = _read_source(_Source(path), skip_bad)
+    from .ferplus import attach_votes  # ferplus reads FerData: imported here, not at the top
+    return attach_votes(data, path)
 
 
 def read_files(path: str | os.PathLike, names: list[str]) -> dict[str, bytes]:

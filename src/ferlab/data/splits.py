@@ -15,6 +15,7 @@ class Split:
     images: np.ndarray  # (N, 48, 48) uint8
     labels: np.ndarray  # (N,) int64
     name: str
+    votes: np.ndarray | None = None  # (N, 10) int8 FER+ votes of the same faces, -1 rows = none (data/ferplus.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,5 +46,6 @@ def make_splits(data: FerData, kind: str = "official", seed: int = 42, fraction:
         if len(rows) == 0:
             hint = " (this source has no PublicTest/PrivateTest rows; use split: seed)" if kind == "official" else ""
             raise DataError(f"{data.source}: the {name} split of the {kind!r} protocol is empty{hint}")
-        out[name] = Split(data.images[rows], data.labels[rows].astype(np.int64), name)
+        out[name] = Split(data.images[rows], data.labels[rows].astype(np.int64), name,
+                          None if data.votes is None else data.votes[rows])
     return out

@@ -154,6 +154,7 @@ def calibrate_run(spec: str, data: str | None = None, device: str = "auto", tta:
     on the validation split of the protocol it was trained with, and write it back into that file.
     Returns (the file, the updated checkpoint)."""
     from ..data import load_fer2013, make_splits
+    from ..data.ferplus import relabel
     from .checkpoint import checkpoint_path, load_checkpoint, write_checkpoint
     from .trainer import resolve_device
     if str(spec) in ("default", "ensemble"):
@@ -162,8 +163,9 @@ def calibrate_run(spec: str, data: str | None = None, device: str = "auto", tta:
     path = checkpoint_path(spec)
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
-    splits = make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
-                         seed=cfg.get("seed", 42), fraction=cfg.get("fraction", 1.0))
+    splits = relabel(make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
+                                 seed=cfg.get("seed", 42), fraction=cfg.get("fraction", 1.0)),
+                     cfg.get("labels", "fer2013"))  # a FER+ model: fitted against the FER+ majority
     val, train = splits["val"], splits["train"]
     prior = torch.bincount(torch.from_numpy(train.labels.astype("int64")), minlength=len(ckpt["classes"])).double()
     ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),

@@ -18,12 +18,14 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: str | Path, *, model, model_name: str, model_args: dict, pre: Preprocess,
                     config: dict, epoch: int, best_val_acc: float, metrics: dict | None = None,
-                    optimizer=None, scheduler=None, ema_state: dict | None = None, extra: dict | None = None):
+                    optimizer=None, scheduler=None, ema_state: dict | None = None, extra: dict | None = None,
+                    classes=CLASSES):
+    """`classes`: the names of the model's outputs, in order (FER2013's 7, or FER+'s 8 for its label modes)."""
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     ckpt = {
         "format": "ferlab", "format_version": FORMAT_VERSION,
         "model": model_name, "model_args": dict(model_args), "preprocess": pre.to_dict(),
-        "classes": list(CLASSES), "config": config, "epoch": epoch, "best_val_acc": best_val_acc,
+        "classes": list(classes), "config": config, "epoch": epoch, "best_val_acc": best_val_acc,
         "metrics": metrics or {}, "state_dict": state,
         "ema_state_dict": ema_state,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,

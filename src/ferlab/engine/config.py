@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..data.augment import AugmentConfig
+from ..data.ferplus import LABEL_MODES
 from ..data.splits import SPLITS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -31,6 +32,8 @@ class TrainConfig:
     split: str = "official"
     fraction: float = 1.0                            # share of each split to use (quick experiments)
     seed: int = 42
+    labels: str = "fer2013"                          # fer2013, or FER+'s votes: ferplus (majority), ferplus_dist
+    ferplus_blend: float = 0.0                       # fer2013 labels: this share of the target is FER+'s vote shares
     # optimisation
     epochs: int = 30
     batch_size: int = 64                             # per process; global = batch_size x world size
@@ -65,9 +68,14 @@ class TrainConfig:
         if isinstance(self.augment.erase_area, list):
             self.augment.erase_area = tuple(self.augment.erase_area)
         for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                           ("split", SPLITS)):
+                           ("split", SPLITS), ("labels", LABEL_MODES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if not 0 <= self.ferplus_blend <= 1:
+            raise ValueError(f"ferplus_blend: {self.ferplus_blend} is not a share between 0 and 1")
+        if self.ferplus_blend > 0 and self.labels != "fer2013":
+            raise ValueError(f"ferplus_blend mixes FER+'s votes into the FER2013 labels (labels: fer2013); with "
+                             f"labels: {self.labels} the target is FER+'s already")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from ..data import CLASSES, load_fer2013, make_splits
+from ..data.ferplus import FERPLUS_CLASSES, relabel
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .metrics import classification_report
 from .plots import plot_confusion, plot_reliability
@@ -17,8 +18,10 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
     """Evaluate checkpoints (run folders, .pt files or 'default') on `split`, averaging their probabilities.
 
     The split protocol (official / seed and its seed) comes from the first checkpoint's config, so a model
-    is scored on the same held-out rows it was trained without. Returns the plain, flip-TTA ("tta") and,
-    with `tencrop`, ten-crop-TTA ("tencrop") reports; the modes share their forward passes.
+    is scored on the same held-out rows it was trained without. FER2013's 7 classes are scored against FER2013's
+    labels; FER+'s 8 (a model of the ferplus label modes) against the FER+ majority, on the faces that have one.
+    Returns the plain, flip-TTA ("tta") and, with `tencrop`, ten-crop-TTA ("tencrop") reports; the modes share
+    their forward passes.
     """
     if not specs:
         raise ValueError("give at least one run folder or checkpoint to evaluate")
@@ -26,24 +29,31 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
         raise ValueError(f"split must be one of train, val, test; got {split!r}")
     ckpts = [load_checkpoint(s) for s in specs]
     cfg = ckpts[0].get("config") or {}  # where its data was and how it was split; a packaged model may not say
+    classes = ckpts[0]["classes"]
+    if classes not in (list(CLASSES), list(FERPLUS_CLASSES)):
+        raise ValueError(f"{specs[0]}: classes {classes} are neither FER2013's {list(CLASSES)} nor FER+'s "
+                         f"{list(FERPLUS_CLASSES)}")
     for s, c in zip(specs, ckpts):
-        if c["classes"] != list(CLASSES):
-            raise ValueError(f"{s}: classes {c['classes']} differ from FER2013's {list(CLASSES)}")
+        if c["classes"] != classes:
+            raise ValueError(f"{s}: classes {c['classes']} differ from {specs[0]}'s {classes}; an ensemble "
+                             "averages models of the same classes")
+    labels_of = "fer2013" if classes == list(CLASSES) else "ferplus"
     dev = resolve_device(device)
     fer = load_fer2013(data or cfg.get("data"))
-    part = make_splits(fer, cfg.get("split", "official"), seed=cfg.get("seed", 42))[split]
+    part = relabel(make_splits(fer, cfg.get("split", "official"), seed=cfg.get("seed", 42)), labels_of)[split]
     images, labels = torch.from_numpy(part.images), torch.from_numpy(part.labels)
     modes = ("none",) + (("flip",) if tta else ()) + (("tencrop",) if tencrop else ())
-    summed = {m: torch.zeros(len(labels), len(CLASSES)) for m in modes}
+    summed = {m: torch.zeros(len(labels), len(classes)) for m in modes}
     for c in ckpts:
         model, pre = model_from_checkpoint(c)
         model.to(dev)
         for m, p in predict_probs_tta(model, images, pre, dev, batch_size, modes).items():
             summed[m] += p / len(ckpts)
-    out = {"split": split, "protocol": cfg.get("split", "official"), "n": len(labels), "models": specs}
+    out = {"split": split, "protocol": cfg.get("split", "official"), "n": len(labels), "models": specs,
+           "classes": classes, "scored_against": "FER2013 labels" if labels_of == "fer2013" else "FER+ majority"}
     for m, key in (("none", "plain"), ("flip", "tta"), ("tencrop", "tencrop")):
         if m in summed:
-            out[key] = classification_report(summed[m], labels)
+            out[key] = classification_report(summed[m], labels, classes)
     return out
 
 
@@ -53,7 +63,7 @@ def write_plots(result: dict, confusion: Path) -> tuple[Path, Path]:
     key = next(k for k in ("tencrop", "tta", "plain") if k in result)
     rep, kind = result[key], {"tencrop": "ten-crop TTA", "tta": "flip TTA", "plain": "plain"}[key]
     confusion = Path(confusion)
-    plot_confusion(rep["confusion"], CLASSES, confusion,
+    plot_confusion(rep["confusion"], result["classes"], confusion,
                    f"{result['split']} ({kind}): accuracy {rep['accuracy']:.2f}% over {result['n']} faces")
     rel = confusion.with_name(f"reliability_{result['split']}.png")
     plot_reliability(rep["reliability"], rel, f"{result['split']} ({kind}): ECE {rep['ece']:.2f}% (15 bins)")

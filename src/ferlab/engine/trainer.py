@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .._atomic import WriteError, replacing
 from ..data import CLASSES, load_fer2013, make_splits
 from ..data.augment import augment
+from ..data.ferplus import classes_for, left_out, relabel, train_targets
 from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
@@ -182,8 +183,11 @@ class EMA:
 
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, optimizer, scheduler,
                     cfg: TrainConfig, epoch: int, device: torch.device, ema: EMA | None = None,
-                    dinfo: DistInfo | None = None, progress: bool = True) -> dict:
-    """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s."""
+                    dinfo: DistInfo | None = None, progress: bool = True, targets: torch.Tensor | None = None) -> dict:
+    """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s.
+
+    `targets` (N, classes): soft targets for the loss, label smoothing included, drawn in the same order as the
+    faces; accuracy stays against `labels`. None: the loss takes `labels`, smoothed by cfg.label_smoothing."""
     dinfo = dinfo or DistInfo()
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same on every rank, resumable
@@ -202,9 +206,11 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device, non_blocking=True)
+        target = y if targets is None else targets[idx].to(device, non_blocking=True)
         with autocast(device, cfg.precision):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing if targets is None
+                                   else 0.0)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower lr "
                                      f"(now {scheduler.get_last_lr()[0]:.2e}) or enable grad_clip")
@@ -330,11 +336,21 @@ def _new_run_dir(out_dir: str, name: str) -> Path:
 
 
 def _load_splits(cfg: TrainConfig):
+    """{split: (uint8 faces, labels)} as cfg.labels trains and scores them, the training faces' soft targets (None
+    where the labels are the targets), and for the FER+ modes a line saying which faces were left out."""
     data = load_fer2013(cfg.data)
     for line in data.missing_classes():
         print(line, file=sys.stderr, flush=True)
     splits = make_splits(data, cfg.split, seed=cfg.seed, fraction=cfg.fraction)
-    return {k: (torch.from_numpy(s.images), torch.from_numpy(s.labels)) for k, s in splits.items()}
+    labelled = relabel(splits, cfg.labels)
+    note = None
+    if cfg.labels != "fer2013":
+        gone = {k: left_out(s.votes) for k, s in splits.items()}
+        note = (f"labels {cfg.labels}: the FER+ majority, on every split; left out (no votes + unknown or NF "
+                "majority): " + ", ".join(f"{k} {a}+{b} of {len(splits[k])}" for k, (a, b) in gone.items()))
+    targets = train_targets(labelled["train"], cfg.labels, cfg.ferplus_blend, cfg.label_smoothing)
+    return ({k: (torch.from_numpy(s.images), torch.from_numpy(s.labels)) for k, s in labelled.items()},
+            None if targets is None else torch.from_numpy(targets), note)
 
 
 def fit(cfg: TrainConfig | None, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
@@ -420,10 +436,11 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     torch.manual_seed(cfg.seed)
 
     pre = build_preprocess(cfg)
-    splits = _load_splits(cfg)
+    splits, ttr, note = _load_splits(cfg)
     (xtr, ytr), (xva, yva), (xte, yte) = splits["train"], splits["val"], splits["test"]
+    classes = classes_for(cfg.labels)
 
-    model = create_model(cfg.model, num_classes=len(CLASSES), in_channels=pre.in_channels,
+    model = create_model(cfg.model, num_classes=len(classes), in_channels=pre.in_channels,
                          input_size=pre.input_size, **cfg.model_args).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -473,11 +490,13 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
               f"{pre.input_size}x{pre.input_size}, train/val/test {len(ytr)}/{len(yva)}/{len(yte)}, "
               f"{dinfo.world} process(es) x batch {cfg.batch_size} = global batch {cfg.batch_size * dinfo.world}, "
               f"epochs {start}..{cfg.epochs}", flush=True)
+        if note:
+            print(note, flush=True)
 
     def ckpt_kwargs(epoch, metrics):
         return dict(model=model, model_name=cfg.model, model_args=cfg.model_args, pre=pre, config=cfg_dict,
                     epoch=epoch, best_val_acc=best, metrics=metrics,
-                    ema_state=ema.module.state_dict() if ema else None)
+                    ema_state=ema.module.state_dict() if ema else None, classes=classes)
 
     eval_model = ema.module if ema else model
     trained_s = resume_ckpt.get("train_time_s", 0.0) if resume_ckpt is not None else 0.0  # before this process
@@ -500,7 +519,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             if dinfo.world > 1:  # dropout masks must differ between ranks; per epoch, so a resume draws the same
                 torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dinfo.rank)
             tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
-                                 progress and dinfo.main)
+                                 progress and dinfo.main, ttr)
             dinfo.sync_buffers(eval_model)  # each rank's last batch moved its own BN statistics: judge rank 0's model
             va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
                           cfg.channels_last)
@@ -549,10 +568,11 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
     alone = DistInfo(env={})  # the other ranks are not evaluating: no collectives here
     te = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision, alone)
     raw = evaluate(model.net, xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision, alone)
-    rep = classification_report(te["probs"], yte)
+    rep = classification_report(te["probs"], yte, best["classes"])
     summary = {
         "name": run_dir.name, "model": cfg.model, "params": n_params,
         "input": f"{pre.in_channels}x{pre.input_size}x{pre.input_size}", "split": cfg.split,
+        "labels": cfg.labels,  # fer2013: scored against FER2013's labels; ferplus*: against the FER+ majority
         "epochs": best["config"]["epochs"], "best_epoch": best["epoch"],
         # the seed's numbers: training-loop accuracy and validation at the chosen epoch, and their gap
         "train_accuracy": best["metrics"]["train_accuracy"], "val_accuracy": best["metrics"]["val_accuracy"],
@@ -572,7 +592,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
                                                cfg.precision, alone)["accuracy"]
         summary["test_accuracy_tta"] = evaluate(model, xte, yte, pre, device, cfg.eval_batch_size, True,
                                                 cfg.precision, alone)["accuracy"]
-    _draw_plots(run_dir, cfg, rep["confusion"], te["accuracy"])
+    _draw_plots(run_dir, cfg, rep["confusion"], te["accuracy"], best["classes"])
     with replacing(run_dir / "summary.json") as tmp:  # last: a run with a summary is finished
         tmp.write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "test_per_class_recall"}), flush=True)
@@ -584,10 +604,10 @@ def _mean_images_per_s(run_dir: Path) -> float | None:
     return float(np.mean(rates)) if rates else None
 
 
-def _draw_plots(run_dir: Path, cfg: TrainConfig, confusion, test_accuracy: float) -> None:
+def _draw_plots(run_dir: Path, cfg: TrainConfig, confusion, test_accuracy: float, classes) -> None:
     """RUN_PLOTS: the training curves from metrics.csv and best.pt's confusion matrix on the test split."""
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({cfg.model})")
-    plot_confusion(confusion, CLASSES, run_dir / "confusion_test.png",
+    plot_confusion(confusion, classes, run_dir / "confusion_test.png",
                    f"{run_dir.name}: test accuracy {test_accuracy:.2f}%")
 
 
@@ -598,8 +618,10 @@ def _redraw_plots(run_dir: Path, cfg: TrainConfig) -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    xte, yte = _load_splits(cfg)["test"]
-    model, pre = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
+    xte, yte = _load_splits(cfg)[0]["test"]
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    model, pre = model_from_checkpoint(ckpt)
     te = evaluate(model.to(device), xte, yte, pre, device, cfg.eval_batch_size, False, cfg.precision,
                   DistInfo(env={}))
-    _draw_plots(run_dir, cfg, classification_report(te["probs"], yte)["confusion"], te["accuracy"])
+    _draw_plots(run_dir, cfg, classification_report(te["probs"], yte, ckpt["classes"])["confusion"], te["accuracy"],
+                ckpt["classes"])
