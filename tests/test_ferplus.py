@@ -9,7 +9,6 @@ import csv
 import gzip
 import io
 import json
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -77,9 +76,14 @@ def own_shares(votes, classes: int):
 
 
 @pytest.fixture(scope="module")
-def voted_faces(fer_archive, fer_slice, table) -> dict[str, bytes]:
-    """fer2013/<split>/<class>/<file> -> JPEG: the real slice, and from the archive EXTRAS faces per usage that FER+
+def voted_faces(fer_source, fer_data, fer_slice, table) -> dict[str, bytes]:
+    """fer2013/<split>/<class>/<file> -> JPEG: the real slice, and from the test data EXTRAS faces per usage that FER+
     dropped and EXTRAS whose majority is unknown or NF, so that every kind of face is there."""
+    from pathlib import PurePosixPath
+
+    from ferlab.data.readers import read_files
+    if fer_data.form != "folder":
+        pytest.skip("the FER+ vote file is keyed by the Kaggle layout's file names; FERLAB_TEST_DATA is a CSV copy")
     faces = {f"fer2013/{n}": raw for n, raw in zip(fer_slice["names"], fer_slice["jpeg"])}
     want = Counter()
     extra = set()
@@ -88,10 +92,11 @@ def voted_faces(fer_archive, fer_slice, table) -> dict[str, bytes]:
         if kind and file not in faces and want[kind, r["usage"]] < EXTRAS:
             want[kind, r["usage"]] += 1
             extra.add(file)
-    with tarfile.open(fer_archive) as tf:
-        for m in tf:
-            if m.name in extra:
-                faces[m.name] = tf.extractfile(m).read()
+    # the copy's own member names (any top folder): matched on split/class/file, as the votes are
+    held = {"/".join(PurePosixPath(str(i)).parts[-3:]): str(i) for i in fer_data.ids}
+    wanted = {held["/".join(PurePosixPath(f).parts[-3:])]: f for f in extra}
+    for member, raw in read_files(fer_source, list(wanted)).items():
+        faces[wanted[member]] = raw
     assert len(faces) == len(fer_slice["names"]) + len(extra) == len(fer_slice["names"]) + 2 * 3 * EXTRAS
     return faces
 

@@ -685,3 +685,53 @@ def test_a_full_disk_stops_training_with_one_line_that_says_how_to_resume(fer_fo
     filler[0].unlink()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert [r["epoch"] for r in _rows(run)] == ["1", "2"] and (run / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------- distillation
+
+def test_distilled_target_by_hand():
+    """(1 - w) x the smoothed one-hot label + w x softmax(teacher / T), computed for one face by hand; soft
+    targets (FER+) are mixed as they are."""
+    from ferlab.engine.trainer import distilled_target
+    cfg = TrainConfig(label_smoothing=0.1, distill="x.pt", distill_weight=0.25, distill_temperature=2.0)
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0]])
+    soft = np.exp(logits.numpy()[0] / 2.0)
+    soft /= soft.sum()
+    label = np.full(7, 0.1 / 7)
+    label[3] += 0.9
+    got = distilled_target(torch.tensor([3]), logits, cfg, 7)[0].numpy()
+    assert np.allclose(got, 0.75 * label + 0.25 * soft, atol=1e-6) and got.sum() == pytest.approx(1)
+    votes = torch.tensor([[0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0]])
+    assert np.allclose(distilled_target(votes, logits, cfg, 7)[0].numpy(), 0.75 * votes[0].numpy() + 0.25 * soft)
+
+
+def test_distillation_pulls_the_student_toward_its_teacher(calibrated_run, fer_folder, tmp_path):
+    """A teacher that says "surprise" to every face (a real checkpoint with a large logit bias): the student
+    trained on its soft targets alone (weight 1) says surprise to most training faces, the same student trained
+    on the labels does not; a teacher that sees other input is refused in one line."""
+    from ferlab.data import load_fer2013, make_splits
+    from ferlab.engine import load_checkpoint, model_from_checkpoint
+    from ferlab.engine.trainer import to_model_input
+    ckpt = load_checkpoint(calibrated_run)
+    surprise = CLASSES.index("surprise")
+    teacher = tmp_path / "surprised.pt"
+    torch.save({**ckpt, "logit_bias": [8.0 if c == surprise else 0.0 for c in range(len(CLASSES))]}, teacher)
+    faces = torch.from_numpy(make_splits(load_fer2013(str(fer_folder)), "official")["train"].images)
+
+    def says_surprise(run):
+        student, pre = model_from_checkpoint(load_checkpoint(run))
+        with torch.no_grad():
+            return float((student(to_model_input(faces, pre, torch.device("cpu"))).argmax(1) == surprise).float().mean())
+
+    threads = torch.get_num_threads()
+    try:
+        plain = fit(tiny_config(fer_folder, tmp_path, name="plain", seed=5, epochs=3), progress=False)
+        taught = fit(tiny_config(fer_folder, tmp_path, name="taught", seed=5, epochs=3, distill=str(teacher),
+                                 distill_weight=1.0), progress=False)
+        assert says_surprise(tmp_path / taught["name"]) > 0.9 > 0.5 > says_surprise(tmp_path / plain["name"])
+        other = tmp_path / "other.pt"
+        torch.save({**ckpt, "preprocess": {**ckpt["preprocess"], "standardize": False}}, other)
+        with pytest.raises(ValueError, match="a teacher must see the same input"):
+            fit(tiny_config(fer_folder, tmp_path, name="refused", distill=str(other)), progress=False)
+    finally:
+        torch.set_num_threads(threads)

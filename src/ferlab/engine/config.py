@@ -34,6 +34,9 @@ class TrainConfig:
     seed: int = 42
     labels: str = "fer2013"                          # fer2013, or FER+'s votes: ferplus (majority), ferplus_dist
     ferplus_blend: float = 0.0                       # fer2013 labels: this share of the target is FER+'s vote shares
+    distill: str | None = None                       # a teacher ("ensemble", a run, a .pt): its soft targets ...
+    distill_weight: float = 0.5                      # ... make this share of the target, on the same augmented views
+    distill_temperature: float = 1.0                 # teacher probabilities softened by this temperature
     # optimisation
     epochs: int = 30
     batch_size: int = 64                             # per process; global = batch_size x world size
@@ -71,6 +74,9 @@ class TrainConfig:
                            ("split", SPLITS), ("labels", LABEL_MODES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
+            raise ValueError(f"distill_weight must be a share between 0 and 1 and distill_temperature > 0, got "
+                             f"{self.distill_weight} and {self.distill_temperature}")
         if not 0 <= self.ferplus_blend <= 1:
             raise ValueError(f"ferplus_blend: {self.ferplus_blend} is not a share between 0 and 1")
         if self.ferplus_blend > 0 and self.labels != "fer2013":

@@ -31,7 +31,7 @@ from ..data.ferplus import classes_for, left_out, relabel, train_targets
 from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig, resume_config
 from .plots import plot_confusion, plot_curves, read_metrics
 
@@ -183,11 +183,14 @@ class EMA:
 
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, optimizer, scheduler,
                     cfg: TrainConfig, epoch: int, device: torch.device, ema: EMA | None = None,
-                    dinfo: DistInfo | None = None, progress: bool = True, targets: torch.Tensor | None = None) -> dict:
+                    dinfo: DistInfo | None = None, progress: bool = True, targets: torch.Tensor | None = None,
+                    teacher: torch.nn.Module | None = None) -> dict:
     """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s.
 
     `targets` (N, classes): soft targets for the loss, label smoothing included, drawn in the same order as the
-    faces; accuracy stays against `labels`. None: the loss takes `labels`, smoothed by cfg.label_smoothing."""
+    faces; accuracy stays against `labels`. None: the loss takes `labels`, smoothed by cfg.label_smoothing.
+    `teacher` (frozen, in eval mode): its probabilities on each augmented batch, softened by
+    cfg.distill_temperature, make cfg.distill_weight of the target (`distilled_target`)."""
     dinfo = dinfo or DistInfo()
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same on every rank, resumable
@@ -207,10 +210,14 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device, non_blocking=True)
         target = y if targets is None else targets[idx].to(device, non_blocking=True)
+        smoothing = cfg.label_smoothing if targets is None else 0.0
+        if teacher is not None:
+            with torch.no_grad(), autocast(device, cfg.precision):
+                taught = teacher(x).float()
+            target, smoothing = distilled_target(target, taught, cfg, taught.shape[1]), 0.0
         with autocast(device, cfg.precision):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing if targets is None
-                                   else 0.0)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower lr "
                                      f"(now {scheduler.get_last_lr()[0]:.2e}) or enable grad_clip")
@@ -233,6 +240,35 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
     loss_sum, correct, seen = dinfo.all_sum([loss_sum, correct, seen], device)
     return {"loss": loss_sum / max(seen, 1), "accuracy": 100 * correct / max(seen, 1),
             "images_per_s": seen / elapsed, "time_s": elapsed}
+
+
+def distilled_target(target: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainConfig,
+                     num_classes: int) -> torch.Tensor:
+    """(1 - w) x the target (labels one-hot with cfg.label_smoothing, or soft targets as they are) + w x
+    softmax(teacher_logits / T): w = cfg.distill_weight, T = cfg.distill_temperature. Rows sum to 1."""
+    if target.dim() == 1:
+        eps = cfg.label_smoothing
+        target = F.one_hot(target, num_classes).float() * (1 - eps) + eps / num_classes
+    soft = (teacher_logits / cfg.distill_temperature).softmax(1)
+    return (1 - cfg.distill_weight) * target + cfg.distill_weight * soft
+
+
+def load_teacher(cfg: TrainConfig, pre: Preprocess, classes, device: torch.device) -> torch.nn.Module | None:
+    """cfg.distill's network (calibrated, eval mode, frozen), or None; it must see what the student sees."""
+    if not cfg.distill:
+        return None
+    ckpt = load_checkpoint(cfg.distill)
+    if list(ckpt["classes"]) != list(classes) or Preprocess.from_dict(ckpt["preprocess"]) != pre:
+        raise ValueError(f"distill: {cfg.distill} answers {ckpt['classes']} from {ckpt['preprocess']}; the student "
+                         f"learns {list(classes)} from {pre.to_dict()}: a teacher must see the same input and "
+                         "answer the same classes")
+    teacher, _ = model_from_checkpoint(ckpt)
+    teacher = teacher.to(device).eval()
+    if cfg.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 TTA_MODES = {"none": 1, "flip": 2, "tencrop": 10}  # mode -> number of views, in the order tta_views gives them
@@ -444,6 +480,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
                          input_size=pre.input_size, **cfg.model_args).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    teacher = load_teacher(cfg, pre, classes, device)
     optimizer = make_optimizer(cfg, model)
     steps = len(ytr) // (cfg.batch_size * dinfo.world)
     if steps == 0:
@@ -519,7 +556,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             if dinfo.world > 1:  # dropout masks must differ between ranks; per epoch, so a resume draws the same
                 torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dinfo.rank)
             tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
-                                 progress and dinfo.main, ttr)
+                                 progress and dinfo.main, ttr, teacher)
             dinfo.sync_buffers(eval_model)  # each rank's last batch moved its own BN statistics: judge rank 0's model
             va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
                           cfg.channels_last)
