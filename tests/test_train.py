@@ -451,7 +451,7 @@ def test_cli_train_with_overrides(fer_folder, tmp_path, capsys):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["augment"]["erase"] == 0 and saved["data"] == str(fer_folder)
     assert saved["tta"] is False and len(_rows(run)) == 1
-    assert '"test_accuracy"' in capsys.readouterr().out
+    assert f"summary        {run / 'summary.json'}" in capsys.readouterr().out  # the summary table's last row
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -735,3 +735,24 @@ def test_distillation_pulls_the_student_toward_its_teacher(calibrated_run, fer_f
             fit(tiny_config(fer_folder, tmp_path, name="refused", distill=str(other)), progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_run_ends_with_a_short_summary_table_and_whole_epoch_curves(fer_folder, tmp_path, capsys, monkeypatch):
+    """The end of `fit`: a two-column table (no raw JSON line) with the numbers of summary.json; the curves
+    have whole-number epoch ticks and show a run of one epoch as points."""
+    from ferlab.engine import plots
+    drawn = {}
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: drawn.setdefault(Path(out).name, fig) and real(fig, out))
+    summary = fit(tiny_config(fer_folder, tmp_path, epochs=1, tta=True), progress=False)
+    out = capsys.readouterr().out.strip().splitlines()
+    table = out[-10:]  # run, model, best epoch, val, test, gap, F1, ECE, time, summary
+    assert table[0].split() == ["run", summary["name"]]
+    assert not any(line.lstrip().startswith("{") for line in out)
+    assert f"{summary['test_accuracy']:.2f}% plain, {summary['test_accuracy_tta']:.2f}% flip TTA" in "\n".join(table)
+    assert table[-1].split()[-1] == str(tmp_path / summary["name"] / "summary.json")
+    curves = drawn["curves.png"]
+    for ax in curves.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert all(len(line.get_xdata()) == 1 and line.get_marker() == "o" for line in ax.get_lines())

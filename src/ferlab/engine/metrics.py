@@ -34,3 +34,24 @@ def format_report(rep: dict) -> str:
     lines.append(f"accuracy {rep['accuracy']:.2f}%   macro F1 {rep['macro_f1']:.2f}   "
                  f"ECE ({ECE_BINS} bins) {rep['ece']:.2f}%")
     return "\n".join(lines)
+
+
+def format_summary(s: dict, path=None) -> str:
+    """A finished run's summary (summary.json's fields) as a short two-column table for the terminal."""
+    def pct(key):
+        return f"{s[key]:.2f}%" if s.get(key) is not None else "-"
+    rows = [("run", s.get("name", "?")),
+            ("model", f"{s.get('model')} ({s.get('params', 0):,} params, input {s.get('input')})"),
+            ("best epoch", f"{s.get('best_epoch')} of {s.get('epochs')}, chosen on the validation split"),
+            ("val accuracy", f"{pct('val_accuracy')} plain, {pct('val_accuracy_tta')} flip TTA"),
+            ("test accuracy", f"{pct('test_accuracy')} plain, {pct('test_accuracy_tta')} flip TTA"),
+            ("train-val gap", f"{s['gap']:+.2f} points" if s.get("gap") is not None else "-"),
+            ("test macro F1", f"{s['test_macro_f1']:.2f}" if s.get("test_macro_f1") is not None else "-"),
+            ("test ECE", f"{pct('test_ece')} (temperature {s['temperature']:.3f}, fitted on val)"
+             if s.get("temperature") else pct("test_ece")),
+            ("time", f"{s.get('wall_time_s', 0) / 60:.1f} min, {s.get('images_per_s') or 0:.0f} training images/s "
+                     f"({s.get('precision')}, {s.get('device')})")]
+    if path is not None:
+        rows.append(("summary", str(path)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

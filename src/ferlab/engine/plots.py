@@ -42,11 +42,19 @@ def plot_curves(metrics_csv: Path, out: Path, title: str = "") -> None:
     m = read_metrics(metrics_csv)
     if not m:
         return
+    from matplotlib.ticker import MaxNLocator
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(m["epoch"], m["train_loss"], label="train"); a.plot(m["epoch"], m["val_loss"], label="val")
+    mark = "o" if len(m["epoch"]) < 30 else None  # a run of one epoch is one point: draw it
+    a.plot(m["epoch"], m["train_loss"], label="train", marker=mark)
+    a.plot(m["epoch"], m["val_loss"], label="val", marker=mark)
     a.set_xlabel("epoch"); a.set_ylabel("loss"); a.legend(); a.grid(alpha=.3)
-    b.plot(m["epoch"], m["train_accuracy"], label="train"); b.plot(m["epoch"], m["val_accuracy"], label="val")
+    b.plot(m["epoch"], m["train_accuracy"], label="train", marker=mark)
+    b.plot(m["epoch"], m["val_accuracy"], label="val", marker=mark)
     b.set_xlabel("epoch"); b.set_ylabel("accuracy (%)"); b.legend(); b.grid(alpha=.3)
+    for ax in (a, b):
+        if len(m["epoch"]) == 1:  # matplotlib would zoom onto the one point, between fractional ticks
+            ax.set_xlim(m["epoch"][0] - 1, m["epoch"][0] + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.suptitle(title); fig.tight_layout(); save_figure(fig, out)
 
 

@@ -595,7 +595,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
     then write summary.json, last and whole: a run with a summary is finished (rank 0 alone, whole split)."""
     from .calibration import calibrate_checkpoint, expected_calibration_error
     from .checkpoint import model_from_checkpoint, write_checkpoint
-    from .metrics import classification_report
+    from .metrics import classification_report, format_summary
 
     best = calibrate_checkpoint(load_checkpoint(run_dir / "best.pt"), xva, yva, device, "flip" if cfg.tta else "none",
                                 cfg.eval_batch_size)
@@ -632,7 +632,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
     _draw_plots(run_dir, cfg, rep["confusion"], te["accuracy"], best["classes"])
     with replacing(run_dir / "summary.json") as tmp:  # last: a run with a summary is finished
         tmp.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "test_per_class_recall"}), flush=True)
+    print(format_summary(summary, run_dir / "summary.json"), flush=True)
     return summary
 
 
