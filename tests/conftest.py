@@ -123,24 +123,28 @@ def fer_folder(fer_slice, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def calibrated_run(fer_folder, tmp_path_factory) -> Path:
-    """A run folder from two quick epochs of simple_cnn on the real slice, as `fit` leaves it (best.pt holds
-    the temperature fitted on the validation split)."""
+def quick_calibrated_run(data: Path, out: Path, name: str, model: str = "simple_cnn", seed: int = 3) -> Path:
+    """A run folder from two quick epochs of `model` on the real slice at 1x48x48, as `fit` leaves it (best.pt
+    holds the temperature fitted on the validation split)."""
     import torch
 
     from ferlab.engine import TrainConfig, fit
-    out = tmp_path_factory.mktemp("calibrated")
     threads = torch.get_num_threads()
-    cfg = TrainConfig(name="cal", model="simple_cnn", input_size=48, in_channels=1, mean=[0.0], std=[1.0],
-                      standardize=True, data=str(fer_folder), split="official", seed=3, epochs=2, batch_size=16,
+    cfg = TrainConfig(name=name, model=model, input_size=48, in_channels=1, mean=[0.0], std=[1.0],
+                      standardize=True, data=str(data), split="official", seed=seed, epochs=2, batch_size=16,
                       optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0,
                       threads=1, device="cpu", tta=True, out_dir=str(out))
     try:
         fit(cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
-    return out / "cal"
+    return out / name
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(fer_folder, tmp_path_factory) -> Path:
+    """simple_cnn, two quick epochs, calibrated (see quick_calibrated_run)."""
+    return quick_calibrated_run(fer_folder, tmp_path_factory.mktemp("calibrated"), "cal")
 
 
 # ----------------------------------------------------------------------------------------------- PostgreSQL

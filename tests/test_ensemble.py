@@ -8,24 +8,16 @@ import torch
 
 import ferlab
 from ferlab.cli import main
-from ferlab.engine import TrainConfig, fit, load_checkpoint, model_from_checkpoint
+from conftest import quick_calibrated_run
+
+from ferlab.engine import load_checkpoint, model_from_checkpoint
 from ferlab.weights import package_ensemble
 
 
 @pytest.fixture(scope="module")
 def second_run(fer_folder, tmp_path_factory):
     """A second calibrated run beside conftest's `calibrated_run`: same preprocessing, another seed and net."""
-    out = tmp_path_factory.mktemp("second")
-    threads = torch.get_num_threads()
-    cfg = TrainConfig(name="second", model="simple_cnn_v2", input_size=48, in_channels=1, mean=[0.0], std=[1.0],
-                      standardize=True, data=str(fer_folder), split="official", seed=4, epochs=2, batch_size=16,
-                      optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0,
-                      threads=1, device="cpu", tta=True, out_dir=str(out))
-    try:
-        fit(cfg, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return out / "second"
+    return quick_calibrated_run(fer_folder, tmp_path_factory.mktemp("second"), "second", "simple_cnn_v2", seed=4)
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,20 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _wait_for_health(proc: subprocess.Popen, port: int, limit_s: float = 120) -> None:
+    """Until the `ferlab serve` in `proc` answers /health on `port` (its model loaded); fails if it exits first."""
+    import httpx
+    end = time.time() + limit_s
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < end, f"ferlab serve did not answer /health within {limit_s:.0f} s"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
@@ -151,15 +165,7 @@ def test_ferlab_serve_keeps_torch_in_its_worker_and_leaves_no_process_behind(che
                              "--detector", "none", "--port", str(port), "--threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        end = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < end, "ferlab serve did not answer /health within 120 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        _wait_for_health(proc, port)
         children = _children(proc.pid)
         workers = [p for p in children if "libtorch_cpu" in Path(f"/proc/{p}/maps").read_text()]
         assert len(workers) == 1, children  # the model was loaded before /health answered
@@ -214,15 +220,7 @@ def test_ferlab_serve_stops_with_a_video_in_flight_and_no_worker_outlives_it(che
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(temp)})
     children: set[int] = set()
     try:
-        end = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < end, "ferlab serve did not answer /health within 120 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        _wait_for_health(proc, port)
         children = _children(proc.pid)
         answer = {}
 
