@@ -472,3 +472,109 @@ def test_packaged_ferplus_config_is_the_cpu_recipe_on_vote_shares_and_trains(vot
     assert ckpt["classes"] == list(EIGHT) and ckpt["config"]["labels"] == "ferplus_dist"
     model, _ = model_from_checkpoint(ckpt)
     assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
+
+
+# ----------------------------------------------------------------------------------------------- crowd
+
+def own_crowd(probs: np.ndarray, votes: np.ndarray) -> tuple[int, float, float, float]:
+    """(faces, mean KL(crowd || model), % agreeing with the crowd's majority over the 7 shared emotions, mean
+    KL(crowd || uniform)), face by face with math.log."""
+    import math
+    kls, uniform, agree = [], [], []
+    for p, v in zip(probs.tolist(), votes.tolist()):
+        if v[0] < 0 or own_majority(v, 7) is None:
+            continue
+        crowd = own_shares(v, 7)
+        model = [x / sum(p[:7]) for x in p[:7]]
+        kls.append(sum(c * math.log(c / m) for c, m in zip(crowd, model) if c > 0))
+        uniform.append(sum(c * math.log(c * 7) for c in crowd if c > 0))
+        agree.append(max(range(7), key=lambda k: model[k]) == own_majority(v, 7))
+    return len(kls), sum(kls) / len(kls), 100 * sum(agree) / len(agree), sum(uniform) / len(uniform)
+
+
+@pytest.mark.parametrize("mode", ["fer2013", "ferplus"])
+def test_eval_compares_probabilities_with_the_crowd_as_computed_by_hand(mode, mode_runs, capsys):
+    """A FER2013 (7-class) and a FER+ (8-class, contempt dropped) model measured on the same faces: every test face
+    with a vote for one of the 7 shared emotions, whatever faces the accuracy is scored on."""
+    from ferlab.engine.evaluation import evaluate_checkpoints
+    run, cfg = mode_runs[mode]
+    test = make_splits(load_fer2013(cfg.data), "official", seed=cfg.seed)["test"]
+    model, pre = model_from_checkpoint(load_checkpoint(run))
+    probs = predict_probs(model, torch.from_numpy(test.images), pre, torch.device("cpu")).double().numpy()
+    faces, kl, agree, uniform = own_crowd(probs, test.votes)
+    assert 0 < faces < len(test) and uniform > 0
+
+    res = evaluate_checkpoints([str(run)], "test", tta=False, device="cpu")
+    crowd = res["plain"]["crowd"]
+    assert crowd["faces"] == faces
+    assert crowd["model"]["kl"] == pytest.approx(kl, rel=1e-4)
+    assert crowd["model"]["agree"] == pytest.approx(agree, abs=1e-9)
+    assert crowd["uniform"]["kl"] == pytest.approx(uniform, rel=1e-6) and crowd["uniform"]["agree"] is None
+
+    assert main(["eval", str(run), "--split", "test", "--no-tta"]) == 0
+    out = capsys.readouterr().out
+    assert f"compared with the FER+ crowd on {faces} faces" in out
+    assert f"model (plain){kl:>24.4f}{agree:>21.2f}%" in out and f"uniform{uniform:>30.4f}" in out
+
+
+def test_crowd_comparison_refuses_wrong_shapes_and_faces_without_votes():
+    from ferlab.engine.crowd import compare_with_crowd
+    votes = np.array([[5, 0, 0, 0, 3, 0, 0, 2, 0, 0]], np.int8)
+    with pytest.raises(ValueError, match=r"expected probabilities of shape \(N, 7\) or \(N, 8\), got \(1, 5\)"):
+        compare_with_crowd(np.full((1, 5), 0.2), votes)
+    with pytest.raises(ValueError, match="no face here carries a FER\\+ vote for one of the 7 shared emotions"):
+        compare_with_crowd(np.full((1, 7), 1 / 7), np.array([[0] * 7 + [10, 0, 0]], np.int8))
+    # a perfect model: KL 0, agrees; the contempt votes are left out of the crowd's shares
+    perfect = np.array([[3 / 8, 0, 0, 0, 0, 0, 5 / 8]])  # angry 3, neutral 5 (FER2013 order)
+    r = compare_with_crowd(perfect, votes)
+    assert r["model"]["kl"] == pytest.approx(0, abs=1e-9) and r["model"]["agree"] == 100.0
+
+
+# ----------------------------------------------------------------------------------------------- 8 classes
+
+def test_an_eight_class_model_through_predict_serve_export_and_the_ferplus_name(mode_runs, voted_folder, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """contempt reaches every consumer: Predictor faces, the CSV's columns, the REST answer, the ONNX export's
+    classes and outputs; `--model ferplus` resolves to the packaged FER+ file, and says so while it is missing."""
+    from fastapi.testclient import TestClient
+
+    from ferlab import weights
+    from ferlab.inference.onnx import OnnxClassifier, export_onnx
+    from ferlab.inference.predictor import Predictor
+    from ferlab.serve.app import create_app
+    run, cfg = mode_runs["ferplus"]
+    test = make_splits(load_fer2013(cfg.data), "official", seed=cfg.seed)["test"]
+    crops = [np.repeat(im[..., None], 3, 2) for im in test.images[:3]]
+
+    monkeypatch.setitem(weights.PACKAGED, "ferplus", tmp_path / "not-there.pt")
+    with pytest.raises(FileNotFoundError, match="the ferplus model is not packaged in this ferlab"):
+        Predictor("ferplus", detector="none")
+    monkeypatch.setitem(weights.PACKAGED, "ferplus", run / "best.pt")
+    pred = Predictor("ferplus", detector="none")
+    assert pred.classes == EIGHT
+    faces = pred.predict(crops[0])
+    assert list(faces[0]["probs"]) == list(EIGHT) and faces[0]["label"] in EIGHT
+    assert sum(faces[0]["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for i, c in enumerate(crops):
+        Image.fromarray(c).save(folder / f"face{i}.png")
+    assert main(["predict", str(folder), "--model", "ferplus", "--detector", "none", "--format", "csv"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    first = rows[0].index("label") + 1
+    assert rows[0][first:first + len(EIGHT)] == list(EIGHT) and len(rows) == 1 + len(crops)
+    assert all(abs(sum(float(x) for x in r[first:first + len(EIGHT)]) - 1) < 1e-3 for r in rows[1:])
+
+    client = TestClient(create_app(pred), base_url="http://127.0.0.1")
+    assert client.get("/health").json()["classes"] == list(EIGHT)
+    buf = io.BytesIO()
+    Image.fromarray(crops[1]).save(buf, "PNG")
+    answer = client.post("/v1/predict", files={"file": ("face.png", buf.getvalue(), "image/png")}).json()
+    assert answer["classes"] == list(EIGHT) and list(answer["faces"][0]["probs"]) == list(EIGHT)
+
+    report = export_onnx("ferplus", tmp_path / "ferplus.onnx", data=voted_folder, n_check=8)
+    onnx_model = OnnxClassifier(tmp_path / "ferplus.onnx")
+    assert onnx_model.classes == EIGHT and max(report["max_abs_diff"].values()) < 1e-3
+    np.testing.assert_allclose(onnx_model(test.images[:3]).sum(1), 1.0, atol=1e-4)
+    assert onnx_model(test.images[:3]).shape == (3, len(EIGHT))

@@ -157,7 +157,7 @@ def calibrate_run(spec: str, data: str | None = None, device: str = "auto", tta:
     from ..data.ferplus import relabel
     from .checkpoint import checkpoint_path, load_checkpoint, write_checkpoint
     from .trainer import resolve_device
-    if str(spec) in ("default", "ensemble"):
+    if str(spec) in ("default", "ensemble", "ferplus"):
         raise ValueError(f"the packaged {spec} model is calibrated when it is packaged: calibrate its run folders, "
                          "then package them with python -m ferlab.weights")
     path = checkpoint_path(spec)

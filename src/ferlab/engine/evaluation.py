@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 
 from ..data import CLASSES, load_fer2013, make_splits
-from ..data.ferplus import FERPLUS_CLASSES, relabel
+from ..data.ferplus import FERPLUS_CLASSES, has_votes, majority
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .crowd import compare_with_crowd
 from .metrics import classification_report
 from .plots import plot_confusion, plot_reliability
 from .trainer import predict_probs_tta, resolve_device
@@ -40,10 +41,20 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
     labels_of = "fer2013" if classes == list(CLASSES) else "ferplus"
     dev = resolve_device(device)
     fer = load_fer2013(data or cfg.get("data"))
-    part = relabel(make_splits(fer, cfg.get("split", "official"), seed=cfg.get("seed", 42)), labels_of)[split]
-    images, labels = torch.from_numpy(part.images), torch.from_numpy(part.labels)
+    part = make_splits(fer, cfg.get("split", "official"), seed=cfg.get("seed", 42))[split]
+    votes = part.votes if part.votes is not None and has_votes(part.votes).any() else None
+    if labels_of == "fer2013":
+        scored, labels = slice(None), torch.from_numpy(part.labels)
+    else:  # the FER+ benchmark: the faces with a FER+ majority, labelled with it (as ferplus.relabel)
+        if votes is None:
+            raise ValueError(f"{specs[0]} is a FER+ model, scored against the FER+ majority, and these faces carry "
+                             "no FER+ votes: use the Kaggle folder layout, or put fer2013new.csv beside the CSV")
+        target = majority(votes)
+        scored = target >= 0
+        labels = torch.from_numpy(target[scored])
+    images = torch.from_numpy(part.images)
     modes = ("none",) + (("flip",) if tta else ()) + (("tencrop",) if tencrop else ())
-    summed = {m: torch.zeros(len(labels), len(classes)) for m in modes}
+    summed = {m: torch.zeros(len(images), len(classes)) for m in modes}
     for c in ckpts:
         model, pre = model_from_checkpoint(c)
         model.to(dev)
@@ -53,7 +64,9 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
            "classes": classes, "scored_against": "FER2013 labels" if labels_of == "fer2013" else "FER+ majority"}
     for m, key in (("none", "plain"), ("flip", "tta"), ("tencrop", "tencrop")):
         if m in summed:
-            out[key] = classification_report(summed[m], labels, classes)
+            out[key] = classification_report(summed[m][scored], labels, classes)
+            if votes is not None:  # every face of the split with votes, whatever the model's classes
+                out[key]["crowd"] = compare_with_crowd(summed[m].numpy(), votes)
     return out
 
 

@@ -1,7 +1,8 @@
-"""Where the packaged models live: `--model default` and `--model ensemble`, `Predictor(model=...)`.
+"""Where the packaged models live: `--model default|ensemble|ferplus`, `Predictor(model=...)`.
 
 The files are shipped as package data (pyproject: `weights/*.pt`) next to this module: `default.pt`, one
-network, and `ensemble.pt`, several trained networks averaged (ferlab.models.ensemble), once packaged.
+network on FER2013's 7 classes; `ensemble.pt`, several trained networks averaged (ferlab.models.ensemble), once
+packaged; `ferplus.pt`, one network trained on the FER+ crowd votes, 8 classes (contempt added).
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = HERE / "default.pt"
 ENSEMBLE_WEIGHTS = HERE / "ensemble.pt"
-PACKAGED = ("default", "ensemble")
+FERPLUS_WEIGHTS = HERE / "ferplus.pt"
+PACKAGED = {"default": DEFAULT_WEIGHTS, "ensemble": ENSEMBLE_WEIGHTS, "ferplus": FERPLUS_WEIGHTS}
 
 
 def packaged_weights(name: str) -> Path:
-    """Path of a packaged model ("default", "ensemble"); a clear error while it has not been shipped."""
-    path = {"default": DEFAULT_WEIGHTS, "ensemble": ENSEMBLE_WEIGHTS}[name]
+    """Path of a packaged model (a key of PACKAGED); a clear error while it has not been shipped."""
+    path = PACKAGED[name]
     if not path.exists():
         raise FileNotFoundError(f"the {name} model is not packaged in this ferlab: expected {path}. "
                                 "Pass --model RUN_DIR, CHECKPOINT.pt or MODEL.onnx instead")
@@ -28,7 +30,7 @@ def default_weights() -> Path:
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """A --model argument as a path: "default" and "ensemble" are the packaged models, anything else a path. A
+    """A --model argument as a path: the names of PACKAGED are the packaged models, anything else a path. A
     name that is neither, but close to a packaged one ("defualt"), is a FileNotFoundError that says which."""
     if str(spec) in PACKAGED:
         return packaged_weights(str(spec))
@@ -40,13 +42,17 @@ def resolve_model(spec: str | Path) -> Path:
     return path
 
 
-def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS) -> Path:
+def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: int | None = None) -> Path:
     """Write a run's best checkpoint as a shippable model: weights, metadata and the temperature fitted on
-    the validation split (`ferlab calibrate`); no optimizer state."""
+    the validation split (`ferlab calibrate`); no optimizer state. With `classes`, the run must predict that
+    many (7: the FER2013 default; 8: the FER+ model)."""
     from ..engine.checkpoint import load_checkpoint, write_checkpoint
     from ..engine.config import config_from_saved
     from ..inference.preprocess import Preprocess
     ckpt = load_checkpoint(run)
+    if classes is not None and len(ckpt["classes"]) != classes:
+        raise ValueError(f"{run} predicts {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'])}); this model "
+                         f"must predict {classes}")
     if not ckpt.get("temperature"):
         raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first, so the shipped "
                          "model's probabilities are calibrated")

@@ -1,22 +1,34 @@
 """python -m ferlab.weights RUN [--out PATH]: package a run's best model as the shipped default;
+python -m ferlab.weights --ferplus RUN [--out PATH]: package a FER+ (8-class) run as the shipped ferplus model;
 python -m ferlab.weights --ensemble RUN RUN ... [--out PATH] [--data FER2013]: package runs as the ensemble."""
 import argparse
 
-from . import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS, package_ensemble, package_model
+from . import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS, FERPLUS_WEIGHTS, package_ensemble, package_model
 
 p = argparse.ArgumentParser(prog="python -m ferlab.weights", description=__doc__)
 p.add_argument("runs", nargs="+")
 p.add_argument("--ensemble", action="store_true", help="package the runs as one ensemble (default: one run as "
                                                        "the default model)")
-p.add_argument("--out", help=f"where to write (default: {DEFAULT_WEIGHTS} or {ENSEMBLE_WEIGHTS})")
+p.add_argument("--ferplus", action="store_true", help="package one FER+ run (8 classes) as the ferplus model")
+p.add_argument("--out", help=f"where to write (default: {DEFAULT_WEIGHTS}, {FERPLUS_WEIGHTS} or {ENSEMBLE_WEIGHTS})")
 p.add_argument("--data", help="FER2013, to fit the ensemble's temperature on PublicTest (default: the first run's)")
 a = p.parse_args()
-if a.ensemble:
-    path, record = package_ensemble(a.runs, a.out or ENSEMBLE_WEIGHTS, a.data)
-    print(path, f"temperature {record['temperature']:.3f} on {record['faces']} PublicTest faces, NLL "
-                f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}, ECE {record['ece_before']:.2f}% -> "
-                f"{record['ece_after']:.2f}%")
-elif len(a.runs) != 1:
-    p.error("give one run for the default model, or --ensemble with several")
-else:
-    print(package_model(a.runs[0], a.out or DEFAULT_WEIGHTS))
+
+
+def main() -> None:
+    if a.ensemble:
+        path, record = package_ensemble(a.runs, a.out or ENSEMBLE_WEIGHTS, a.data)
+        print(path, f"temperature {record['temperature']:.3f} on {record['faces']} PublicTest faces, NLL "
+                    f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}, ECE {record['ece_before']:.2f}% -> "
+                    f"{record['ece_after']:.2f}%")
+    elif len(a.runs) != 1:
+        p.error("give one run for the default or ferplus model, or --ensemble with several")
+    else:
+        print(package_model(a.runs[0], a.out or (FERPLUS_WEIGHTS if a.ferplus else DEFAULT_WEIGHTS),
+                            classes=8 if a.ferplus else 7))
+
+
+try:
+    main()
+except (ValueError, OSError) as e:  # one line, not a traceback: what was wrong and what was expected
+    p.exit(1, f"python -m ferlab.weights: error: {e}\n")

@@ -5,7 +5,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const COLORS = new Set(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]);
+const COLORS = new Set(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt"]);
 const LIVE_INTERVAL_MS = 400;   // a frame is taken this often, unless the previous one is still being answered
 const FPS_WINDOW = 8;           // answers the frames/s readout averages over
 let photoUrl = null;
