@@ -384,11 +384,25 @@ def test_report_cli_table_and_plot(runs, tmp_path, capsys):
     for run, line in zip(runs, lines[2:]):
         s = json.loads((run / "summary.json").read_text())
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == run.name and cells[1] == "simple_cnn" and cells[3] == f"{s['params']:,}"
+        # tiny_config trains on half of every split: the row and a note under the table say so
+        assert s["fraction"] == 0.5 and cells[0] == f"{run.name} (fraction 0.5*)"
+        assert cells[1] == "simple_cnn" and cells[3] == f"{s['params']:,}"
         assert cells[6] == f"{s['test_accuracy']:.2f}" and cells[7] == f"{s['test_accuracy_tta']:.2f}"
         assert cells[8] == f"{s['gap']:+.2f}" and cells[9] == f"{s['best_epoch']}/2"
-    assert md.read_text().strip() == "\n".join(lines) and _is_png(plot)
+    assert "* trained and scored on that share of every split: its val and test accuracies come from shrunk" in out
+    assert md.read_text().startswith("\n".join(lines)) and _is_png(plot)
     assert main(["report", str(tmp_path / "none")]) == 2
+
+
+def test_a_fraction_run_says_in_its_summary_that_val_and_test_were_shrunk(fer_folder, tmp_path, capsys):
+    test = make_splits(load_fer2013(fer_folder), "official", seed=1, fraction=0.5)["test"]
+    val = make_splits(load_fer2013(fer_folder), "official", seed=1, fraction=0.5)["val"]
+    summary = fit(tiny_config(fer_folder, tmp_path, epochs=1, tta=False), progress=False)
+    assert (summary["fraction"], summary["val_faces"], summary["test_faces"]) == (0.5, len(val), len(test))
+    assert (f"fraction 0.5 of every split: val {len(val)} and test {len(test)} faces, not comparable with full-split "
+            "accuracies") in capsys.readouterr().out
+    full = fit(tiny_config(fer_folder, tmp_path, epochs=1, tta=False, fraction=1.0, name="full"), progress=False)
+    assert full["fraction"] == 1.0 and "not comparable" not in capsys.readouterr().out
 
 
 

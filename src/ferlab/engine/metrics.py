@@ -45,6 +45,9 @@ def format_summary(s: dict, path=None) -> str:
             ("best epoch", f"{s.get('best_epoch')} of {s.get('epochs')}, chosen on the validation split"),
             ("val accuracy", f"{pct('val_accuracy')} plain, {pct('val_accuracy_tta')} flip TTA"),
             ("test accuracy", f"{pct('test_accuracy')} plain, {pct('test_accuracy_tta')} flip TTA"),
+            *([("data", f"fraction {s['fraction']:g} of every split: val {s.get('val_faces', '?')} and test "
+                        f"{s.get('test_faces', '?')} faces, not comparable with full-split accuracies")]
+              if s.get("fraction", 1.0) < 1.0 else []),
             ("train-val gap", f"{s['gap']:+.2f} points" if s.get("gap") is not None else "-"),
             ("test macro F1", f"{s['test_macro_f1']:.2f}" if s.get("test_macro_f1") is not None else "-"),
             ("test ECE", f"{pct('test_ece')} (temperature {s['temperature']:.3f}, fitted on val)"

@@ -79,15 +79,19 @@ def _table(head, rows) -> str:
 
 def report_table(runs: list[Path], labels: list[str] | None = None) -> str:
     """The seed's iteration table, one row per run (named by `labels`, default the folder names)."""
-    rows = []
+    rows, shrunk = [], False
     for r, label in zip(runs, labels or [r.name for r in runs]):
         s = _summary(r)
         tta = s.get("test_accuracy_tta")
+        if s.get("fraction", 1.0) < 1.0:
+            label, shrunk = f"{label} (fraction {s['fraction']:g}*)", True
         rows.append([
             label, s["model"], s["input"], f"{s['params']:,}", f"{s['train_accuracy']:.2f}",
             f"{s['val_accuracy']:.2f}", f"{s['test_accuracy']:.2f}", f"{tta:.2f}" if tta is not None else "-",
             f"{s['gap']:+.2f}", f"{s['best_epoch']}/{s['epochs']}", _fmt_time(s["wall_time_s"])])
-    return _table(COLUMNS, rows)
+    note = ("\n\n* trained and scored on that share of every split: its val and test accuracies come from shrunk "
+            "splits and are not comparable with full-split runs") if shrunk else ""
+    return _table(COLUMNS, rows) + note
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -610,6 +610,8 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
         "name": run_dir.name, "model": cfg.model, "params": n_params,
         "input": f"{pre.in_channels}x{pre.input_size}x{pre.input_size}", "split": cfg.split,
         "labels": cfg.labels,  # fer2013: scored against FER2013's labels; ferplus*: against the FER+ majority
+        # < 1: every split, val and test included, was shrunk to that share (a quick run, not a benchmark number)
+        "fraction": cfg.fraction, "val_faces": len(yva), "test_faces": len(yte),
         "epochs": best["config"]["epochs"], "best_epoch": best["epoch"],
         # the seed's numbers: training-loop accuracy and validation at the chosen epoch, and their gap
         "train_accuracy": best["metrics"]["train_accuracy"], "val_accuracy": best["metrics"]["val_accuracy"],
