@@ -195,7 +195,7 @@ def score(ckpts: list[list[dict]], faces: np.ndarray, labels: np.ndarray, names:
     from ferlab.data import CLASSES
     from ferlab.engine.checkpoint import model_from_checkpoint
     from ferlab.engine.metrics import classification_report
-    from ferlab.engine.trainer import predict_probs_tta
+    from ferlab.engine.predict import predict_probs_tta
 
     models = [[model_from_checkpoint(c) for c in cs] for cs in ckpts]
     for col in models:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     import ferlab
-    from ferlab.engine.trainer import resolve_device
+    from ferlab.engine.predict import resolve_device
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
     t0 = time.perf_counter()

@@ -33,7 +33,8 @@ from ferlab.data import load_fer2013, make_splits
 from ferlab.data.augment import AugmentConfig, augment
 from ferlab.engine import TrainConfig
 from ferlab.engine.config import PRECISIONS
-from ferlab.engine.trainer import autocast, build_preprocess, make_optimizer, resolve_device
+from ferlab.engine.predict import autocast, resolve_device
+from ferlab.engine.trainer import build_preprocess, make_optimizer
 from ferlab.inference.preprocess import to_model_input
 from ferlab.models import count_params, create_model, list_models
 

@@ -71,7 +71,7 @@ def test_calibrate_cli_fits_on_val_and_writes_the_checkpoint(calibrated_run, fer
 
 def test_package_model_needs_a_temperature_and_keeps_it(calibrated_run, tmp_path):
     from ferlab.engine.checkpoint import load_checkpoint, write_checkpoint
-    from ferlab.weights import package_model
+    from ferlab.engine.package import package_model
     out = package_model(calibrated_run, tmp_path / "shipped.pt")
     shipped, best = load_checkpoint(out), load_checkpoint(calibrated_run)
     assert shipped["temperature"] == best["temperature"] and shipped["optimizer"] is None

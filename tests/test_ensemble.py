@@ -11,7 +11,7 @@ from ferlab.cli import main
 from conftest import quick_calibrated_run
 
 from ferlab.engine import load_checkpoint, model_from_checkpoint
-from ferlab.weights import package_ensemble
+from ferlab.engine.package import package_ensemble
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from PIL import Image
 from ferlab.cli import main
 from ferlab.data import CLASSES, USAGES, load_fer2013, make_splits
 from ferlab.engine import TrainConfig, evaluate, fit, load_checkpoint, model_from_checkpoint, predict_probs
-from ferlab.engine.trainer import predict_probs_tta, tta_views
+from ferlab.engine.predict import predict_probs_tta, tta_views
 from ferlab.engine.callbacks import METRIC_KEYS
 from ferlab.engine.evaluation import evaluate_checkpoints
 from ferlab.engine.metrics import classification_report

@@ -15,25 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
+
+from ..models.temperature import TemperatureScaled  # noqa: F401  (applies what is fitted here; importable here too)
+from .checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, write_checkpoint
+from .predict import predict_view_logits, resolve_device
 
 ECE_BINS = 15
-
-
-class TemperatureScaled(nn.Module):
-    """(`net`'s logits + a fixed per-class bias) divided by a fixed temperature (> 1 softens over-confident
-    probabilities). The bias is 0 unless a logit adjustment was fitted."""
-
-    def __init__(self, net: nn.Module, temperature: float, bias: list[float] | None = None):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.net = net
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-        self.register_buffer("bias", torch.tensor(bias if bias is not None else 0.0, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net(x) + self.bias) / self.temperature
 
 
 def _nll(view_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
@@ -118,8 +105,6 @@ def calibrate_checkpoint(ckpt: dict, images: torch.Tensor, labels: torch.Tensor,
     adjustment -tau log(prior) is fitted first (see the module's notes) and stored as the checkpoint's
     `logit_bias`.
     """
-    from .checkpoint import model_from_checkpoint
-    from .trainer import predict_view_logits
     model, pre = model_from_checkpoint(ckpt, calibrated=False)
     logits = predict_view_logits(model.to(device), images, pre, device, batch_size, tta)
     before = logits.softmax(-1).mean(0)
@@ -155,8 +140,6 @@ def calibrate_run(spec: str, data: str | None = None, device: str = "auto", tta:
     Returns (the file, the updated checkpoint)."""
     from ..data import load_fer2013, make_splits
     from ..data.ferplus import relabel
-    from .checkpoint import checkpoint_path, load_checkpoint, write_checkpoint
-    from .trainer import resolve_device
     if str(spec) in ("default", "ensemble", "ferplus"):
         raise ValueError(f"the packaged {spec} model is calibrated when it is packaged: calibrate its run folders, "
                          "then package them with python -m ferlab.weights")

@@ -11,7 +11,8 @@ from .._atomic import replacing
 from ..data.classes import CLASSES
 from ..inference.preprocess import Preprocess
 from ..models import create_model
-from .calibration import TemperatureScaled
+from ..models.temperature import TemperatureScaled
+from ..weights import resolve_model
 
 FORMAT_VERSION = 1
 
@@ -53,7 +54,6 @@ def write_checkpoint(path: str | Path, ckpt: dict) -> Path:
 
 def checkpoint_path(spec: str | Path) -> Path:
     """The file behind a checkpoint argument: a .pt file, a run folder (its best.pt) or "default"."""
-    from ..weights import resolve_model
     path = resolve_model(spec)  # "default" is the packaged model
     if path.is_dir():
         for cand in (path / "best.pt", path / "weights" / "best.pt"):

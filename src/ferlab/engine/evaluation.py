@@ -11,7 +11,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .crowd import compare_with_crowd
 from .metrics import classification_report
 from .plots import plot_confusion, plot_reliability
-from .trainer import predict_probs_tta, resolve_device
+from .predict import predict_probs_tta, resolve_device
 
 
 def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None = None, tta: bool = True,

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,26 +25,23 @@ import yaml
 from tqdm import tqdm
 
 from .._atomic import WriteError, replacing
-from ..data import CLASSES, load_fer2013, make_splits
+from ..data import load_fer2013, make_splits
 from ..data.augment import augment
 from ..data.ferplus import classes_for, left_out, relabel, train_targets
 from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
+from .calibration import calibrate_checkpoint, expected_calibration_error
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, write_checkpoint
 from .config import TrainConfig, resume_config
+from .metrics import classification_report, format_summary
 from .plots import plot_confusion, plot_curves, read_metrics
+# the device, precision and TTA views evaluation uses; also importable from here, where they used to live
+from .predict import (TTA_MODES, autocast, predict_probs, predict_probs_tta, predict_view_logits,  # noqa: F401
+                      resolve_device, tta_views)
 
 
 # ----------------------------------------------------------------------------------------------- setup
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return torch.device(name)
-
 
 def build_preprocess(cfg: TrainConfig) -> Preprocess:
     """The model's registered preprocessing, with any size/channel/normalisation override from the config."""
@@ -57,12 +54,6 @@ def build_preprocess(cfg: TrainConfig) -> Preprocess:
     standardize = d.get("standardize", False) if cfg.standardize is None else cfg.standardize
     return Preprocess(cfg.input_size or d.get("input_size", 48), channels, tuple(mean), tuple(std),
                       bool(standardize))
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class DistInfo:
@@ -269,72 +260,6 @@ def load_teacher(cfg: TrainConfig, pre: Preprocess, classes, device: torch.devic
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
-
-
-TTA_MODES = {"none": 1, "flip": 2, "tencrop": 10}  # mode -> number of views, in the order tta_views gives them
-
-
-def tta_views(x: torch.Tensor, mode: str, shift: float = 0.06) -> list[torch.Tensor]:
-    """The views a TTA mode averages over, for a normalised batch (N, C, S, S).
-
-    "none": the face; "flip": it and its mirror; "tencrop": ten-crop of the face padded by `shift` of its
-    side (border pixels, as the training augmentation pads): centre and four corners, each also mirrored,
-    i.e. the centre plus the four diagonal shifts a model trained on random crops with padding has seen.
-    The list starts with the face and its mirror, so the modes nest: none < flip < tencrop.
-    """
-    mode = _tta_mode(mode)
-    views = [x] if mode == "none" else [x, x.flip(-1)]
-    if mode == "tencrop":
-        s = x.shape[-1]
-        d = max(1, round(shift * s))
-        padded = F.pad(x, (d, d, d, d), mode="replicate")
-        corners = [padded[..., i:i + s, j:j + s] for i in (0, 2 * d) for j in (0, 2 * d)]
-        views += corners + [c.flip(-1) for c in corners]
-    return views
-
-
-def _tta_mode(tta: bool | str) -> str:
-    """A TTA mode name from a mode or a bool (True = flip); an unknown mode is an error."""
-    mode = {True: "flip", False: "none"}.get(tta, tta)
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
-    return mode
-
-
-@torch.no_grad()
-def predict_view_logits(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
-                        mode: str = "none", precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
-    """Logits (views, N, classes) of uint8 faces, one row per view of TTA `mode`, in `tta_views` order."""
-    mode = _tta_mode(mode)
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_model_input(images[i:i + batch_size], pre, device)
-        views = []
-        for v in tta_views(x, mode):
-            if channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                views.append(model(v).float().cpu())
-        out.append(torch.stack(views))
-    return torch.cat(out, 1) if out else torch.empty(TTA_MODES[mode], 0, len(CLASSES))
-
-
-def predict_probs_tta(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
-                      modes: tuple[str, ...] = ("none",), precision: str = "fp32",
-                      channels_last: bool = False) -> dict[str, torch.Tensor]:
-    """Softmax probabilities (N, classes) for uint8 faces under each TTA mode, sharing forward passes."""
-    modes = tuple(_tta_mode(m) for m in modes)
-    widest = max(modes, key=TTA_MODES.__getitem__)
-    probs = predict_view_logits(model, images, pre, device, batch_size, widest, precision, channels_last).softmax(-1)
-    return {m: probs[:TTA_MODES[m]].mean(0) for m in modes}
-
-
-def predict_probs(model, images: torch.Tensor, pre: Preprocess, device: torch.device, batch_size: int = 256,
-                  tta: bool | str = False, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
-    """Softmax probabilities (N, classes) for uint8 faces; tta: False/"none", True/"flip" or "tencrop"."""
-    mode = _tta_mode(tta)
-    return predict_probs_tta(model, images, pre, device, batch_size, (mode,), precision, channels_last)[mode]
 
 
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, device: torch.device,
@@ -593,10 +518,6 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
                origin: dict | None = None) -> dict:
     """Fit best.pt's temperature on the validation split, then evaluate it once on the test split; draw the plots,
     then write summary.json, last and whole: a run with a summary is finished (rank 0 alone, whole split)."""
-    from .calibration import calibrate_checkpoint, expected_calibration_error
-    from .checkpoint import model_from_checkpoint, write_checkpoint
-    from .metrics import classification_report, format_summary
-
     best = calibrate_checkpoint(load_checkpoint(run_dir / "best.pt"), xva, yva, device, "flip" if cfg.tta else "none",
                                 cfg.eval_batch_size)
     write_checkpoint(run_dir / "best.pt", best)
@@ -652,8 +573,6 @@ def _draw_plots(run_dir: Path, cfg: TrainConfig, confusion, test_accuracy: float
 
 def _redraw_plots(run_dir: Path, cfg: TrainConfig) -> None:
     """The plots of a finished run, again: best.pt (calibrated as finish_run left it) on the test split."""
-    from .checkpoint import model_from_checkpoint
-    from .metrics import classification_report
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

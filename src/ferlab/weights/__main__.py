@@ -3,7 +3,8 @@ python -m ferlab.weights --ferplus RUN [--out PATH]: package a FER+ (8-class) ru
 python -m ferlab.weights --ensemble RUN RUN ... [--out PATH] [--data FER2013]: package runs as the ensemble."""
 import argparse
 
-from . import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS, FERPLUS_WEIGHTS, package_ensemble, package_model
+from ..engine.package import package_ensemble, package_model
+from . import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS, FERPLUS_WEIGHTS
 
 p = argparse.ArgumentParser(prog="python -m ferlab.weights", description=__doc__)
 p.add_argument("runs", nargs="+")

@@ -1,0 +1,75 @@
+"""Packaging runs as the models ferlab ships (`python -m ferlab.weights`): one calibrated run as `default.pt`,
+several as `ensemble.pt`. Where those files live, and how `--model` names them, is `ferlab.weights`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data import load_fer2013, make_splits
+from ..inference.preprocess import Preprocess
+from ..models import create_model
+from ..weights import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS
+from .calibration import calibrate_checkpoint
+from .checkpoint import FORMAT_VERSION, load_checkpoint, model_from_checkpoint, write_checkpoint
+from .config import config_from_saved
+from .predict import resolve_device
+
+
+def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: int | None = None) -> Path:
+    """Write a run's best checkpoint as a shippable model: weights, metadata and the temperature fitted on
+    the validation split (`ferlab calibrate`); no optimizer state. With `classes`, the run must predict that
+    many (7: the FER2013 default; 8: the FER+ model)."""
+    ckpt = load_checkpoint(run)
+    if classes is not None and len(ckpt["classes"]) != classes:
+        raise ValueError(f"{run} predicts {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'])}); this model "
+                         f"must predict {classes}")
+    if not ckpt.get("temperature"):
+        raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first, so the shipped "
+                         "model's probabilities are calibrated")
+    # preprocessing and config in their current form (a run from an older ferlab may carry removed keys)
+    ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run),
+            "preprocess": Preprocess.from_dict(ckpt["preprocess"]).to_dict(),
+            "config": config_from_saved(ckpt["config"]).to_dict()}
+    return write_checkpoint(out, ckpt)
+
+
+def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS, data: str | None = None,
+                     device: str = "auto") -> tuple[Path, dict]:
+    """Write calibrated runs as one shippable ensemble (ferlab.models.ensemble): each member keeps its own
+    temperature and logit bias, and one more temperature, for the ensemble as a whole, is fitted on the
+    validation split (PublicTest) under flip TTA, as the Predictor predicts. Weights are stored in fp16
+    (halving the file; the float32 network they load into gives the same labels: see the README).
+    Returns the file and the calibration record."""
+    if len(runs) < 2:
+        raise ValueError(f"an ensemble needs at least two runs, got {len(runs)}")
+    ckpts = [load_checkpoint(r) for r in runs]
+    first = ckpts[0]
+    for run, c in zip(runs, ckpts):
+        if not c.get("temperature"):
+            raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first")
+        if c["classes"] != first["classes"] or Preprocess.from_dict(c["preprocess"]) != Preprocess.from_dict(
+                first["preprocess"]):
+            raise ValueError(f"{run}: its classes or preprocessing differ from {runs[0]}'s; an ensemble's members "
+                             "see the same input and answer the same classes")
+    members = [{"model": c["model"], "model_args": c["model_args"]} for c in ckpts]
+    pre = Preprocess.from_dict(first["preprocess"])
+    net = create_model("ensemble", num_classes=len(first["classes"]), in_channels=pre.in_channels,
+                       input_size=pre.input_size, members=members)
+    for i, c in enumerate(ckpts):
+        member, _ = model_from_checkpoint(c, calibrated=False)  # its EMA weights where it has them
+        net.members[i].load_state_dict(member.state_dict())
+        net.temperatures[i] = float(c["temperature"])
+        if c.get("logit_bias") is not None:
+            net.biases[i] = torch.as_tensor(c["logit_bias"], dtype=torch.float32)
+    ckpt = {"format": "ferlab", "format_version": FORMAT_VERSION, "model": "ensemble", "model_args": {"members": members},
+            "preprocess": pre.to_dict(), "classes": list(first["classes"]), "state_dict": net.state_dict(),
+            "members": [str(r) for r in runs], "config": {"split": "official", "data": first["config"].get("data")},
+            "epoch": None, "best_val_acc": None, "metrics": {}}
+    cfg = first.get("config") or {}
+    val = make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
+                      seed=cfg.get("seed", 42))["val"]
+    ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),
+                                resolve_device(device), "flip")
+    ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    return write_checkpoint(out, ckpt), ckpt["calibration"]
