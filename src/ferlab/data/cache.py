@@ -1,4 +1,5 @@
-"""Decode once, then load in about a second: a uint8 array cache keyed by the source's fingerprint."""
+"""Loading FER2013: decode once, then load in about a second from a uint8 array cache keyed by the source's
+fingerprint; FER+ votes are attached after reading (they are never cached)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import DataError, FerData, folder_files, read_fer2013
+from .ferplus import attach_votes
+from .readers import DataError, FerData, decode_fer2013, folder_files
 
 CACHE_VERSION = 1
 DATA_ENV = "FERLAB_DATA"
@@ -29,6 +31,12 @@ def fingerprint(path: Path) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:20]
+
+
+def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
+    """Decode FER2013 from a folder, archive or CSV file, with its FER+ votes (no cache; see `load_fer2013`)."""
+    path = Path(path).expanduser()
+    return attach_votes(decode_fer2013(path, skip_bad), path)
 
 
 def resolve_data_path(path: str | os.PathLike | None) -> Path:
@@ -60,7 +68,6 @@ def load_fer2013(path: str | os.PathLike | None = None, skip_bad: bool = False, 
         except Exception:  # empty, truncated or foreign: a damaged cache file is simply rebuilt
             pass
         else:
-            from .ferplus import attach_votes
             return attach_votes(data, path)  # not cached: always the packaged file's, or fer2013new.csv's as it is now
     data = read_fer2013(path, skip_bad)
     try:

@@ -408,8 +408,9 @@ def detect_form(names: list[str]) -> str | None:
     return None
 
 
-def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
-    """Decode FER2013 from a folder, archive or CSV file (no cache; see `load_fer2013`)."""
+def decode_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
+    """Decode FER2013's faces from a folder, archive or CSV file, without FER+ votes (`votes` None): the files as
+    they are. `ferlab.data.read_fer2013` adds the votes; `load_fer2013` adds the array cache."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder. Point --data (or FERLAB_DATA) at your FER2013 "
@@ -427,8 +428,7 @@ def read_fer2013(path: str | os.PathLike, skip_bad: bool = False) -> FerData:
         data = _assemble(rows, form, str(path), skipped)
     else:
         data = _read_source(_Source(path), skip_bad)
-    from .ferplus import attach_votes  # ferplus reads FerData: imported here, not at the top
-    return attach_votes(data, path)
+    return data
 
 
 def read_files(path: str | os.PathLike, names: list[str]) -> dict[str, bytes]:
