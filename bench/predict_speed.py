@@ -30,7 +30,8 @@ from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, s
 from ferlab.engine.trainer import build_preprocess
 from ferlab.inference.detect import make_detector
 from ferlab.inference.onnx import OnnxClassifier, export_onnx, real_faces
-from ferlab.inference.predictor import Predictor, expand_sources
+from ferlab.inference.predictor import Predictor
+from ferlab.inference.sources import expand_sources
 from ferlab.inference.preprocess import to_model_input, to_model_pixels
 from ferlab.models import create_model
 

@@ -778,9 +778,11 @@ def test_serve_max_pixels_zero_is_refused_not_read_as_the_default(capsys):
 
 def test_16_bit_images_keep_their_brightness_everywhere(fer_folder, fer_slice, tmp_path):
     """A real face saved as a 16-bit PNG (mode I;16, value x 257) reads back as the same 8-bit face in the dataset
-    reader, `predict`'s image reader, a PIL image handed to the Predictor, and the REST decoder; not all white."""
+    reader, `predict`'s image reader and bytes decoder, a PIL image handed to the Predictor, and the REST decoder;
+    not all white."""
     from ferlab.inference.faces import to_gray
-    from ferlab.inference.predictor import _as_array, read_image
+    from ferlab.inference.sources import as_array, read_image
+    from ferlab.inference.sources import decode_image as decode_bytes
     from ferlab.serve.app import decode_image
     face = fer_slice["pixels"][0]
     wide = Image.fromarray(face.astype(np.uint16) * 257)
@@ -800,7 +802,8 @@ def test_16_bit_images_keep_their_brightness_everywhere(fer_folder, fer_slice, t
 
     (tmp_path / "face16.png").write_bytes(png16)
     np.testing.assert_array_equal(read_image(tmp_path / "face16.png")[..., 0], face)
-    np.testing.assert_array_equal(_as_array(Image.open(io.BytesIO(png16)))[..., 1], face)
+    np.testing.assert_array_equal(as_array(Image.open(io.BytesIO(png16)))[..., 1], face)
+    np.testing.assert_array_equal(decode_bytes(png16)[..., 1], face)
     np.testing.assert_array_equal(to_gray(Image.open(io.BytesIO(png16))), face)
     np.testing.assert_array_equal(decode_image(png16)[..., 2], face)
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ferlab.data import CLASSES, DataError, read_fer2013
-from ferlab.inference.predictor import read_image
+from ferlab.inference.sources import read_image
 from ferlab.serve.app import decode_image
 
 FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")

@@ -580,7 +580,8 @@ def test_frames_detected_together_give_the_faces_found_one_by_one(run_dir, astro
 
 
 def test_camera_frames_are_never_held_for_a_detection_group():
-    from ferlab.inference.predictor import DETECT_FRAMES, Frame, _detect_groups
+    from ferlab.inference.predictor import DETECT_FRAMES, _detect_groups
+    from ferlab.inference.sources import Frame
     img = np.zeros((100, 100, 3), np.uint8)
     files = [len(g) for g in _detect_groups(iter([Frame(img) for _ in range(DETECT_FRAMES + 3)]))]
     assert files == [DETECT_FRAMES, 3]

@@ -254,7 +254,8 @@ def _explain_photos(predictor, photos, out_dir, rows: bool = True) -> None:
     from PIL import Image
 
     from .inference.explain import draw_explained
-    from .inference.predictor import free_name, read_image
+    from .inference.output import free_name
+    from .inference.sources import read_image
     out_dir.mkdir(parents=True, exist_ok=True)
     written: set[Path] = set()
     for path in photos:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .draw import draw_faces
+
 
 def cam_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     """The module whose output Grad-CAM reads: the last one to produce a 4-D map at the resolution of the
@@ -84,7 +86,6 @@ def overlay(gray_or_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np
 def draw_explained(image: np.ndarray, faces: list[dict], alpha: float = 0.45) -> np.ndarray:
     """`image` (RGB or gray) with each face's heat map blended over its box, then the boxes and labels drawn
     (`faces` as `Predictor.explain` returns them)."""
-    from .predictor import draw_faces
     out = np.ascontiguousarray(np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]).copy()
     for f in faces:
         x, y, w, h = f["box"]

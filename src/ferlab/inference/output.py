@@ -1,15 +1,21 @@
-"""`ferlab predict` end to end: stream predictions to JSON lines, CSV or a table, save annotated copies,
-and account for unreadable inputs."""
+"""`ferlab predict` end to end: stream predictions to JSON lines, CSV or a table, save annotated copies
+(`AnnotatedWriter`, under names that never replace a file), and account for unreadable inputs."""
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from .._atomic import WriteError
-from .predictor import AnnotatedWriter, Predictor
+from PIL import Image
+
+from .._atomic import WriteError, replacing
+from .draw import draw_faces
+from .predictor import Predictor
+from .sources import IMAGE_EXTS, Frame, expand_sources
+from .video import H264Writer, VideoSummary
 
 FORMATS = ("jsonl", "json", "csv", "table")
 
@@ -138,3 +144,97 @@ def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", sa
         print("unreadable inputs:", *(f"  {reason}" for _, reason in errors), sep="\n", file=err)
     return {"frames": n_frames, "faces": n_faces, "frames_without_face": n_empty, "errors": errors,
             "saved": [str(p) for p in (writer.written if writer else [])], "save_error": save_error}
+
+
+def free_name(path: Path, taken=(), inputs=frozenset()) -> Path:
+    """`path` if no file has that name yet, else the first free one of x_annotated.jpg (when x.jpg is one of
+    `inputs`, as `_file_id`s), x-2.jpg, x-3.jpg, ...: ferlab's outputs never replace a file, be it an input
+    (`--save` into the inputs' own folder), another file the user keeps there, or one in `taken` (the copies
+    this run wrote: a/x.jpg and b/x.jpg both given)."""
+    if _file_id(path) in inputs:
+        path = path.with_name(f"{path.stem}_annotated{path.suffix}")
+    stem, i = path.stem, 2
+    while path in taken or os.path.lexists(path):
+        path, i = path.with_name(f"{stem}-{i}{path.suffix}"), i + 1
+    return path
+
+
+def _file_id(path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, the same for every name of it (links, ./a.png, ../x/a.png)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class AnnotatedWriter:
+    """`--save DIR`: annotated copies of images; per video, an annotated H.264 MP4 (frames as sampled) and its
+    summary, the emotion share over time as `<video>_emotions.csv` and `<video>_timeline.png`. Each file
+    appears whole or not at all: one that cannot be written (disk full) raises WriteError and leaves nothing;
+    `written` lists the files complete so far."""
+
+    def __init__(self, out_dir: str | Path, classes: tuple[str, ...], inputs=()):
+        self.out_dir = Path(out_dir)
+        self.classes = tuple(classes)
+        self.written: list[Path] = []
+        self._inputs = {_file_id(p) for p, _ in expand_sources(list(inputs))} - {None}  # never written over
+        self._video = None
+        self._video_source = None
+        self._summary = None
+        self._summary_stem: Path | None = None
+
+    def _target(self, fr: Frame, suffix: str | None = None) -> Path:
+        src = Path(fr.source or "image.png")
+        rel = src.relative_to(fr.root) if fr.root is not None else Path(src.name)
+        if fr.root is not None:
+            rel = Path(fr.root.name) / rel
+        if suffix:
+            rel = rel.with_name(rel.stem + suffix)
+        path = self.out_dir / rel
+        if fr.frame is None and path.suffix.lower() not in IMAGE_EXTS:
+            path = path.with_suffix(".png")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError.from_os(path.parent, e) from None
+        return self._free(path)
+
+    def _free(self, path: Path) -> Path:
+        return free_name(path, self.written, self._inputs)
+
+    def write(self, fr: Frame, faces: list[dict]):
+        img = draw_faces(fr.image, faces)
+        if fr.frame is None:
+            self.close_video()
+            path = self._target(fr)
+            with replacing(path) as tmp:
+                Image.fromarray(img).save(tmp)
+            self.written.append(path)
+            return
+        if fr.source != self._video_source:
+            self.close_video()
+            path = self._target(fr, "_annotated.mp4")
+            h, w = img.shape[:2]
+            self._video = H264Writer(path, fr.fps or 25.0, (w, h))
+            self._video_source = fr.source
+            self._summary = VideoSummary(str(fr.source), self.classes)
+            self._summary_stem = path.with_name("".join(path.stem.rsplit("_annotated", 1)))  # x_annotated-2 -> x-2
+        self._video.write(img)
+        self._summary.add(fr.frame, fr.time_s, faces)
+
+    def close_video(self):
+        video, summary, stem = self._video, self._summary, self._summary_stem
+        self._video, self._video_source, self._summary = None, None, None
+        if video is None:
+            return
+        video.close()
+        self.written.append(video.path)
+        for suffix, write in (("_emotions.csv", summary.write_csv), ("_timeline.png", summary.write_timeline)):
+            self.written.append(write(self._free(stem.with_name(stem.name + suffix))))
+
+    def discard(self):
+        """Stop saving: the video being written is dropped unfinished (its temporary file removed)."""
+        if self._video is not None:
+            self._video.abort()
+        self._video, self._video_source, self._summary = None, None, None
