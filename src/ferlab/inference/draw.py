@@ -1,4 +1,4 @@
-"""Faces drawn on a picture: each face's box, its label and probability.
+"""Faces drawn on a picture: each face's box, its label and probability (and, if asked, its five landmarks).
 
 `draw_faces` is `ferlab.draw`: it takes the faces `Predictor.predict` returns and gives a new picture, the
 input left as it was. `ferlab predict --save` and `ferlab explain` draw through it, so a saved copy, an
@@ -10,14 +10,16 @@ import numpy as np
 
 BOX_RGB = (255, 64, 0)      # orange boxes and label backgrounds
 TEXT_RGB = (255, 255, 255)
+LANDMARK_RGB = (0, 230, 255)
 
 
-def draw_faces(image, faces: list[dict], color: str = "rgb") -> np.ndarray:
+def draw_faces(image, faces: list[dict], color: str = "rgb", landmarks: bool = False) -> np.ndarray:
     """A copy of `image` with each face's box, label and probability drawn on it; `image` is not changed.
 
     image: uint8 (H, W, 3) RGB (or BGR, as OpenCV gives it, with `color="bgr"`: the copy is BGR too), (H, W)
     gray or (H, W, 4) RGBA (both give RGB), or a PIL image. faces: as `Predictor.predict` (or `explain`)
     returns them for this picture: "box", "label" and "probs" are drawn, "track" (videos) before the label.
+    landmarks: also mark each face's five landmarks where it has them (MTCNN's faces).
     """
     import cv2
     if color not in ("rgb", "bgr"):
@@ -41,4 +43,7 @@ def draw_faces(image, faces: list[dict], color: str = "rgb") -> np.ndarray:
         ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4  # below the box when no room above
         cv2.rectangle(out, (x, ty - th - base), (x + tw, ty + base), BOX_RGB, -1)
         cv2.putText(out, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_RGB, thick, cv2.LINE_AA)
+        if landmarks and f.get("landmarks"):
+            for px, py in f["landmarks"].values():
+                cv2.circle(out, (int(round(px)), int(round(py))), max(2, thick + 1), LANDMARK_RGB, -1, cv2.LINE_AA)
     return np.ascontiguousarray(out[..., ::-1]) if color == "bgr" else out

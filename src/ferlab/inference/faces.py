@@ -15,6 +15,11 @@ from ..data.images import rgb_to_gray, to_8bit, to_array
 from .preprocess import Preprocess, to_model_input, to_model_pixels
 
 
+# Face.landmarks' names, in its order. Left and right as the picture shows them: "left_eye" is the eye on the
+# picture's left (the person's right eye, in a photo of a face turned to the camera)
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
 @dataclass(frozen=True)
 class Face:
     box: tuple[int, int, int, int]  # x, y, w, h in pixels of the input image

@@ -13,6 +13,7 @@ from PIL import Image
 
 from .._atomic import WriteError, replacing
 from .draw import draw_faces
+from .faces import LANDMARKS
 from .predictor import Predictor
 from .sources import IMAGE_EXTS, Frame, expand_sources
 from .video import H264Writer, VideoSummary
@@ -23,7 +24,8 @@ FORMATS = ("jsonl", "json", "csv", "table")
 class _Rows:
     """Writes one row per face as the faces arrive, and one row for each image or frame without a face and
     for each unreadable input, so every input shows up. Probabilities are rounded to 4 decimals; paths are
-    written whole (the table puts the source last, where its length breaks no column)."""
+    written whole (the table puts the source last, where its length breaks no column). CSV ends with each
+    face's five landmarks, x and y (empty without them), after the columns it has always had."""
 
     def __init__(self, fmt: str, classes: tuple[str, ...], out: TextIO):
         if fmt not in FORMATS:
@@ -34,7 +36,7 @@ class _Rows:
                        "error"]
         if fmt == "csv":
             self.csv = csv.writer(out)
-            self.csv.writerow(self.header)
+            self.csv.writerow(self.header + [f"{n}_{xy}" for n in LANDMARKS for xy in "xy"])
         elif fmt == "table":
             self.widths = [6, 8, 5, 5, 5, 5, 5, 6, 9, *[max(7, len(c)) for c in classes]]
             print(self._line(self.header[1:-1] + ["source"]), file=out)
@@ -63,7 +65,9 @@ class _Rows:
                  "" if face.get("score") is None else f"{face['score']:g}", face.get("label") or "",
                  *(["" if face.get("probs") is None else f"{face['probs'][c]:.4f}" for c in self.classes])]
         if self.fmt == "csv":
-            self.csv.writerow([face.get("source") or "", *cells, face.get("error") or ""])
+            marks = face.get("landmarks") or {}
+            self.csv.writerow([face.get("source") or "", *cells, face.get("error") or "",
+                               *(v for n in LANDMARKS for v in marks.get(n, ("", "")))])
         else:
             source = face.get("source") or ""
             if face.get("error"):
@@ -88,7 +92,7 @@ class _Rows:
 def _blank(source, frame=None, time_s=None) -> dict:
     """A row with no face in it: the input's place, every face field empty."""
     return {"source": source, "frame": frame, "time_s": time_s, "track": None, "box": None, "score": None,
-            "label": None, "probs": None}
+            "landmarks": None, "label": None, "probs": None}
 
 
 def predict_paths(paths: list[str], predictor: Predictor, fmt: str = "jsonl", save: str | Path | None = None,

@@ -2,7 +2,8 @@
 
 Each face becomes one dict, the contract the CLI and the REST server share:
     {"source": str | None, "frame": int | None, "time_s": float | None, "track": int | None,
-     "box": [x, y, w, h], "score": float, "label": str, "probs": {class_name: float}}
+     "box": [x, y, w, h], "score": float, "landmarks": {name: [x, y]} | None, "label": str,
+     "probs": {class_name: float}}
 Frames come from `sources` and are streamed, faces batched through the model, so memory stays flat on long
 videos. Drawing faces is `draw`, writing them out `output`.
 """
@@ -20,7 +21,7 @@ from ..engine.predict import resolve_device, tta_views
 from ..weights import resolve_model
 from .detect import detect_many, make_detector
 from .explain import grad_cam
-from .faces import crop_faces, crops_to_input, crops_to_pixels, eye_angle, to_gray
+from .faces import LANDMARKS, crop_faces, crops_to_input, crops_to_pixels, eye_angle, to_gray
 from .sources import Frame, frames, to_rgb
 from .video import IoUTracker
 
@@ -214,7 +215,7 @@ class Predictor:
                 i += 1
                 out.append({"source": fr.source, "frame": fr.frame, "time_s": fr.time_s, "track": track,
                             "box": [int(v) for v in face.box], "score": float(face.score),
-                            "label": self.classes[int(p.argmax())],
+                            "landmarks": landmarks(face), "label": self.classes[int(p.argmax())],
                             "probs": {c: float(v) for c, v in zip(self.classes, p)}})
             yield fr, out
 
@@ -229,6 +230,14 @@ def _cam_on_box(cam: np.ndarray, face, aligned: bool) -> np.ndarray:
         m = cv2.getRotationMatrix2D((w / 2, h / 2), -eye_angle(face), 1.0)
         out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return np.clip(out, 0, 1)
+
+
+def landmarks(face) -> dict[str, list[float]] | None:
+    """A detected face's five landmarks as {name: [x, y]} in pixels of the picture (LANDMARKS' names and
+    order: left and right as the picture shows them), or None from a detector without landmarks."""
+    if face.landmarks is None:
+        return None
+    return {name: [round(float(x), 2), round(float(y), 2)] for name, (x, y) in zip(LANDMARKS, face.landmarks)}
 
 
 def top_emotion(faces: list[dict]) -> tuple[str | None, float | None]:

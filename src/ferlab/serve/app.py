@@ -71,6 +71,10 @@ class Face(BaseModel):
     box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
     score: float = Field(description="face detector confidence, 0-1 (mtcnn: face probability; haar / lbp: "
                                      "votes / (votes + threshold); 1 with detector none)")
+    landmarks: dict[str, list[float]] | None = Field(
+        None, description="the face's five landmarks, {name: [x, y]} in image pixels: left_eye, right_eye, nose, "
+                          "mouth_left, mouth_right (left and right as the picture shows them); null from a detector "
+                          "without landmarks (haar, lbp, none)")
     label: str = Field(description="the most probable expression")
     probs: dict[str, float] = Field(description="probability of every class")
     track: int | None = Field(None, description="the face's id across a video's frames, from 1 (None for photos)")
@@ -678,6 +682,8 @@ def _face(f: dict) -> Face:
     return Face(source=f.get("source"), frame=None if f.get("frame") is None else int(f["frame"]),
                 time_s=None if f.get("time_s") is None else float(f["time_s"]),
                 box=[int(round(float(v))) for v in f["box"]], score=float(f["score"]), label=str(f["label"]),
+                landmarks=None if f.get("landmarks") is None else
+                {str(k): [float(x), float(y)] for k, (x, y) in f["landmarks"].items()},
                 probs={str(k): float(v) for k, v in f["probs"].items()},
                 track=None if f.get("track") is None else int(f["track"]),
                 heatmap=None if f.get("heatmap") is None else _heatmap_png(f["heatmap"]))
