@@ -119,7 +119,7 @@ def test_wheel_ships_configs_weights_web_page_license_and_extras(tmp_path):
     assert shipped - names == set()  # every module, config, the weights and the web page's files
     for needed in ("ferlab/configs/vgg_s_cpu48.yaml", "ferlab/configs/seed/iter1_simple_cnn.yaml",
                    "ferlab/configs/sweeps/seed_regularisation.yaml", "ferlab/weights/default.pt",
-                   "ferlab/serve/static/index.html", "ferlab/serve/static/app.js"):
+                   "ferlab/serve/static/index.html", "ferlab/serve/static/app.js", "ferlab/py.typed"):
         assert needed in names
 
     assert license_text == (repo / "LICENSE").read_text() and "MIT License" in license_text
