@@ -105,8 +105,9 @@ def test_face_crops_match_a_direct_forward(predictor, run_dir, faces_dir):
 def test_contract_and_image_inputs(predictor, fer_slice):
     face = fer_slice["pixels"][0]
     (gray,) = predictor.predict(face)
-    assert set(gray) == {"source", "frame", "time_s", "track", "box", "score", "label", "probs"}
+    assert set(gray) == {"source", "frame", "time_s", "track", "box", "score", "landmarks", "label", "probs"}
     assert gray["source"] is None and list(gray["probs"]) == list(predictor.classes)
+    assert gray["landmarks"] is None  # detector "none" finds no landmarks (MTCNN's faces: tests/test_api.py)
     assert abs(sum(gray["probs"].values()) - 1) < 1e-5
     rgb = np.repeat(face[..., None], 3, -1)
     for same in (rgb, Image.fromarray(face), Image.fromarray(rgb)):
