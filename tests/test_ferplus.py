@@ -546,10 +546,10 @@ def test_an_eight_class_model_through_predict_serve_export_and_the_ferplus_name(
     test = make_splits(load_fer2013(cfg.data), "official", seed=cfg.seed)["test"]
     crops = [np.repeat(im[..., None], 3, 2) for im in test.images[:3]]
 
-    monkeypatch.setitem(weights.PACKAGED, "ferplus", tmp_path / "not-there.pt")
+    monkeypatch.setattr(weights, "FERPLUS_WEIGHTS", tmp_path / "not-there.pt")
     with pytest.raises(FileNotFoundError, match="the ferplus model is not packaged in this ferlab"):
         Predictor("ferplus", detector="none")
-    monkeypatch.setitem(weights.PACKAGED, "ferplus", run / "best.pt")
+    monkeypatch.setattr(weights, "FERPLUS_WEIGHTS", run / "best.pt")
     pred = Predictor("ferplus", detector="none")
     assert pred.classes == EIGHT
     faces = pred.predict(crops[0])

@@ -132,7 +132,7 @@ def test_report_groups_a_sweeps_trials_beside_plain_runs(fer_folder, tmp_path, c
               for block in out.split("\n\n") if block.startswith("|")]
     main_rows, trial_rows = tables[0][2:], tables[1][2:]
     label = f"tiny best (trial-{best.number:04d})"
-    assert [r[0] for r in main_rows] == ["seed_iter1", label]
+    assert [r[0] for r in main_rows] == ["seed_iter1 (fraction 0.5*)", f"{label} (fraction 0.5*)"]  # shrunk splits
     assert main_rows[1][5] == f"{best.value:.2f}"  # the study's best is the report's best
     head = tables[1][0]
     assert head == ["trial", "val acc", "test acc", "epochs", "lr", "hosts"]  # the swept key, not the fixed ones

@@ -760,7 +760,7 @@ def test_a_run_ends_with_a_short_summary_table_and_whole_epoch_curves(fer_folder
     monkeypatch.setattr(plots, "save_figure", lambda fig, out: drawn.setdefault(Path(out).name, fig) and real(fig, out))
     summary = fit(tiny_config(fer_folder, tmp_path, epochs=1, tta=True), progress=False)
     out = capsys.readouterr().out.strip().splitlines()
-    table = out[-10:]  # run, model, best epoch, val, test, gap, F1, ECE, time, summary
+    table = out[-11:]  # run, model, best epoch, val, test, data (tiny_config's fraction 0.5), gap, F1, ECE, time, summary
     assert table[0].split() == ["run", summary["name"]]
     assert not any(line.lstrip().startswith("{") for line in out)
     assert f"{summary['test_accuracy']:.2f}% plain, {summary['test_accuracy_tta']:.2f}% flip TTA" in "\n".join(table)

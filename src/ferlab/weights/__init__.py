@@ -15,12 +15,13 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = HERE / "default.pt"
 ENSEMBLE_WEIGHTS = HERE / "ensemble.pt"
 FERPLUS_WEIGHTS = HERE / "ferplus.pt"
-PACKAGED = {"default": DEFAULT_WEIGHTS, "ensemble": ENSEMBLE_WEIGHTS, "ferplus": FERPLUS_WEIGHTS}
+PACKAGED = ("default", "ensemble", "ferplus")
 
 
 def packaged_weights(name: str) -> Path:
-    """Path of a packaged model (a key of PACKAGED); a clear error while it has not been shipped."""
-    path = PACKAGED[name]
+    """Path of a packaged model (one of PACKAGED); a clear error while it has not been shipped."""
+    # looked up when called, so that the module's paths can be pointed elsewhere (tests, a custom install)
+    path = {"default": DEFAULT_WEIGHTS, "ensemble": ENSEMBLE_WEIGHTS, "ferplus": FERPLUS_WEIGHTS}[name]
     if not path.exists():
         raise FileNotFoundError(f"the {name} model is not packaged in this ferlab: expected {path}. "
                                 "Pass --model RUN_DIR, CHECKPOINT.pt or MODEL.onnx instead")
