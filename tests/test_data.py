@@ -781,7 +781,7 @@ def test_16_bit_images_keep_their_brightness_everywhere(fer_folder, fer_slice, t
     reader, `predict`'s image reader, a PIL image handed to the Predictor, and the REST decoder; not all white."""
     from ferlab.inference.faces import to_gray
     from ferlab.inference.predictor import _as_array, read_image
-    from ferlab.serve.app import decode_image
+    from ferlab.serve.analysis import decode_image
     face = fer_slice["pixels"][0]
     wide = Image.fromarray(face.astype(np.uint16) * 257)
     assert wide.mode.startswith("I;16")

@@ -24,7 +24,8 @@ from test_predict import _video, tiny_checkpoint
 from ferlab.cli import main
 from ferlab.data.classes import CLASSES
 from ferlab.inference.predictor import Predictor
-from ferlab.serve.app import create_app, decode_image
+from ferlab.serve.analysis import decode_image
+from ferlab.serve.app import create_app
 
 LOCAL = "http://127.0.0.1"  # the Host a browser on this machine sends; other names are refused
 
@@ -209,8 +210,8 @@ def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_p
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import ferlab.serve.app as app_mod
-    real, state, gate = app_mod.decode_image, {"now": 0, "peak": 0}, threading.Event()
+    import ferlab.serve.analysis as analysis
+    real, state, gate = analysis.decode_image, {"now": 0, "peak": 0}, threading.Event()
     lock = threading.Lock()
 
     def held_decode(data, *limits):
@@ -224,7 +225,7 @@ def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_p
             with lock:
                 state["now"] -= 1
 
-    monkeypatch.setattr(app_mod, "decode_image", held_decode)
+    monkeypatch.setattr(analysis, "decode_image", held_decode)
     face = encode(fer_slice["pixels"][0])
     for workers in (1, 2):
         state["peak"], gate = 0, threading.Event()
@@ -437,15 +438,16 @@ def test_uploads_beyond_the_queue_get_a_503_with_retry_after(crops_predictor, fe
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    import ferlab.serve.analysis as analysis
     import ferlab.serve.app as app_mod
-    real, gate, started = app_mod.decode_image, threading.Event(), threading.Semaphore(0)
+    real, gate, started = analysis.decode_image, threading.Event(), threading.Semaphore(0)
 
     def held_decode(*args):
         started.release()
         gate.wait(30)
         return real(*args)
 
-    monkeypatch.setattr(app_mod, "decode_image", held_decode)
+    monkeypatch.setattr(analysis, "decode_image", held_decode)
     face = encode(fer_slice["pixels"][0])
     with TestClient(create_app(crops_predictor, max_active=3), base_url=LOCAL) as c, ThreadPoolExecutor(3) as pool:
         held = [pool.submit(upload, c, face) for _ in range(3)]
@@ -539,3 +541,23 @@ def test_a_dollar_in_a_video_name_is_text_not_mathtext(haar_client, astronaut_vi
     assert body["filename"] == "$\\frac{$.mp4" and body["frames_analysed"] == 2
     plot = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["timeline_png"].split(",", 1)[1]))).convert("RGB"))
     assert plot.shape[1] > 500 and plot.std() > 20
+
+
+def test_no_two_serve_modules_import_each_other():
+    """serve's modules import one way (analysis <- worker <- app), lazy imports inside functions included: the
+    inference worker runs `analysis` functions and never needs the web app's module."""
+    import ast
+    from pathlib import Path
+
+    import ferlab.serve
+    package = Path(ferlab.serve.__file__).parent
+    imports = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+        imports[path.stem] = found & {p.stem for p in package.glob("*.py")}
+    assert "app" not in imports["worker"] and "app" not in imports["analysis"], imports
+    pairs = {(a, b) for a, bs in imports.items() for b in bs if a in imports.get(b, ())}
+    assert not pairs, f"modules importing each other: {sorted(pairs)}"
