@@ -23,12 +23,16 @@ MAX_PIXELS = 40_000_000         # decoded-size limit: 40 MP is 120 MB of RGB
 # formats with mature, header-first decoders; PIL's others (EPS, PSD, ...) are not worth the attack surface
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 VIDEO_CONTAINERS = "MP4/MOV, WebM/Matroska or AVI"
+# the annotated video's longer side at most (larger frames are scaled down after drawing): its size in the
+# answer and its encoding time stay bounded whatever the upload's resolution
+ANNOTATED_SIDE = 1280
 
 
 class Face(BaseModel):
-    source: str | None = None
-    frame: int | None = None
-    time_s: float | None = None
+    """One face found in a photo or a video frame, and its expression."""
+    source: str | None = Field(None, description="the uploaded file's name (videos; None for photos)")
+    frame: int | None = Field(None, description="index of its video frame, from 0 (None for photos)")
+    time_s: float | None = Field(None, description="time of its video frame, in seconds (None for photos)")
     box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
     score: float = Field(description="face detector confidence, 0-1 (mtcnn: face probability; haar / lbp: "
                                      "votes / (votes + threshold); 1 with detector none)")
@@ -40,23 +44,26 @@ class Face(BaseModel):
 
 
 class VideoFrame(BaseModel):
+    """One analysed frame of a video and the faces in it."""
     frame: int = Field(description="index of the frame in the video, from 0")
     time_s: float = Field(description="its time in the video, in seconds")
-    faces: list[Face]
+    faces: list[Face] = Field(description="the faces found in this frame, each with its track")
 
 
 class ShareRow(BaseModel):
-    time_s: float
-    frame: int
+    """The emotion share of one analysed frame: a row of the emotion CSV."""
+    time_s: float = Field(description="the frame's time in the video, in seconds")
+    frame: int = Field(description="index of the frame in the video, from 0")
     faces: int = Field(description="faces seen in this frame")
     share: dict[str, float] | None = Field(description="mean of the frame's faces' probabilities; null with no face")
 
 
 class Track(BaseModel):
-    track: int
+    """One face followed across a video's frames, and its dominant expression."""
+    track: int = Field(description="the face's id, as in each frame's faces, from 1")
     frames: int = Field(description="analysed frames in which this face was seen")
-    first_s: float
-    last_s: float
+    first_s: float = Field(description="time of the first frame it was seen in, in seconds")
+    last_s: float = Field(description="time of the last frame it was seen in, in seconds")
     label: str = Field(description="the dominant expression: the most probable class of the mean probabilities")
     probs: dict[str, float] = Field(description="mean probability of every class over the track's frames")
 
@@ -131,9 +138,11 @@ def analyse_photo(predictor, lock, data: bytes, explain: bool, max_pixels: int,
 
 
 def analyse_video(predictor, lock, path: str, filename: str | None, every: int, max_frames: int,
-                  max_pixels: int) -> dict:
-    """The faces of a video file, frame by frame, with the summary and the timeline: the fields of
-    `VideoPrediction` that depend on the video. Raises HTTPException (4xx) for a video that cannot be read."""
+                  max_pixels: int, annotated: str | None = None) -> dict:
+    """The faces of a video file, frame by frame, with the summary (rows and CSV) and the timeline: the fields of
+    `VideoPrediction` that depend on the video. With `annotated` (a path), the analysed frames with their faces
+    drawn are written there as an H.264 MP4 (`annotate_video`). Raises HTTPException (4xx) for a video that
+    cannot be read."""
     import cv2
 
     from ..inference.video import VideoSummary
@@ -177,13 +186,60 @@ def analyse_video(predictor, lock, path: str, filename: str | None, every: int, 
                      f"{max_frames} frames")
     if stopped:
         notes.append(f"stopped after {max_frames} frames (the server's limit)")
+    if annotated is not None:
+        annotate_video(path, frames, every, annotated, name)
     return dict(width=width, height=height, fps=fps, frames_total=total, every=every, frames_analysed=len(frames),
                 max_frames=max_frames, note="; ".join(notes) or None, frames=frames,
                 summary=[ShareRow(time_s=t, frame=f, faces=n, share=None if share is None else
                                   {c: round(float(v), 6) for c, v in zip(summary.classes, share)})
                          for t, f, n, share in summary.rows],
+                emotions_csv=summary.csv_text(),
                 tracks=_tracks(frames, summary.classes),
                 timeline_png=_png_data_url(png))
+
+
+def annotate_video(path: str, frames: list[VideoFrame], every: int, out: str, name: str = "video",
+                   max_side: int | None = None) -> None:
+    """The analysed `frames` of the video at `path` (every `every`-th frame, as analysed), each face's box, track
+    and label drawn as `ferlab predict --save` draws them, written to `out` as an H.264 MP4 (which browsers
+    play) at the analysed frames' rate, scaled so that its longer side is at most `max_side`. The frames are
+    decoded again, one at a time, rather than kept through the analysis: memory stays one frame whatever the
+    video's length. `max_side` defaults to ANNOTATED_SIDE. Raises HTTPException 503 when the video cannot be
+    written (a full disk)."""
+    import cv2
+
+    from .._atomic import WriteError
+    from ..inference.predictor import draw_faces, iter_frames
+    from ..inference.video import H264Writer
+    max_side = max_side or ANNOTATED_SIDE
+    faces = {fr.frame: [f.model_dump() for f in fr.faces] for fr in frames}
+    last = frames[-1].frame
+    writer = None
+    try:
+        for fr in iter_frames(path, every):
+            if fr.frame > last:
+                break
+            if fr.frame not in faces:  # cannot happen with the same file and `every`; never drawn without its faces
+                continue
+            img = draw_faces(fr.image, faces[fr.frame])
+            fr.image = None
+            h, w = img.shape[:2]
+            if max(h, w) > max_side:
+                scale = max_side / max(h, w)
+                img = cv2.resize(img, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA)
+            if writer is None:
+                writer = H264Writer(out, fr.fps or 25.0, (img.shape[1], img.shape[0]))
+            writer.write(img)
+        if writer is not None:
+            writer.close()
+    except WriteError as e:
+        if writer is not None:
+            writer.abort()
+        raise HTTPException(503, f"could not write the annotated video of {name}: {e.reason}") from None
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
 
 
 def _tracks(frames: list[VideoFrame], classes) -> list[Track]:

@@ -5,9 +5,11 @@ Untrusted uploads are checked in the order that keeps the server cheap to attack
 the body is parsed), declared type, image header (format and pixel count, before any pixel is decoded),
 then decoding. Each failure is a 4xx with a JSON `detail` that says what was expected and what came.
 
-Videos follow the same order. OpenCV (FFmpeg underneath) needs a path, so the upload is copied to a temp file
-that is removed whatever happens; before FFmpeg sees it, its first bytes must name a plain container (MP4/MOV,
-WebM/Matroska or AVI), because FFmpeg also reads playlists and other formats that point at further files.
+Videos follow the same order. OpenCV (FFmpeg underneath) needs a path, so the upload is copied into a temp
+folder of its own (where the annotated video is written too, with annotate=true) that is removed whatever
+happens; before FFmpeg sees it, its first bytes must name a plain container (MP4/MOV, WebM/Matroska or AVI),
+because FFmpeg also reads playlists and other formats that point at further files. A video sent to the photo
+endpoint, or a photo to the video one, is a 415 that names the right endpoint.
 The frame size is read from the container and checked against the pixel limit before a frame is decoded,
 and at most `max_video_frames` frames are analysed (a longer video is sampled more sparsely, and the answer
 says so). A video holds the inference lock for its whole analysis, like a batch of photos would.
@@ -23,24 +25,28 @@ at a time.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import anyio
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..data.images import MAX_JPEG_SCANS
+from . import api_docs
 from .analysis import (MAX_PIXELS, VIDEO_CONTAINERS, Face, ShareRow, Track, VideoFrame, analyse_photo, analyse_video,
                        describe_predictor, map_big_buffers, pixel_limit, sniff_video)
 from .worker import InferenceWorker
@@ -58,50 +64,68 @@ MAX_ACTIVE = 8                  # uploads being analysed or waiting their turn; 
 RETRY_AFTER_S = 5
 
 
+class PhotoUpload(BaseModel):
+    """The form of a photo upload (multipart/form-data)."""
+    file: UploadFile = Field(description="the photo: JPEG, PNG, WebP, BMP, GIF or TIFF")
+
+
+class VideoUpload(BaseModel):
+    """The form of a video upload (multipart/form-data)."""
+    file: UploadFile = Field(description=f"the video: {VIDEO_CONTAINERS}, with a common codec (H.264, VP8/9, MPEG-4)")
+
+
 class Prediction(BaseModel):
-    filename: str | None
-    width: int
-    height: int
-    faces: list[Face]
+    """Every face found in a photo, and its expression."""
+    filename: str | None = Field(description="the uploaded file's name")
+    width: int = Field(description="the photo's width in pixels, upright (after its EXIF rotation)")
+    height: int = Field(description="the photo's height in pixels, upright")
+    faces: list[Face] = Field(description="the faces found, left to right")
     message: str | None = Field(None, description="set when no face was found")
-    model: str
-    classes: list[str]
-    elapsed_ms: float
+    model: str = Field(description="the model that answered")
+    classes: list[str] = Field(description="the class names, in the order of every `probs`")
+    elapsed_ms: float = Field(description="time the server spent on this request, in milliseconds")
 
 
 class VideoPrediction(BaseModel):
-    filename: str | None
-    width: int
-    height: int
+    """Every face in a video's analysed frames, tracked, with the emotion share over time."""
+    filename: str | None = Field(description="the uploaded file's name")
+    width: int = Field(description="the frames' width in pixels")
+    height: int = Field(description="the frames' height in pixels")
     fps: float | None = Field(description="frames per second of the video, as its container states")
     frames_total: int | None = Field(description="frames in the video, as its container states (None if unstated)")
     every: int = Field(description="every n-th frame was analysed")
-    frames_analysed: int
+    frames_analysed: int = Field(description="frames analysed (the entries of `frames`)")
     max_frames: int = Field(description="the server's limit on frames analysed per video")
     note: str | None = Field(None, description="set when the server sampled more sparsely than asked, or stopped early")
-    frames: list[VideoFrame]
-    summary: list[ShareRow] = Field(description="the emotion share over time (the rows of `ferlab predict --save`'s CSV)")
-    tracks: list[Track]
+    frames: list[VideoFrame] = Field(description="each analysed frame and its faces")
+    summary: list[ShareRow] = Field(description="the emotion share over time (the rows of `emotions_csv`)")
+    emotions_csv: str = Field(description="the emotion share over time as CSV (time_s, frame, faces, one column "
+                                          "per class), as `ferlab predict --save` writes it")
+    tracks: list[Track] = Field(description="each face followed across the frames, with its dominant expression")
     timeline_png: str = Field(description="the emotion timeline plot as a data:image/png;base64 URL")
-    model: str
-    classes: list[str]
-    elapsed_ms: float
+    annotated_video: str | None = Field(None, description="with annotate=true: the analysed frames with each "
+                                        "face's box and label drawn, as a data:video/mp4;base64 URL (H.264)")
+    model: str = Field(description="the model that answered")
+    classes: list[str] = Field(description="the class names, in the order of every `probs` and CSV column")
+    elapsed_ms: float = Field(description="time the server spent on this request, in milliseconds")
 
 
 class Health(BaseModel):
-    status: str
-    model: str
-    detector: str
-    classes: list[str]
-    max_bytes: int
-    max_pixels: int
-    max_video_bytes: int
-    max_video_frames: int
-    version: str
+    """What this server runs, and its limits."""
+    status: str = Field(description="'ok' while the server answers")
+    model: str = Field(description="the model's name")
+    detector: str = Field(description="the face detector's name")
+    classes: list[str] = Field(description="the class names, in the order of every `probs`")
+    max_bytes: int = Field(description="largest photo upload, in bytes")
+    max_pixels: int = Field(description="most pixels in a photo or a video frame")
+    max_video_bytes: int = Field(description="largest video upload, in bytes")
+    max_video_frames: int = Field(description="most frames analysed per video")
+    version: str = Field(description="ferlab's version")
 
 
 class Problem(BaseModel):
-    detail: str
+    """An error: what was expected and what came."""
+    detail: str = Field(description="what was wrong, in words")
 
 
 def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn", device: str = "cpu",
@@ -180,7 +204,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
                 raise HTTPException(499, "the client closed the connection while its upload waited")
             return await anyio.to_thread.run_sync(work, *args)
 
-    temp_files: set[str] = set()  # videos being analysed, removed at shutdown if their request could not
+    temp_files: set[str] = set()  # videos' temp folders, removed at shutdown if their request could not
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -189,12 +213,13 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         finally:
             for w in pool:
                 w.close()
-            for path in list(temp_files):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            for folder in list(temp_files):
+                shutil.rmtree(folder, ignore_errors=True)
 
     app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
-                  description="Facial expression recognition: upload a photo, get each face's emotion.")
+                  description="Facial expression recognition: upload a photo or a video, get each face's emotion. "
+                              "The web page is at `/`; this reference is at `/docs` and `/redoc`, the schema at "
+                              "`/openapi.json`.")
     app.state.workers = pool
     app.add_middleware(UploadLimit, limits={"/v1/predict": max_bytes + MULTIPART_SLACK,
                                             "/v1/video": max_video_bytes + MULTIPART_SLACK}, max_active=max_active)
@@ -206,24 +231,30 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         return JSONResponse(status_code=422, content={
             "detail": "expected multipart/form-data with the upload in field 'file'; " + "; ".join(parts)})
 
-    @app.get("/health", response_model=Health, summary="liveness and model information")
+    @app.get("/health", response_model=Health, summary="Liveness and model information", operation_id="health",
+             description=api_docs.HEALTH, responses=api_docs.example(api_docs.HEALTH_EXAMPLE, "the server is up"))
     async def health() -> Health:  # on the event loop: never queued behind uploads in the thread pool
         return Health(status="ok", model=model_name, detector=detector_name, classes=classes, max_bytes=max_bytes,
                       max_pixels=max_pixels, max_video_bytes=max_video_bytes, max_video_frames=max_video_frames,
                       version=__version__)
 
-    @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
-              responses={c: {"model": Problem} for c in (400, 403, 413, 415, 422, 503)})
-    async def predict(request: Request, file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo"),
+    @app.post("/v1/predict", response_model=Prediction, summary="Emotion of every face in a photo",
+              operation_id="predict", description=api_docs.PREDICT,
+              responses={**api_docs.example(api_docs.PREDICT_EXAMPLE, "the faces found and their expressions"),
+                         **api_docs.responses("/v1/predict", Problem)})
+    async def predict(request: Request, form: Annotated[PhotoUpload, Form(media_type="multipart/form-data")],
                       explain: bool = Query(False, description="add each face's class activation map (HiResCAM "
                                                                 "for the reported label) as `heatmap`")):
         t0 = time.perf_counter()
+        file = form.file
         _check_part_type(file.content_type)
         data = await file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"file is larger than the {_mib(max_bytes)} limit")
         if not data:
             raise HTTPException(400, "the uploaded file is empty; expected an image")
+        if sniff_video(data[:64]):  # sent as octet-stream or as an image: its first bytes say video
+            raise HTTPException(415, _wrong_kind(None, video=True))
 
         (height, width), faces = await in_turn(request, functools.partial(
             run, analyse_photo, data, explain, max_pixels, max_jpeg_scans, budget_s=photo_budget_s, what="photo"))
@@ -232,22 +263,34 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
             message=None if faces else "no face found; try a brighter, frontal photo with the face larger in frame",
             model=model_name, classes=classes, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
 
-    @app.post("/v1/video", response_model=VideoPrediction, summary="emotion of every face in an uploaded video, "
-              "frame by frame, with the emotion timeline", responses={c: {"model": Problem} for c in (400, 403, 413, 415, 422, 503)})
-    async def video(request: Request, file: UploadFile = File(..., description=f"a video ({VIDEO_CONTAINERS})"),
+    @app.post("/v1/video", response_model=VideoPrediction, operation_id="video",
+              summary="Emotion of every face in a video, frame by frame, with the emotion timeline",
+              description=api_docs.VIDEO,
+              responses={**api_docs.example(api_docs.VIDEO_EXAMPLE, "the analysed frames, tracks and emotion share"),
+                         **api_docs.responses("/v1/video", Problem)})
+    async def video(request: Request, form: Annotated[VideoUpload, Form(media_type="multipart/form-data")],
                     every: int = Query(1, ge=1, le=100_000, description="analyse every n-th frame (the server may "
-                                       "choose a larger n to stay within its frame limit)")):
+                                       "choose a larger n to stay within its frame limit)"),
+                    annotate: bool = Query(False, description="also answer the analysed frames with each face's box "
+                                           "and label drawn, as an H.264 MP4 in `annotated_video`")):
         t0 = time.perf_counter()
+        file = form.file
         _check_part_type(file.content_type, video=True)
 
         def work():
             with upload_copy(file.file, max_video_bytes, temp_files) as path:
-                return run(analyse_video, path, file.filename, every, max_video_frames, max_pixels,
-                           budget_s=video_budget_s, what="video")
+                drawn = str(Path(path).with_name("annotated.mp4")) if annotate else None  # in the upload's own folder
+                out = run(analyse_video, path, file.filename, every, max_video_frames, max_pixels, drawn,
+                          budget_s=video_budget_s, what="video")
+                if drawn is not None:
+                    out["annotated_video"] = "data:video/mp4;base64," + base64.b64encode(Path(drawn).read_bytes()).decode()
+            answer = VideoPrediction(filename=file.filename, **out, model=model_name, classes=classes,
+                                     elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+            # serialised here, in the worker thread: an answer with a video inside is megabytes of JSON, which
+            # would hold the event loop (and /health) if FastAPI encoded it there
+            return Response(answer.model_dump_json(), media_type="application/json")
 
-        out = await in_turn(request, work)
-        return VideoPrediction(filename=file.filename, **out, model=model_name, classes=classes,
-                               elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+        return await in_turn(request, work)
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -262,7 +305,9 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
 
 def _offline_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc from the assets inside the installed fastapi-offline package, not a CDN:
-    the API's documentation works on a machine with no internet."""
+    the API's documentation works on a machine with no internet, and tells no other host it was read. Redoc's
+    script shows its maker's logo from their CDN: it is served here without that address (its sidebar shows the
+    attribution's text only), and /redoc's Content-Security-Policy lets the page load nothing from elsewhere."""
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     assets = DOCS_ASSETS()
     missing = [f for f in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
@@ -275,6 +320,11 @@ def _offline_docs(app: FastAPI) -> None:
                 "detail": f"the API docs need the fastapi-offline package's assets (missing: {', '.join(missing)}); "
                           "pip install fastapi-offline, or read /openapi.json"})
         return
+
+    @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)  # before the folder's mount: it wins
+    def redoc_js():
+        return Response(_redoc_script(assets / "redoc.standalone.js"), media_type="text/javascript")
+
     app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
@@ -286,9 +336,25 @@ def _offline_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     def redoc():
-        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
                               redoc_js_url="/docs-assets/redoc.standalone.js",
                               redoc_favicon_url="/static/favicon.svg", with_google_fonts=False)
+        page.headers["Content-Security-Policy"] = REDOC_CSP
+        return page
+
+
+# redoc styles itself with inline <style> elements and renders in a worker made from a blob: URL; nothing else
+# comes from anywhere but this server
+REDOC_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
+             "frame-ancestors 'none'")
+REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"  # the one outside address redoc's script loads
+
+
+@functools.lru_cache(maxsize=1)
+def _redoc_script(path: Path) -> bytes:
+    """redoc's script with its logo's address emptied: the logo's <img> then fails without a request, and redoc
+    hides it (its onError handler)."""
+    return path.read_bytes().replace(REDOC_LOGO, b"")
 
 
 def _fastapi_offline_assets() -> Path | None:
@@ -305,20 +371,24 @@ DOCS_ASSETS = _fastapi_offline_assets  # a function, so tests can point it elsew
 
 @contextlib.contextmanager
 def upload_copy(src, limit: int, registry: set[str] | None = None):
-    """`with upload_copy(fileobj, limit) as path`: the upload copied to a temp file (OpenCV reads paths), once
-    its first bytes were recognised as a video container; the file is removed on leaving, whatever happened.
-    Its path is in `registry` meanwhile, for a server that stops with the video still in flight."""
+    """`with upload_copy(fileobj, limit) as path`: the upload copied to a file in a private temp folder (OpenCV
+    reads paths), once its first bytes were recognised as a video container; what is written next to it there
+    (the annotated video) goes with it: the folder is removed on leaving, whatever happened. The folder is in
+    `registry` meanwhile, for a server that stops with the video still in flight."""
     head = src.read(64)
     if not head:
         raise HTTPException(400, "the uploaded file is empty; expected a video")
     suffix = sniff_video(head)
     if suffix is None:
+        if _looks_like_image(head):
+            raise HTTPException(415, _wrong_kind(None, video=False))
         raise HTTPException(415, f"not a supported video: expected {VIDEO_CONTAINERS} (file starts with {head[:12]!r})")
-    fd, path = tempfile.mkstemp(prefix="ferlab-video-", suffix=suffix)
+    folder = tempfile.mkdtemp(prefix="ferlab-video-")
     registry = set() if registry is None else registry
-    registry.add(path)
+    registry.add(folder)
     try:
-        with os.fdopen(fd, "wb") as out:
+        path = os.path.join(folder, "upload" + suffix)
+        with open(path, "wb") as out:
             out.write(head)
             size = len(head)
             while chunk := src.read(2**20):
@@ -328,9 +398,8 @@ def upload_copy(src, limit: int, registry: set[str] | None = None):
                 out.write(chunk)
         yield path
     finally:
-        registry.discard(path)
-        with contextlib.suppress(FileNotFoundError):  # a stopping server may have removed it already
-            os.unlink(path)
+        registry.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # a stopping server may have removed it already
 
 
 class UploadLimit:
@@ -448,9 +517,26 @@ def _check_request(request: Request, limit: int) -> JSONResponse | None:
 def _check_part_type(content_type: str | None, video: bool = False) -> None:
     # browsers send image/* or video/*; curl and scripts often send octet-stream for unknown extensions
     kind, examples = ("video", "video/mp4, video/webm, ...") if video else ("image", "image/jpeg, image/png, ...")
+    other = "image" if video else "video"
+    if content_type and content_type.startswith(f"{other}/"):
+        raise HTTPException(415, _wrong_kind(content_type, video=not video))
     if content_type and not content_type.startswith((f"{kind}/", "application/octet-stream")):
         raise HTTPException(415, f"field 'file' must be {'a video' if video else 'an image'} ({examples}), "
                                  f"got {content_type!r}")
+
+
+def _wrong_kind(content_type: str | None, video: bool) -> str:
+    """The 415 detail for a video sent to /v1/predict (`video`) or a photo sent to /v1/video."""
+    said = f" ({content_type})" if content_type else ""
+    if video:
+        return f"this is a video{said}: /v1/predict takes photos; send videos to POST /v1/video"
+    return f"this is a photo{said}: /v1/video takes videos; send photos to POST /v1/predict"
+
+
+def _looks_like_image(head: bytes) -> bool:
+    """The first bytes of a JPEG, PNG, GIF, WebP, BMP or TIFF file."""
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")) or \
+        (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def _mib(n: int) -> str:
