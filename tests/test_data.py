@@ -783,7 +783,7 @@ def test_16_bit_images_keep_their_brightness_everywhere(fer_folder, fer_slice, t
     from ferlab.inference.faces import to_gray
     from ferlab.inference.sources import as_array, read_image
     from ferlab.inference.sources import decode_image as decode_bytes
-    from ferlab.serve.app import decode_image
+    from ferlab.serve.analysis import decode_image
     face = fer_slice["pixels"][0]
     wide = Image.fromarray(face.astype(np.uint16) * 257)
     assert wide.mode.startswith("I;16")

@@ -51,19 +51,107 @@ def test_export_matches_pytorch_on_real_faces(exported, ckpt, fer_slice):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_metadata_carries_preprocessing_and_classes(exported, ckpt):
+def test_metadata_tells_a_plain_onnxruntime_user_what_ferlab_does(exported, ckpt, fer_slice):
+    """Read through onnxruntime alone: the version (ferlab's, and a model_version derived from the checkpoint's bytes),
+    the class names, what the graph holds, and only the steps outside it (crop, grey, resize) plus flip TTA; each
+    claim checked against what ferlab does."""
+    import hashlib
+
+    from ferlab.inference.detect import FER_MARGIN
+    from ferlab.inference.predictor import ALIGN
     path, _ = exported
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    info = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    meta = info.custom_metadata_map
     c = load_checkpoint(ckpt)
-    assert Preprocess.from_dict(json.loads(meta["ferlab.preprocess"])) == Preprocess.from_dict(c["preprocess"])
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["ferlab.version"] == ferlab.__version__ and meta["ferlab.checkpoint_sha256"] == digest
+    assert info.version == onnx.load(str(path)).model_version == int(digest[:12], 16) > 0
     assert json.loads(meta["ferlab.classes"]) == c["classes"] and meta["ferlab.model"] == "vgg_s"
     assert meta["ferlab.input"].startswith("faces: uint8 grey faces (N, 48, 48)")
+    assert meta["ferlab.output"].startswith("probs: (N, 7) probabilities")
     (inp,) = onnx.load(str(path)).graph.input
     assert inp.name == "faces" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [48, 48]
     clf = OnnxClassifier(path)
     assert clf.pre == Preprocess.from_dict(c["preprocess"]) and list(clf.classes) == c["classes"]
+
+    graph = json.loads(meta["ferlab.graph"])  # what is inside: the normalisation ferlab trains with
+    assert Preprocess.from_dict(graph) == Preprocess.from_dict(c["preprocess"])
+    assert graph["steps"][0] == "x / 255" and graph["steps"][-1] == "softmax" and graph["temperature"] is None
+    assert meta["ferlab.temperature"].startswith("none fitted")  # this checkpoint was never calibrated
+    pre = json.loads(meta["ferlab.preprocess"])  # what is outside, and nothing that is inside
+    assert list(pre) == ["crop", "grey", "resize", "input"]
+    assert not {"mean", "std", "standardize", "temperature"} & set(json.dumps(pre).replace('"', " ").split())
+    assert pre["crop"]["box"] == "square" and pre["crop"]["align_eyes"] is ALIGN and FER_MARGIN == 0
+    assert "no margin" in pre["crop"]["rule"] and "eyes are level" in pre["crop"]["align"]
+    assert "L = R * 299/1000 + G * 587/1000 + B * 114/1000" in pre["grey"] and "48x48" in pre["resize"]
+    assert meta["ferlab.tta"].startswith("not in the graph")
+    for word in ("square", "eyes", "299/1000", "flip", "Temperature", "softmax", ferlab.__version__):
+        assert word in info.description, word
+
+    # the grey formula is ferlab's grey (PIL's fixed-point rounding may differ by one level)
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    by_formula = np.round(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
+    assert np.abs(to_gray(rgb) - by_formula).max() <= 1 and (to_gray(rgb) == by_formula).mean() > 0.95
+    # flip TTA as the metadata says, outside the graph, is what ferlab's Predictor answers
+    faces = fer_slice["pixels"][:6]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    by_hand = (sess.run(None, {"faces": faces})[0] + sess.run(None, {"faces": faces[:, :, ::-1].copy()})[0]) / 2
+    np.testing.assert_allclose(ferlab.Predictor(path, detector="none").predict_crops(list(faces)), by_hand, atol=1e-6)
+    assert np.abs(sess.run(None, {"faces": faces})[0] - by_hand).max() > 1e-4  # the mirror does change the answer
+
+
+def test_a_calibrated_checkpoint_exports_its_temperature_inside_the_graph(ckpt, exported, tmp_path):
+    """The graph gives softmax(logits / T) for the checkpoint's fitted T, and the metadata says it is inside (so
+    a consumer does not divide again); another checkpoint gets another model_version."""
+    from ferlab.engine.checkpoint import write_checkpoint
+    c = load_checkpoint(ckpt)
+    calibrated = write_checkpoint(tmp_path / "calibrated.pt", {**c, "temperature": 2.5,
+                                                               "calibration": {"tta": "flip", "temperature": 2.5}})
+    out = tmp_path / "calibrated.onnx"
+    export_onnx(calibrated, out, n_check=8)
+    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert meta["ferlab.temperature"].startswith("2.5, inside the graph")
+    assert json.loads(meta["ferlab.graph"])["temperature"] == 2.5 and "logits / temperature 2.5" in meta["ferlab.graph"]
+    assert "fitted on those averages" in meta["ferlab.tta"]
+    faces = synthetic_faces(8, 48)
+    plain, pre = model_from_checkpoint(c, calibrated=False)
+    with torch.no_grad():
+        logits = plain(to_model_input(faces, pre))
+    np.testing.assert_allclose(OnnxClassifier(out)(faces), (logits / 2.5).softmax(1).numpy(), atol=1e-5)
+    assert not np.allclose(OnnxClassifier(out)(faces), logits.softmax(1).numpy(), atol=1e-3)
+    assert 0 < onnx.load(str(out)).model_version != onnx.load(str(exported[0])).model_version
+
+
+def test_readme_onnxruntime_snippet_gives_ferlabs_answer(exported, ckpt, tmp_path, monkeypatch, capsys):
+    """The README's plain ONNX Runtime lines, run as written on an export and a square face crop bigger than the
+    model's input: the probabilities are those of ferlab's Predictor (flip TTA) on the same file, within the
+    rounding of the resized pixels to whole grey levels."""
+    import re
+    import shutil
+
+    from PIL import Image
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("With plain ONNX Runtime"):]
+    block = block[block.index("\n\n    ") + 2:]
+    code = "\n".join(line[4:] for line in block.split("\n\n")[0].splitlines())
+    assert re.search(r'InferenceSession\("fer.onnx"\)', code) and "face.jpg" in code, code
+    path, _ = exported
+    shutil.copy(path, tmp_path / "fer.onnx")
+    photo = skdata.astronaut()
+    (face,) = ferlab.Predictor(ckpt, detector="cascade").predict(photo)
+    x, y, w, h = face["box"]
+    assert w == h > 48  # square, and resized on the way in
+    Image.fromarray(photo[y:y + h, x:x + w]).save(tmp_path / "face.jpg", quality=95)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(code, scope)
+    printed = capsys.readouterr().out.strip()
+    (want,) = ferlab.Predictor(ckpt, detector="none").predict(str(tmp_path / "face.jpg"))
+    classes = scope["classes"]
+    assert printed == classes[int(scope["probs"][0].argmax())]
+    np.testing.assert_allclose(scope["probs"][0], [want["probs"][k] for k in classes], atol=3e-3)
 
 
 def test_predictor_on_onnx_equals_pytorch(exported, ckpt, fer_slice):
@@ -187,10 +275,15 @@ def test_an_export_without_the_preprocessing_inside_is_refused(ckpt, tmp_path):
     path = tmp_path / "old.onnx"
     torch.onnx.export(model.eval(), (torch.zeros(1, 1, 48, 48),), str(path), dynamo=False, input_names=["input"])
     proto = onnx.load(str(path))
-    proto.metadata_props.add(key="ferlab.preprocess", value=json.dumps(pre.to_dict()))
+    proto.metadata_props.add(key="ferlab.graph", value=json.dumps(pre.to_dict()))
     proto.metadata_props.add(key="ferlab.classes", value=json.dumps(list(load_checkpoint(ckpt)["classes"])))
     onnx.save(proto, str(path))
     with pytest.raises(ValueError, match=r"expected uint8 grey faces .* export it again"):
+        OnnxClassifier(path)
+    # an export whose metadata (ferlab.preprocess, the normalisation the graph already did) predates ferlab.graph
+    proto.metadata_props[0].key = "ferlab.preprocess"
+    onnx.save(proto, str(path))
+    with pytest.raises(ValueError, match=r"older ferlab, whose metadata did not say which steps are in the graph"):
         OnnxClassifier(path)
 
 
@@ -238,6 +331,7 @@ def test_int8_export_is_calibrated_on_training_faces_and_keeps_the_labels(fer_fo
     assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert "Training faces" in meta["ferlab.quantized"] and json.loads(meta["ferlab.classes"])[3] == "happy"
+    assert proto.model_version > 0 and "flip" in proto.doc_string  # the float graph's, kept through quantization
     test = np.array([u != "Training" for u in fer_slice["usage"]])
     faces = fer_slice["pixels"][test]
     model, pre = model_from_checkpoint(load_checkpoint(resolve_model("default")))

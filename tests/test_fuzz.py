@@ -25,7 +25,7 @@ from PIL import Image
 
 from ferlab.data import CLASSES, DataError, read_fer2013
 from ferlab.inference.sources import read_image
-from ferlab.serve.app import decode_image
+from ferlab.serve.analysis import decode_image
 
 FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
 # PIL warns about the damage it tolerates (truncated TIFF tags...): expected here, on every run

@@ -24,7 +24,8 @@ from test_predict import _video, tiny_checkpoint
 from ferlab.cli import main
 from ferlab.data.classes import CLASSES
 from ferlab.inference.predictor import Predictor
-from ferlab.serve.app import create_app, decode_image
+from ferlab.serve.analysis import decode_image
+from ferlab.serve.app import create_app
 
 LOCAL = "http://127.0.0.1"  # the Host a browser on this machine sends; other names are refused
 
@@ -209,8 +210,8 @@ def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_p
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import ferlab.serve.app as app_mod
-    real, state, gate = app_mod.decode_image, {"now": 0, "peak": 0}, threading.Event()
+    import ferlab.serve.analysis as analysis
+    real, state, gate = analysis.decode_image, {"now": 0, "peak": 0}, threading.Event()
     lock = threading.Lock()
 
     def held_decode(data, *limits):
@@ -224,7 +225,7 @@ def test_uploads_in_flight_are_bounded_by_workers_and_health_never_waits(crops_p
             with lock:
                 state["now"] -= 1
 
-    monkeypatch.setattr(app_mod, "decode_image", held_decode)
+    monkeypatch.setattr(analysis, "decode_image", held_decode)
     face = encode(fer_slice["pixels"][0])
     for workers in (1, 2):
         state["peak"], gate = 0, threading.Event()
@@ -253,6 +254,8 @@ def test_docs_work_offline(crops_predictor, monkeypatch):
         assert urls and all(u.startswith("/") for u in urls), urls  # nothing from another host
         js = client.get(asset)
         assert js.status_code == 200 and len(js.content) > 500_000
+        assert b"cdn.redoc.ly" not in js.content  # redoc's logo would come from its maker's CDN
+    assert "default-src 'self'" in client.get("/redoc").headers["content-security-policy"]
     assert client.get("/openapi.json").json()["info"]["title"] == "ferlab"
 
     monkeypatch.setattr(app_mod, "DOCS_ASSETS", lambda: None)
@@ -303,6 +306,114 @@ def test_video_gives_tracked_faces_summary_and_timeline(haar_client, checkpoint,
     assert body["timeline_png"].startswith("data:image/png;base64,")
     plot = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["timeline_png"].split(",", 1)[1]))).convert("RGB"))
     assert plot.shape[1] > 500 and plot.std() > 20  # drawn, not blank
+
+
+def _decoded_video(data_url: str, tmp_path) -> tuple[list[np.ndarray], float]:
+    """The RGB frames and frames/s of an MP4 given as a data:video/mp4;base64 URL."""
+    import cv2
+    assert data_url.startswith("data:video/mp4;base64,")
+    path = tmp_path / "answer.mp4"
+    path.write_bytes(base64.b64decode(data_url.split(",", 1)[1]))
+    cap = cv2.VideoCapture(str(path))
+    frames, fps = [], cap.get(cv2.CAP_PROP_FPS)
+    while (got := cap.read())[0]:
+        frames.append(cv2.cvtColor(got[1], cv2.COLOR_BGR2RGB))
+    cap.release()
+    return frames, fps
+
+
+def test_video_answer_has_the_clis_csv_and_on_request_the_annotated_video(haar_client, checkpoint, astronaut_video,
+                                                                          tmp_path, monkeypatch, capsys):
+    """`emotions_csv` is the CSV `ferlab predict --save` writes for the same video; with annotate=true,
+    `annotated_video` is an H.264 MP4 of the analysed frames at their rate, each face's box and label drawn where
+    the answer says and the rest of the picture untouched, scaled down past ANNOTATED_SIDE; without it, null. The
+    upload's temp folder, annotated video included, is gone once answered."""
+    import csv
+    import tempfile
+
+    import ferlab.serve.analysis as analysis
+    from ferlab.inference.sources import iter_frames
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "server-temp"))
+    (tmp_path / "server-temp").mkdir()
+    mp4 = astronaut_video.read_bytes()
+    plain = upload_video(haar_client, mp4, every=2).json()
+    assert plain["annotated_video"] is None
+    body = upload_video(haar_client, mp4, every=2, annotate="true").json()
+    assert list((tmp_path / "server-temp").iterdir()) == []
+
+    assert main(["predict", str(astronaut_video), "--model", str(checkpoint), "--detector", "haar", "--every", "2",
+                 "--save", str(tmp_path / "cli"), "--no-progress"]) == 0
+    capsys.readouterr()
+    cli = list(csv.reader((tmp_path / "cli" / "astronaut_emotions.csv").read_text().splitlines()))
+    ours = list(csv.reader(body["emotions_csv"].splitlines()))
+    assert ours[0] == cli[0] == ["time_s", "frame", "faces", *CLASSES] and len(ours) == len(cli) == 5
+    for a, b in zip(ours[1:], cli[1:]):
+        assert a[:3] == b[:3] and [float(v) for v in a[3:]] == pytest.approx([float(v) for v in b[3:]], abs=1.01e-4)
+    assert body["emotions_csv"] == plain["emotions_csv"]
+
+    frames, fps = _decoded_video(body["annotated_video"], tmp_path)
+    originals = [fr.image for fr in iter_frames(astronaut_video, 2)]
+    assert len(frames) == len(originals) == 4 and fps == pytest.approx(2.5) and frames[0].shape == (256, 256, 3)
+    for drawn, original, answer in zip(frames, originals, body["frames"]):
+        [face] = answer["faces"]
+        x, y, w, h = face["box"]
+        orange = lambda im: (im[..., 0] > 170) & (im[..., 1] < 150) & (im[..., 2] < 100)  # noqa: E731
+        near = np.s_[max(0, y - 30):y + h + 4, max(0, x - 4):x + w + 4]
+        assert orange(drawn[near]).sum() - orange(original[near]).sum() > 100  # the label's tag and the box
+        far = np.abs(drawn.astype(int) - original)[y + h + 30:, :]  # below the box: her suit, untouched
+        assert far.mean() < 6, far.mean()
+
+    monkeypatch.setattr(analysis, "ANNOTATED_SIDE", 128)
+    small = upload_video(haar_client, mp4, every=4, annotate="true").json()
+    frames, _ = _decoded_video(small["annotated_video"], tmp_path)
+    assert len(frames) == 2 and frames[0].shape == (128, 128, 3)
+
+
+def test_each_upload_endpoint_sends_the_other_kind_of_file_to_the_other(client, haar_client, astronaut_video, photo):
+    """A video sent to /v1/predict (labelled as a video, as bytes, or even as a photo) is a 415 that names /v1/video;
+    a photo sent to /v1/video, one that names /v1/predict."""
+    mp4 = astronaut_video.read_bytes()
+    for ctype in ("video/mp4", "application/octet-stream", "image/jpeg"):
+        r = upload(client, mp4, "clip.mp4", ctype)
+        assert r.status_code == 415 and "send videos to POST /v1/video" in r.json()["detail"], (ctype, r.text)
+    for ctype in ("image/jpeg", "application/octet-stream"):
+        r = upload_video(haar_client, photo, "photo.jpg", ctype)
+        assert r.status_code == 415 and "send photos to POST /v1/predict" in r.json()["detail"], (ctype, r.text)
+
+
+def test_openapi_documents_every_endpoint_with_examples_and_readable_names(client):
+    """/docs and /redoc show what /openapi.json holds: named schemas (no Body_predict_v1_predict_post), every
+    schema, field and parameter described, each operation with a summary, a description and an example answer
+    that is a valid answer, and each error status with its cause and an example."""
+    import re
+    from http import HTTPStatus
+
+    import ferlab.serve.app as app_mod
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"PhotoUpload", "VideoUpload", "Prediction", "VideoPrediction", "Health", "Problem"} <= set(schemas)
+    assert all(re.fullmatch(r"[A-Z][A-Za-z]+", n) and not n.startswith("Body") for n in schemas), sorted(schemas)
+    for name, schema in schemas.items():
+        assert schema.get("description"), name
+        for field, body in schema["properties"].items():
+            assert body.get("description"), (name, field)
+    models = {"health": app_mod.Health, "predict": app_mod.Prediction, "video": app_mod.VideoPrediction}
+    operations = {op["operationId"]: (path, op) for path, item in spec["paths"].items() for op in item.values()}
+    assert set(operations) == set(models)
+    for op_id, (path, op) in operations.items():
+        assert op["summary"][0].isupper() and len(op["description"]) > 150, op_id
+        assert all(p.get("description") for p in op.get("parameters", [])), op_id
+        models[op_id].model_validate(op["responses"]["200"]["content"]["application/json"]["example"])
+        if op_id == "health":
+            continue
+        body = op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
+        assert body == {"predict": "PhotoUpload", "video": "VideoUpload"}[op_id]
+        for status in (400, 403, 413, 415, 422, 503):
+            answer = op["responses"][str(status)]
+            assert answer["description"] != HTTPStatus(status).phrase, (op_id, status)
+            for example in answer["content"]["application/json"]["examples"].values():
+                app_mod.Problem.model_validate(example["value"])
+    assert "/v1/video" in operations["predict"][1]["description"] and "curl" in operations["video"][1]["description"]
 
 
 def test_long_video_is_sampled_within_the_frame_limit(checkpoint, astronaut_video):
@@ -437,15 +548,16 @@ def test_uploads_beyond_the_queue_get_a_503_with_retry_after(crops_predictor, fe
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    import ferlab.serve.analysis as analysis
     import ferlab.serve.app as app_mod
-    real, gate, started = app_mod.decode_image, threading.Event(), threading.Semaphore(0)
+    real, gate, started = analysis.decode_image, threading.Event(), threading.Semaphore(0)
 
     def held_decode(*args):
         started.release()
         gate.wait(30)
         return real(*args)
 
-    monkeypatch.setattr(app_mod, "decode_image", held_decode)
+    monkeypatch.setattr(analysis, "decode_image", held_decode)
     face = encode(fer_slice["pixels"][0])
     with TestClient(create_app(crops_predictor, max_active=3), base_url=LOCAL) as c, ThreadPoolExecutor(3) as pool:
         held = [pool.submit(upload, c, face) for _ in range(3)]
@@ -539,3 +651,23 @@ def test_a_dollar_in_a_video_name_is_text_not_mathtext(haar_client, astronaut_vi
     assert body["filename"] == "$\\frac{$.mp4" and body["frames_analysed"] == 2
     plot = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["timeline_png"].split(",", 1)[1]))).convert("RGB"))
     assert plot.shape[1] > 500 and plot.std() > 20
+
+
+def test_no_two_serve_modules_import_each_other():
+    """serve's modules import one way (analysis <- worker <- app), lazy imports inside functions included: the
+    inference worker runs `analysis` functions and never needs the web app's module."""
+    import ast
+    from pathlib import Path
+
+    import ferlab.serve
+    package = Path(ferlab.serve.__file__).parent
+    imports = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+        imports[path.stem] = found & {p.stem for p in package.glob("*.py")}
+    assert "app" not in imports["worker"] and "app" not in imports["analysis"], imports
+    pairs = {(a, b) for a, bs in imports.items() for b in bs if a in imports.get(b, ())}
+    assert not pairs, f"modules importing each other: {sorted(pairs)}"

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_serve import astronaut, astronaut_video, checkpoint, encode, photo, scan_bomb, upload, upload_video  # noqa: F401
+from test_serve import (_decoded_video, astronaut, astronaut_video, checkpoint, encode, photo, scan_bomb,  # noqa: F401
+                        upload, upload_video)
 
 from ferlab.inference.predictor import Predictor
 from ferlab.serve.app import create_app
@@ -41,7 +42,8 @@ def thread_client(checkpoint):  # noqa: F811
     return TestClient(create_app(Predictor(str(checkpoint), detector="haar"), **LIMITS), base_url=LOCAL)
 
 
-def test_the_worker_answers_what_the_thread_answers(worker_app, thread_client, photo, astronaut_video):  # noqa: F811
+def test_the_worker_answers_what_the_thread_answers(worker_app, thread_client, photo, astronaut_video,  # noqa: F811
+                                                     tmp_path):
     app, client = worker_app
     [worker] = app.state.workers
     assert worker.pid != os.getpid() and worker.process.is_alive() and worker.info["threads"] == 1
@@ -65,9 +67,13 @@ def test_the_worker_answers_what_the_thread_answers(worker_app, thread_client, p
         assert got.json() == want.json()
 
     mp4 = astronaut_video.read_bytes()
-    got, want = upload_video(client, mp4, every=2).json(), upload_video(thread_client, mp4, every=2).json()
+    got = upload_video(client, mp4, every=2, annotate="true").json()
+    want = upload_video(thread_client, mp4, every=2, annotate="true").json()
     assert [f["frame"] for f in got["frames"]] == [f["frame"] for f in want["frames"]] == [0, 2, 4, 6]
     assert got["tracks"] == want["tracks"] and got["summary"] == want["summary"]
+    assert got["emotions_csv"] == want["emotions_csv"]
+    drawn, _ = _decoded_video(got["annotated_video"], tmp_path)  # drawn in the worker, read by the server
+    assert len(drawn) == 4 and drawn[0].shape == (256, 256, 3)
     bad = upload_video(client, mp4[:24] + bytes(3000))
     assert bad.json() == upload_video(thread_client, mp4[:24] + bytes(3000)).json() and bad.status_code == 415
 

@@ -5,6 +5,7 @@ Each test saves a screenshot (in $FERLAB_WEB_SCREENSHOTS, default /tmp/ferlab-we
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -278,8 +279,14 @@ def test_live_mode_draws_each_face_box_over_the_video(page, server):
         page.click("#go-live")
         poll(page, lambda: page.locator("#live-boxes .box").count() == 1, 20, "no box drawn over the live video")
         assert f"1 face: {face['label']}" in page.inner_text("#fps")
-        layer, box = page.locator("#live-boxes").bounding_box(), page.locator("#live-boxes .box").bounding_box()
-        video = page.locator("#video").bounding_box()
+        # measured in one go: each answer (2.5 a second) replaces the box, and a box measured apart from its layer
+        # may be gone by then
+        seen = page.evaluate("""() => {
+            const layer = document.getElementById('live-boxes'), box = layer.querySelector('.box');
+            const rect = (e) => { const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; };
+            return {layer: rect(layer), box: rect(box), video: rect(document.getElementById('video')),
+                    colour: getComputedStyle(box).borderLeftColor}; }""")
+        layer, box, video = seen["layer"], seen["box"], seen["video"]
         assert video["x"] - 1 <= layer["x"] and layer["x"] + layer["width"] <= video["x"] + video["width"] + 1
         x, y, w, h = face["box"]
         W, H = answer["width"], answer["height"]
@@ -289,7 +296,7 @@ def test_live_mode_draws_each_face_box_over_the_video(page, server):
         assert box["height"] == pytest.approx(h / H * layer["height"], abs=1.5)
         stage = page.locator("#live-stage")
         pixels = shot(stage, "live-box.png")
-        colour = rgb_of(page.locator("#live-boxes .box").evaluate("b => getComputedStyle(b).borderLeftColor"))
+        colour = rgb_of(seen["colour"])
         assert border_pixel_matches(pixels, box, stage.bounding_box(), colour), colour
         page.click("#live")  # the toggle: the loop stops, the camera stays on
         assert page.get_attribute("#live", "aria-pressed") == "false"
@@ -300,23 +307,43 @@ def test_live_mode_draws_each_face_box_over_the_video(page, server):
         page.unroute("**/v1/predict")
 
 
-def test_video_upload_shows_the_timeline_and_each_tracks_emotion(page, tmp_path):
-    """A video made here (the astronaut moving right) through the same file input: progress text, then the
-    timeline plot and one table row per face track with its dominant emotion; its JSON downloads as answered."""
+def test_video_upload_shows_progress_then_the_annotated_video_timeline_and_tracks(page, tmp_path):
+    """A video made here (the astronaut moving right) through the same file input, its upload slowed down (Chromium's
+    network throttling): the progress bar fills as the bytes go, turns indeterminate while the server analyses, and
+    goes; then the annotated video plays, the timeline and one table row per face track show their dominant emotion,
+    and the annotated MP4, the CSV and the JSON download as the server answered them."""
     small = np.asarray(Image.fromarray(astronaut()).resize((256, 256), Image.BILINEAR))
     video = tmp_path / "astronaut.mp4"
     _video(video, small, n=8, fps=5.0, dx=6)
-    page.evaluate("""() => { window.__statuses = [];
-        new MutationObserver(() => window.__statuses.push(document.getElementById('status').textContent))
-            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true}); }""")
-    with page.expect_response("**/v1/video", timeout=60_000) as answer:
-        page.set_input_files("#file", str(video))
+    page.evaluate("""() => { window.__statuses = []; window.__bar = [];
+        const status = document.getElementById('status'), bar = document.getElementById('progress');
+        new MutationObserver(() => window.__statuses.push(status.textContent))
+            .observe(status, {childList: true, characterData: true, subtree: true});
+        new MutationObserver(() => window.__bar.push(bar.hidden ? 'hidden' : bar.hasAttribute('value') ? bar.value : 'busy'))
+            .observe(bar, {attributes: true}); }""")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")  # about 2 s to upload, so that its progress shows
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                   "uploadThroughput": video.stat().st_size / 2})
+    try:
+        with page.expect_response("**/v1/video?annotate=true", timeout=60_000) as answer:
+            page.set_input_files("#file", str(video))
+    finally:
+        cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                       "uploadThroughput": -1})
+        cdp.detach()
     assert answer.value.status == 200
     body = answer.value.json()
     page.wait_for_selector("#video-result:not([hidden])")
     statuses = page.evaluate("window.__statuses")
-    assert any(s.startswith(("Uploading astronaut.mp4", "Analysing astronaut.mp4")) for s in statuses), statuses
-    assert page.locator("#result").is_hidden()
+    assert any(s.startswith("Uploading astronaut.mp4") and s.endswith("%") for s in statuses), statuses
+    assert any(s.startswith("Analysing astronaut.mp4") for s in statuses), statuses
+    bar = page.evaluate("window.__bar")
+    fractions = [v for v in bar[:bar.index("busy")] if isinstance(v, (int, float))]
+    # filling up (the throttled body goes in 16 KiB chunks: this 21 KB video shows one step between 0 and 1)
+    assert any(0 < v < 1 for v in fractions) and fractions == sorted(fractions) and fractions[-1] == 1, bar
+    assert bar[-1] == "hidden" and "busy" in bar, bar  # then busy while analysed, then gone
+    assert page.locator("#result").is_hidden() and page.locator("#progress").is_hidden()
 
     assert body["frames_analysed"] == 8 and len(body["tracks"]) == 1
     [track] = body["tracks"]
@@ -325,15 +352,92 @@ def test_video_upload_shows_the_timeline_and_each_tracks_emotion(page, tmp_path)
     assert rows.count() == 1 and rows.first.get_attribute("data-track") == str(track["track"])
     assert page.text_content("#tracks tbody .chip") == track["label"]
     assert "astronaut.mp4: all 8 frames analysed, 1 face track" in page.inner_text("#video-caption")
+    player = page.locator("#annotated")
+    assert player.is_visible()
+    poll(page, lambda: player.evaluate("v => v.readyState >= 1"), 10, "the annotated video never loaded")
+    assert player.evaluate("v => [v.videoWidth, v.videoHeight]") == [256, 256]
+    assert player.evaluate("v => v.duration") == pytest.approx(8 / 5, abs=0.1)
     shot(page, "video-page.png")
     figure = page.locator(".timeline img")
     pixels = shot(figure, "video-timeline.png")
     assert pixels.std() > 20 and (pixels < 200).any(axis=2).mean() > 0.05  # a plot, not a blank image
 
     with page.expect_download() as dl:
+        page.click("#download-video")
+    assert dl.value.suggested_filename == "astronaut-ferlab.mp4"
+    assert Path(dl.value.path()).read_bytes() == base64.b64decode(body["annotated_video"].split(",", 1)[1])
+    with page.expect_download() as dl:
+        page.click("#download-csv")
+    assert dl.value.suggested_filename == "astronaut-ferlab.csv"
+    assert Path(dl.value.path()).read_bytes() == body["emotions_csv"].encode()
+    assert body["emotions_csv"].startswith("time_s,frame,faces,angry,")
+    with page.expect_download() as dl:
         page.click("#download-video-json")
-    assert json.loads(Path(dl.value.path()).read_text()) == body
+    assert json.loads(Path(dl.value.path()).read_text()) == {k: v for k, v in body.items() if k != "annotated_video"}
     assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("width, height", [(4000, 1000), (1000, 4000)])
+def test_a_big_photo_fits_its_column_and_the_window(page, tmp_path, width, height):
+    """A 4000 px wide panorama and a 4000 px tall portrait: the photo is never wider than its column (nothing scrolls
+    sideways) nor taller than 75% of the window, keeps its shape, and the figure that holds the boxes wraps it
+    exactly, so a box at the right edge lands where the answer says, its tag inside the picture. The page is what is
+    tested: the answer (the server's shape for such a photo) is given by route; the server's own handling of big
+    photos is tested in test_serve."""
+    photo = tmp_path / f"big-{width}x{height}.jpg"
+    Image.fromarray(astronaut()).resize((width, height), Image.BILINEAR).save(photo, quality=80)
+    box = [width - 330, 40, 300, 300]
+    probs = {c: 0.01 for c in CLASSES} | {"happy": 0.94}
+    answer = {"filename": photo.name, "width": width, "height": height, "message": None, "model": "vgg_s",
+              "classes": list(CLASSES), "elapsed_ms": 1.0,
+              "faces": [{"box": box, "score": 1.0, "label": "happy", "probs": probs}]}
+    page.route("**/v1/predict", lambda route: route.fulfill(status=200, json=answer))
+    try:
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#result:not([hidden]) .face")
+        img = page.locator("#photo")
+        poll(page, lambda: img.evaluate("i => i.complete && i.naturalWidth > 0"), 10, "the photo never loaded")
+        assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [width, height]
+        shown, column = img.bounding_box(), page.locator(".result-main").bounding_box()
+        assert column["x"] - 0.5 <= shown["x"] and shown["x"] + shown["width"] <= column["x"] + column["width"] + 0.5
+        assert shown["height"] <= 0.75 * page.viewport_size["height"] + 1, shown
+        assert shown["width"] / shown["height"] == pytest.approx(width / height, rel=0.01)
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        stage = page.locator("#stage").bounding_box()
+        for k in ("x", "y", "width", "height"):
+            assert stage[k] == pytest.approx(shown[k], abs=1), (k, stage, shown)
+        drawn = page.locator("#boxes .box").bounding_box()
+        x, y, w, h = box
+        assert drawn["x"] == pytest.approx(shown["x"] + x / width * shown["width"], abs=1.5)
+        assert drawn["y"] == pytest.approx(shown["y"] + y / height * shown["height"], abs=1.5)
+        assert drawn["width"] == pytest.approx(w / width * shown["width"], abs=1.5)
+        tag = page.locator("#boxes .box .tag").bounding_box()
+        assert stage["x"] - 0.5 <= tag["x"] and tag["x"] + tag["width"] <= stage["x"] + stage["width"] + 0.5, (tag, stage)
+        shot(page, f"big-photo-{width}x{height}.png")
+        assert not page.errors, page.errors
+    finally:
+        page.unroute("**/v1/predict")
+
+
+def test_redoc_renders_offline(server, page):
+    """/redoc renders the API's operations with every request answered by this server: its script's logo, which
+    would come from its maker's CDN, is never asked for, and nothing on the page complains."""
+    docs = page.context.browser.new_page()
+    requests, errors = [], []
+    docs.on("request", lambda r: requests.append(r.url))
+    docs.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    docs.on("pageerror", lambda e: errors.append(str(e)))
+    docs.goto(server + "/redoc")
+    docs.wait_for_selector("h2:has-text('Emotion of every face in a video')", timeout=30_000)
+    docs.wait_for_timeout(1000)  # the sidebar (where the logo was) renders after the operations
+    assert docs.locator("h2").all_inner_texts()[:3] == [
+        "Liveness and model information", "Emotion of every face in a photo",
+        "Emotion of every face in a video, frame by frame, with the emotion timeline"]
+    assert docs.get_by_text("API docs by Redocly").count() == 1
+    outside = [u for u in requests if not u.startswith((server, f"blob:{server}"))]
+    assert requests and not outside, outside
+    assert not errors, errors
+    docs.close()
 
 
 def test_api_docs_render_offline(server, page):

@@ -11,7 +11,7 @@ The Python API, the same functions the CLI's verbs call:
 
 Names are imported on first use, so `import ferlab` loads neither torch nor any weights.
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (ferlab.__version__)
 
 # public name -> the module that defines it (imported on first use)
 _API = {

@@ -353,7 +353,7 @@ def _verb(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     p = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition on FER2013.")
     p.add_argument("--version", action="version", version=f"ferlab {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")

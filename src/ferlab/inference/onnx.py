@@ -1,15 +1,20 @@
-"""ONNX export that stands alone: preprocessing inside the graph, class names in its metadata, checked
-against PyTorch before it is kept.
+"""ONNX export that stands alone: preprocessing inside the graph, and metadata that tells a plain ONNX Runtime
+user the rest; checked against PyTorch before it is kept.
 
-The graph maps uint8 grey faces (N, S, S) at the model's input size S to softmax probabilities, with a
-dynamic batch axis: scaling to 0..1, per-face standardisation where the model uses it, channel repeat and
-mean/std normalisation all happen inside, exactly as `to_model_input` does them. A consumer only crops,
-converts to grey and resizes (`ferlab.preprocess` in the metadata gives S).
+The graph maps uint8 grey faces (N, S, S) at the model's input size S to probabilities, with a dynamic batch
+axis: scaling to 0..1, per-face standardisation where the model uses it, channel repeat, mean/std
+normalisation, the network, the fitted temperature and the softmax all happen inside, exactly as
+`to_model_input` and the calibrated checkpoint do them. What stays outside is what ferlab does before that
+(the square crop, eye alignment, grey conversion, resizing) and flip TTA, which averages two runs of the
+graph; the metadata describes exactly those (`ferlab.preprocess`, `ferlab.tta`) and lists what the graph
+holds under `ferlab.graph`, so nobody normalises twice. `model_version` is derived from the checkpoint's
+bytes: one checkpoint always exports the same number, another checkpoint a different one.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -19,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._version import __version__
 from .._optional import need
 from ..data import USAGES, load_fer2013
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..engine.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from ..weights import resolve_model
+from .detect import FER_MARGIN
 from .preprocess import Preprocess, to_model_input, to_model_pixels
 
 PARITY_TOL = 1e-4
@@ -31,6 +38,9 @@ INPUT, OUTPUT = "faces", "probs"
 # PyTorch model's on at least INT8_AGREEMENT of the check faces
 CALIBRATION_FACES = 1024
 INT8_AGREEMENT = 0.9
+# the Predictor turns faces upright by their eyes by default (predictor.ALIGN, which this module cannot import:
+# predictor imports it); a test holds the two equal
+ALIGNED_BY_DEFAULT = True
 
 
 class _Deployable(torch.nn.Module):
@@ -67,6 +77,90 @@ class _MatmulAdaptiveAvgPool2d(torch.nn.Module):
         h, w = int(x.shape[-2]), int(x.shape[-1])
         oh, ow = (h if self.out[0] is None else self.out[0]), (w if self.out[1] is None else self.out[1])
         return self._matrix(h, oh, x) @ x @ self._matrix(w, ow, x).T
+
+
+def metadata(ckpt: dict, pre: Preprocess) -> dict[str, str]:
+    """The export's metadata (`ferlab.*` keys): what the graph takes and gives, the steps a consumer does
+    before it (`ferlab.preprocess`, only those: everything in `ferlab.graph` is inside), flip TTA, the
+    temperature, the class names, the model and the ferlab that wrote it."""
+    s = pre.input_size
+    temperature, bias = ckpt.get("temperature"), ckpt.get("logit_bias")
+    calibration = ckpt.get("calibration") or {}
+    graph = ["x / 255"]
+    if pre.standardize:
+        graph.append("per-face standardisation: (x - mean(x)) / (std(x, ddof=1) + 0.001), over each face's pixels")
+    if pre.in_channels > 1:
+        graph.append(f"the grey channel repeated to {pre.in_channels} channels")
+    graph += [f"(x - {list(pre.mean)}) / {list(pre.std)}", f"the network ({ckpt['model']})"]
+    if temperature:
+        graph.append(f"{'(logits + logit_bias)' if bias is not None else 'logits'} / temperature {temperature:.6g}")
+    graph.append("softmax")
+    crop = {
+        "box": "square",
+        "rule": "the face detector's box made square about its centre, side = the box's longer side "
+                + ("(no margin: tight, as FER2013's crops)" if FER_MARGIN == 0 else
+                   f"grown by {FER_MARGIN:g} of it on every side") + ", capped at the picture's shorter side "
+                "and shifted to lie inside the picture",
+        "align_eyes": ALIGNED_BY_DEFAULT,
+        "align": "with a detector that finds the eyes (ferlab's default, MTCNN), the picture is first turned "
+                 "about the box's centre so that the eyes are level (bilinear, edge pixels repeated) and the "
+                 "box cut from the turned picture; with box-only detectors (haar, lbp) the box is cut as is",
+    }
+    preprocess = {
+        "crop": crop,
+        "grey": "L = R * 299/1000 + G * 587/1000 + B * 114/1000 (ITU-R 601-2 luma), rounded to uint8: exactly "
+                "PIL's Image.convert('L'), which ferlab uses",
+        "resize": f"to {s}x{s}, bilinear, antialiased when shrinking (torch interpolate, align_corners=False, "
+                  f"antialias=True), rounded to uint8; PIL's Image.resize(({s}, {s}), Image.BILINEAR) gives the "
+                  "same pixels within one grey level",
+        "input": f"uint8 array (N, {s}, {s}), values 0-255, as input {INPUT!r}",
+    }
+    tta = ("not in the graph: ferlab averages each face's probabilities with those of its mirror image "
+           "(faces[:, :, ::-1], a second run), by default (Predictor(tta=True), ferlab eval's 'flip')"
+           + (f"; the temperature was fitted on those averages (tta {calibration['tta']!r})"
+              if calibration.get("tta") else "") + ". One run per face is half the work and a little less accurate")
+    return {
+        "ferlab.version": __version__,
+        "ferlab.model": ckpt["model"], "ferlab.model_args": json.dumps(ckpt["model_args"]),
+        "ferlab.epoch": str(ckpt["epoch"]), "ferlab.best_val_acc": str(ckpt["best_val_acc"]),
+        "ferlab.classes": json.dumps(list(ckpt["classes"])),
+        "ferlab.input": f"{INPUT}: uint8 grey faces (N, {s}, {s}), the steps of ferlab.preprocess done; "
+                        "everything in ferlab.graph is inside the graph",
+        "ferlab.output": f"{OUTPUT}: (N, {len(ckpt['classes'])}) probabilities in the order of ferlab.classes",
+        "ferlab.preprocess": json.dumps(preprocess),
+        "ferlab.tta": tta,
+        "ferlab.temperature": (f"{temperature:.6g}, inside the graph (the logits are divided by it before the "
+                               "softmax): do not apply it again" if temperature else
+                               "none fitted: the graph's softmax is of the plain logits"),
+        "ferlab.graph": json.dumps({"steps": graph, **pre.to_dict(), "temperature": temperature,
+                                    "logit_bias": None if bias is None else [float(b) for b in bias]}),
+    }
+
+
+def describe(meta: dict[str, str]) -> str:
+    """The model's doc_string (ONNX Runtime: `get_modelmeta().description`): the metadata in a paragraph."""
+    pre, graph = json.loads(meta["ferlab.preprocess"]), json.loads(meta["ferlab.graph"])
+    crop = pre["crop"]
+    return (f"ferlab {meta['ferlab.version']} facial expression model {meta['ferlab.model']}. "
+            f"In: {meta['ferlab.input']}. Out: {meta['ferlab.output']}: {', '.join(json.loads(meta['ferlab.classes']))}. "
+            f"Before the graph, as ferlab does: crop {crop['rule']}"
+            + (f"; {crop['align']}" if crop["align_eyes"] else "") + f". Grey: {pre['grey']}. Resize: {pre['resize']}. "
+            f"Inside the graph: {'; '.join(graph['steps'])}. Temperature: {meta['ferlab.temperature']}. "
+            f"Flip TTA: {meta['ferlab.tta']}.")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_version(digest: str) -> int:
+    """ModelProto.model_version from a checkpoint's SHA-256: its first 48 bits, a positive integer (exact in
+    JSON and JavaScript too) that is the same for one checkpoint and differs between checkpoints."""
+    return int(digest[:12], 16) or 1
 
 
 def _exportable(model: torch.nn.Module) -> torch.nn.Module:
@@ -165,13 +259,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
             out.unlink(missing_ok=True)
             raise
     proto = onnx.load(str(out))
-    meta = {"ferlab.preprocess": json.dumps(pre.to_dict()), "ferlab.classes": json.dumps(list(ckpt["classes"])),
-            "ferlab.model": ckpt["model"], "ferlab.model_args": json.dumps(ckpt["model_args"]),
-            "ferlab.epoch": str(ckpt["epoch"]), "ferlab.best_val_acc": str(ckpt["best_val_acc"]),
-            "ferlab.input": f"{INPUT}: uint8 grey faces (N, {pre.input_size}, {pre.input_size}); "
-                            "the preprocessing is in the graph"}
+    meta = metadata(ckpt, pre)
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
+    digest = _sha256(checkpoint_path(src))
+    proto.metadata_props.add(key="ferlab.checkpoint_sha256", value=digest)
+    proto.model_version = model_version(digest)
+    proto.doc_string = describe(meta)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
 
@@ -229,13 +323,15 @@ def quantize_int8(src: Path, out: Path, calib: np.ndarray, checks: dict[str, np.
             quant_pre_process(str(src), str(prepared))
             quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        proto = onnx.load(str(out))
-        meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+        proto, float_proto = onnx.load(str(out)), onnx.load(str(src))
+        meta = {p.key: p.value for p in float_proto.metadata_props}
         meta["ferlab.quantized"] = (f"int8 (ONNX Runtime static quantization, QDQ, per-channel weights), "
                                     f"calibrated on {len(calib)} FER2013 Training faces")
         del proto.metadata_props[:]
         for k, v in meta.items():
             proto.metadata_props.add(key=k, value=v)
+        # the quantization tool writes a fresh ModelProto: the float graph's version and description are kept
+        proto.model_version, proto.doc_string = float_proto.model_version, float_proto.doc_string
         onnx.save(proto, str(out))
         runtime = OnnxClassifier(out)
         agree, worst = {}, 0.0
@@ -295,11 +391,14 @@ class OnnxClassifier:
             raise ValueError(f"{path}: not a readable ONNX model ({' '.join(str(e).split())}); export it again "
                              "with `ferlab export`") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        if "ferlab.preprocess" not in meta or "ferlab.classes" not in meta:
-            raise ValueError(f"{path}: not a ferlab ONNX export (metadata ferlab.preprocess / ferlab.classes "
+        if "ferlab.graph" not in meta and "ferlab.preprocess" in meta:
+            raise ValueError(f"{path}: exported by an older ferlab, whose metadata did not say which steps are in "
+                             "the graph: export it again with `ferlab export`")
+        if "ferlab.graph" not in meta or "ferlab.classes" not in meta:
+            raise ValueError(f"{path}: not a ferlab ONNX export (metadata ferlab.graph / ferlab.classes "
                              f"missing; found keys: {', '.join(sorted(meta)) or 'none'})")
         try:
-            self.pre = Preprocess.from_dict(json.loads(meta["ferlab.preprocess"]))
+            self.pre = Preprocess.from_dict(json.loads(meta["ferlab.graph"]))
             self.classes = tuple(json.loads(meta["ferlab.classes"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: its ferlab metadata is damaged ({type(e).__name__}: {e}); export it again "

@@ -154,12 +154,19 @@ class VideoSummary:
 
     def write_csv(self, path: str | Path) -> Path:
         with replacing(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["time_s", "frame", "faces", *self.classes])
-            for t, frame, n, share in self.rows:
-                w.writerow([f"{t:.3f}", frame, n, *([f"{v:.4f}" for v in share] if share is not None
-                                                     else [""] * len(self.classes))])
+            f.write(self.csv_text())
         return Path(path)
+
+    def csv_text(self) -> str:
+        """The CSV `write_csv` saves, as text (the REST API sends it inline)."""
+        import io
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(["time_s", "frame", "faces", *self.classes])
+        for t, frame, n, share in self.rows:
+            w.writerow([f"{t:.3f}", frame, n, *([f"{v:.4f}" for v in share] if share is not None
+                                                 else [""] * len(self.classes))])
+        return buf.getvalue()
 
     def write_timeline(self, path: str | Path) -> Path:
         with replacing(path) as tmp:

@@ -5,9 +5,11 @@ Untrusted uploads are checked in the order that keeps the server cheap to attack
 the body is parsed), declared type, image header (format and pixel count, before any pixel is decoded),
 then decoding. Each failure is a 4xx with a JSON `detail` that says what was expected and what came.
 
-Videos follow the same order. OpenCV (FFmpeg underneath) needs a path, so the upload is copied to a temp file
-that is removed whatever happens; before FFmpeg sees it, its first bytes must name a plain container (MP4/MOV,
-WebM/Matroska or AVI), because FFmpeg also reads playlists and other formats that point at further files.
+Videos follow the same order. OpenCV (FFmpeg underneath) needs a path, so the upload is copied into a temp
+folder of its own (where the annotated video is written too, with annotate=true) that is removed whatever
+happens; before FFmpeg sees it, its first bytes must name a plain container (MP4/MOV, WebM/Matroska or AVI),
+because FFmpeg also reads playlists and other formats that point at further files. A video sent to the photo
+endpoint, or a photo to the video one, is a 415 that names the right endpoint.
 The frame size is read from the container and checked against the pixel limit before a frame is decoded,
 and at most `max_video_frames` frames are analysed (a longer video is sampled more sparsely, and the answer
 says so). A video holds the inference lock for its whole analysis, like a batch of photos would.
@@ -18,136 +20,112 @@ GIL for 20-40 ms at a time, and in a thread of the server that stalled the event
 server process keeps only the web stack (no torch) and sends each upload's compressed bytes, or a video's temp
 file path, to the worker; a worker that dies costs its request a 503 and is replaced on the next one. An
 app given a predictor object (tests, a library embedding a Predictor) runs the same functions, `analyse_photo`
-and `analyse_video`, in a thread instead. Either way at most `workers` uploads are decoded at a time.
+and `analyse_video` (`serve.analysis`), in a thread instead. Either way at most `workers` uploads are decoded
+at a time.
 """
 from __future__ import annotations
 
 import base64
 import contextlib
 import functools
-import io
-import math
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import anyio
-import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from pydantic import BaseModel, Field
 
-from .. import __version__
-from ..data.images import MAX_JPEG_SCANS, TooManyScans, check_jpeg_scans, upright_rgb
+from .._version import __version__
+from ..data.images import MAX_JPEG_SCANS
+from . import api_docs
+from .analysis import (MAX_PIXELS, VIDEO_CONTAINERS, Face, ShareRow, Track, VideoFrame, analyse_photo, analyse_video,
+                       describe_predictor, map_big_buffers, pixel_limit, sniff_video)
 from .worker import InferenceWorker
 
 STATIC = Path(__file__).parent / "static"
 MAX_BYTES = 10 * 2**20          # upload limit (10 MiB)
-MAX_PIXELS = 40_000_000         # decoded-size limit: 40 MP is 120 MB of RGB
 WORKERS = 1                     # uploads decoded and analysed at once (inference is one at a time anyway)
 # multipart framing (boundaries, part headers) on top of the file itself
 MULTIPART_SLACK = 64 * 2**10
-# formats with mature, header-first decoders; PIL's others (EPS, PSD, ...) are not worth the attack surface
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_VIDEO_BYTES = 50 * 2**20    # video upload limit (50 MiB)
 MAX_VIDEO_FRAMES = 150          # frames analysed per video at most; a longer one is sampled more sparsely
 PHOTO_BUDGET_S = 20.0           # wall-clock seconds the inference worker may spend on one photo ...
 VIDEO_BUDGET_S = 120.0          # ... and on one video, before it is killed and replaced
 MAX_ACTIVE = 8                  # uploads being analysed or waiting their turn; more get a 503 with Retry-After
 RETRY_AFTER_S = 5
-VIDEO_CONTAINERS = "MP4/MOV, WebM/Matroska or AVI"
 
 
-class Face(BaseModel):
-    source: str | None = None
-    frame: int | None = None
-    time_s: float | None = None
-    box: list[int] = Field(description="face box in image pixels: [x, y, width, height]")
-    score: float = Field(description="face detector confidence, 0-1 (mtcnn: face probability; haar / lbp: "
-                                     "votes / (votes + threshold); 1 with detector none)")
-    landmarks: dict[str, list[float]] | None = Field(
-        None, description="the face's five landmarks, {name: [x, y]} in image pixels: left_eye, right_eye, nose, "
-                          "mouth_left, mouth_right (left and right as the picture shows them); null from a detector "
-                          "without landmarks (haar, lbp, none)")
-    label: str = Field(description="the most probable expression")
-    probs: dict[str, float] = Field(description="probability of every class")
-    track: int | None = Field(None, description="the face's id across a video's frames, from 1 (None for photos)")
-    heatmap: str | None = Field(None, description="with explain=true: a data:image/png;base64 RGBA picture the "
-                                                  "size of `box`, to lay over it: where the label came from")
+class PhotoUpload(BaseModel):
+    """The form of a photo upload (multipart/form-data)."""
+    file: UploadFile = Field(description="the photo: JPEG, PNG, WebP, BMP, GIF or TIFF")
+
+
+class VideoUpload(BaseModel):
+    """The form of a video upload (multipart/form-data)."""
+    file: UploadFile = Field(description=f"the video: {VIDEO_CONTAINERS}, with a common codec (H.264, VP8/9, MPEG-4)")
 
 
 class Prediction(BaseModel):
-    filename: str | None
-    width: int
-    height: int
-    faces: list[Face]
+    """Every face found in a photo, and its expression."""
+    filename: str | None = Field(description="the uploaded file's name")
+    width: int = Field(description="the photo's width in pixels, upright (after its EXIF rotation)")
+    height: int = Field(description="the photo's height in pixels, upright")
+    faces: list[Face] = Field(description="the faces found, left to right")
     message: str | None = Field(None, description="set when no face was found")
-    model: str
-    classes: list[str]
-    elapsed_ms: float
-
-
-class VideoFrame(BaseModel):
-    frame: int = Field(description="index of the frame in the video, from 0")
-    time_s: float = Field(description="its time in the video, in seconds")
-    faces: list[Face]
-
-
-class ShareRow(BaseModel):
-    time_s: float
-    frame: int
-    faces: int = Field(description="faces seen in this frame")
-    share: dict[str, float] | None = Field(description="mean of the frame's faces' probabilities; null with no face")
-
-
-class Track(BaseModel):
-    track: int
-    frames: int = Field(description="analysed frames in which this face was seen")
-    first_s: float
-    last_s: float
-    label: str = Field(description="the dominant expression: the most probable class of the mean probabilities")
-    probs: dict[str, float] = Field(description="mean probability of every class over the track's frames")
+    model: str = Field(description="the model that answered")
+    classes: list[str] = Field(description="the class names, in the order of every `probs`")
+    elapsed_ms: float = Field(description="time the server spent on this request, in milliseconds")
 
 
 class VideoPrediction(BaseModel):
-    filename: str | None
-    width: int
-    height: int
+    """Every face in a video's analysed frames, tracked, with the emotion share over time."""
+    filename: str | None = Field(description="the uploaded file's name")
+    width: int = Field(description="the frames' width in pixels")
+    height: int = Field(description="the frames' height in pixels")
     fps: float | None = Field(description="frames per second of the video, as its container states")
     frames_total: int | None = Field(description="frames in the video, as its container states (None if unstated)")
     every: int = Field(description="every n-th frame was analysed")
-    frames_analysed: int
+    frames_analysed: int = Field(description="frames analysed (the entries of `frames`)")
     max_frames: int = Field(description="the server's limit on frames analysed per video")
     note: str | None = Field(None, description="set when the server sampled more sparsely than asked, or stopped early")
-    frames: list[VideoFrame]
-    summary: list[ShareRow] = Field(description="the emotion share over time (the rows of `ferlab predict --save`'s CSV)")
-    tracks: list[Track]
+    frames: list[VideoFrame] = Field(description="each analysed frame and its faces")
+    summary: list[ShareRow] = Field(description="the emotion share over time (the rows of `emotions_csv`)")
+    emotions_csv: str = Field(description="the emotion share over time as CSV (time_s, frame, faces, one column "
+                                          "per class), as `ferlab predict --save` writes it")
+    tracks: list[Track] = Field(description="each face followed across the frames, with its dominant expression")
     timeline_png: str = Field(description="the emotion timeline plot as a data:image/png;base64 URL")
-    model: str
-    classes: list[str]
-    elapsed_ms: float
+    annotated_video: str | None = Field(None, description="with annotate=true: the analysed frames with each "
+                                        "face's box and label drawn, as a data:video/mp4;base64 URL (H.264)")
+    model: str = Field(description="the model that answered")
+    classes: list[str] = Field(description="the class names, in the order of every `probs` and CSV column")
+    elapsed_ms: float = Field(description="time the server spent on this request, in milliseconds")
 
 
 class Health(BaseModel):
-    status: str
-    model: str
-    detector: str
-    classes: list[str]
-    max_bytes: int
-    max_pixels: int
-    max_video_bytes: int
-    max_video_frames: int
-    version: str
+    """What this server runs, and its limits."""
+    status: str = Field(description="'ok' while the server answers")
+    model: str = Field(description="the model's name")
+    detector: str = Field(description="the face detector's name")
+    classes: list[str] = Field(description="the class names, in the order of every `probs`")
+    max_bytes: int = Field(description="largest photo upload, in bytes")
+    max_pixels: int = Field(description="most pixels in a photo or a video frame")
+    max_video_bytes: int = Field(description="largest video upload, in bytes")
+    max_video_frames: int = Field(description="most frames analysed per video")
+    version: str = Field(description="ferlab's version")
 
 
 class Problem(BaseModel):
-    detail: str
+    """An error: what was expected and what came."""
+    detail: str = Field(description="what was wrong, in words")
 
 
 def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn", device: str = "cpu",
@@ -212,7 +190,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
                 idle.put(w)
     else:
         classes = [str(c) for c in predictor.classes]
-        model_name, detector_name = _describe(predictor, model, detector)
+        model_name, detector_name = describe_predictor(predictor, model, detector)
         # one inference at a time: torch already uses every core, and the detector is not known to be thread-safe
         lock = threading.Lock()
 
@@ -226,7 +204,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
                 raise HTTPException(499, "the client closed the connection while its upload waited")
             return await anyio.to_thread.run_sync(work, *args)
 
-    temp_files: set[str] = set()  # videos being analysed, removed at shutdown if their request could not
+    temp_files: set[str] = set()  # videos' temp folders, removed at shutdown if their request could not
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -235,12 +213,13 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         finally:
             for w in pool:
                 w.close()
-            for path in list(temp_files):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            for folder in list(temp_files):
+                shutil.rmtree(folder, ignore_errors=True)
 
     app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
-                  description="Facial expression recognition: upload a photo, get each face's emotion.")
+                  description="Facial expression recognition: upload a photo or a video, get each face's emotion. "
+                              "The web page is at `/`; this reference is at `/docs` and `/redoc`, the schema at "
+                              "`/openapi.json`.")
     app.state.workers = pool
     app.add_middleware(UploadLimit, limits={"/v1/predict": max_bytes + MULTIPART_SLACK,
                                             "/v1/video": max_video_bytes + MULTIPART_SLACK}, max_active=max_active)
@@ -252,24 +231,30 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         return JSONResponse(status_code=422, content={
             "detail": "expected multipart/form-data with the upload in field 'file'; " + "; ".join(parts)})
 
-    @app.get("/health", response_model=Health, summary="liveness and model information")
+    @app.get("/health", response_model=Health, summary="Liveness and model information", operation_id="health",
+             description=api_docs.HEALTH, responses=api_docs.example(api_docs.HEALTH_EXAMPLE, "the server is up"))
     async def health() -> Health:  # on the event loop: never queued behind uploads in the thread pool
         return Health(status="ok", model=model_name, detector=detector_name, classes=classes, max_bytes=max_bytes,
                       max_pixels=max_pixels, max_video_bytes=max_video_bytes, max_video_frames=max_video_frames,
                       version=__version__)
 
-    @app.post("/v1/predict", response_model=Prediction, summary="emotion of every face in an uploaded photo",
-              responses={c: {"model": Problem} for c in (400, 403, 413, 415, 422, 503)})
-    async def predict(request: Request, file: UploadFile = File(..., description="a JPEG, PNG, WebP, BMP, GIF or TIFF photo"),
+    @app.post("/v1/predict", response_model=Prediction, summary="Emotion of every face in a photo",
+              operation_id="predict", description=api_docs.PREDICT,
+              responses={**api_docs.example(api_docs.PREDICT_EXAMPLE, "the faces found and their expressions"),
+                         **api_docs.responses("/v1/predict", Problem)})
+    async def predict(request: Request, form: Annotated[PhotoUpload, Form(media_type="multipart/form-data")],
                       explain: bool = Query(False, description="add each face's class activation map (HiResCAM "
                                                                 "for the reported label) as `heatmap`")):
         t0 = time.perf_counter()
+        file = form.file
         _check_part_type(file.content_type)
         data = await file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"file is larger than the {_mib(max_bytes)} limit")
         if not data:
             raise HTTPException(400, "the uploaded file is empty; expected an image")
+        if sniff_video(data[:64]):  # sent as octet-stream or as an image: its first bytes say video
+            raise HTTPException(415, _wrong_kind(None, video=True))
 
         (height, width), faces = await in_turn(request, functools.partial(
             run, analyse_photo, data, explain, max_pixels, max_jpeg_scans, budget_s=photo_budget_s, what="photo"))
@@ -278,22 +263,34 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
             message=None if faces else "no face found; try a brighter, frontal photo with the face larger in frame",
             model=model_name, classes=classes, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
 
-    @app.post("/v1/video", response_model=VideoPrediction, summary="emotion of every face in an uploaded video, "
-              "frame by frame, with the emotion timeline", responses={c: {"model": Problem} for c in (400, 403, 413, 415, 422, 503)})
-    async def video(request: Request, file: UploadFile = File(..., description=f"a video ({VIDEO_CONTAINERS})"),
+    @app.post("/v1/video", response_model=VideoPrediction, operation_id="video",
+              summary="Emotion of every face in a video, frame by frame, with the emotion timeline",
+              description=api_docs.VIDEO,
+              responses={**api_docs.example(api_docs.VIDEO_EXAMPLE, "the analysed frames, tracks and emotion share"),
+                         **api_docs.responses("/v1/video", Problem)})
+    async def video(request: Request, form: Annotated[VideoUpload, Form(media_type="multipart/form-data")],
                     every: int = Query(1, ge=1, le=100_000, description="analyse every n-th frame (the server may "
-                                       "choose a larger n to stay within its frame limit)")):
+                                       "choose a larger n to stay within its frame limit)"),
+                    annotate: bool = Query(False, description="also answer the analysed frames with each face's box "
+                                           "and label drawn, as an H.264 MP4 in `annotated_video`")):
         t0 = time.perf_counter()
+        file = form.file
         _check_part_type(file.content_type, video=True)
 
         def work():
             with upload_copy(file.file, max_video_bytes, temp_files) as path:
-                return run(analyse_video, path, file.filename, every, max_video_frames, max_pixels,
-                           budget_s=video_budget_s, what="video")
+                drawn = str(Path(path).with_name("annotated.mp4")) if annotate else None  # in the upload's own folder
+                out = run(analyse_video, path, file.filename, every, max_video_frames, max_pixels, drawn,
+                          budget_s=video_budget_s, what="video")
+                if drawn is not None:
+                    out["annotated_video"] = "data:video/mp4;base64," + base64.b64encode(Path(drawn).read_bytes()).decode()
+            answer = VideoPrediction(filename=file.filename, **out, model=model_name, classes=classes,
+                                     elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+            # serialised here, in the worker thread: an answer with a video inside is megabytes of JSON, which
+            # would hold the event loop (and /health) if FastAPI encoded it there
+            return Response(answer.model_dump_json(), media_type="application/json")
 
-        out = await in_turn(request, work)
-        return VideoPrediction(filename=file.filename, **out, model=model_name, classes=classes,
-                               elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+        return await in_turn(request, work)
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -308,7 +305,9 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
 
 def _offline_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc from the assets inside the installed fastapi-offline package, not a CDN:
-    the API's documentation works on a machine with no internet."""
+    the API's documentation works on a machine with no internet, and tells no other host it was read. Redoc's
+    script shows its maker's logo from their CDN: it is served here without that address (its sidebar shows the
+    attribution's text only), and /redoc's Content-Security-Policy lets the page load nothing from elsewhere."""
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     assets = DOCS_ASSETS()
     missing = [f for f in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
@@ -321,6 +320,11 @@ def _offline_docs(app: FastAPI) -> None:
                 "detail": f"the API docs need the fastapi-offline package's assets (missing: {', '.join(missing)}); "
                           "pip install fastapi-offline, or read /openapi.json"})
         return
+
+    @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)  # before the folder's mount: it wins
+    def redoc_js():
+        return Response(_redoc_script(assets / "redoc.standalone.js"), media_type="text/javascript")
+
     app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
@@ -332,9 +336,25 @@ def _offline_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     def redoc():
-        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
                               redoc_js_url="/docs-assets/redoc.standalone.js",
                               redoc_favicon_url="/static/favicon.svg", with_google_fonts=False)
+        page.headers["Content-Security-Policy"] = REDOC_CSP
+        return page
+
+
+# redoc styles itself with inline <style> elements and renders in a worker made from a blob: URL; nothing else
+# comes from anywhere but this server
+REDOC_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
+             "frame-ancestors 'none'")
+REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"  # the one outside address redoc's script loads
+
+
+@functools.lru_cache(maxsize=1)
+def _redoc_script(path: Path) -> bytes:
+    """redoc's script with its logo's address emptied: the logo's <img> then fails without a request, and redoc
+    hides it (its onError handler)."""
+    return path.read_bytes().replace(REDOC_LOGO, b"")
 
 
 def _fastapi_offline_assets() -> Path | None:
@@ -349,67 +369,26 @@ def _fastapi_offline_assets() -> Path | None:
 DOCS_ASSETS = _fastapi_offline_assets  # a function, so tests can point it elsewhere
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, max_jpeg_scans: int = MAX_JPEG_SCANS) -> np.ndarray:
-    """Untrusted image bytes -> upright RGB uint8 (H, W, 3), or HTTPException with a 4xx.
-
-    The pixel count is read from the header and checked before decoding, so a small file that expands
-    to gigabytes (a decompression bomb) is refused without allocating its pixels; so is a JPEG whose scans,
-    each a pass over the whole image, would keep a decoder busy for minutes (`MAX_JPEG_SCANS`).
-    """
-    try:
-        im = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.UnidentifiedImageError:
-        raise HTTPException(415, f"not a supported image: expected one of {', '.join(FORMATS)} "
-                                 f"(file starts with {data[:8]!r})") from None
-    except Image.DecompressionBombError as e:
-        raise HTTPException(413, f"image has too many pixels: {e}") from None
-    except Exception as e:  # any header parser failure on untrusted bytes is the client's bad file
-        raise HTTPException(400, f"corrupt image header: {e}") from None
-    w, h = im.size
-    limit = pixel_limit(max_pixels)
-    if w * h > limit:
-        raise HTTPException(413, f"image is {w}x{h} = {w * h:,} pixels; the limit is {limit:,}")
-    if w < 1 or h < 1:
-        raise HTTPException(400, f"image has no pixels ({w}x{h})")
-    if im.format == "JPEG":
-        try:
-            check_jpeg_scans(data, "the image", max_jpeg_scans)
-        except TooManyScans as e:
-            raise HTTPException(413, str(e)) from None
-    try:
-        im.load()
-        return upright_rgb(im)
-    except Exception as e:  # truncated data, bad chunk CRCs, unsupported modes: all the file's fault
-        raise HTTPException(400, f"could not decode the {im.format} image (truncated or corrupt?): {e}") from None
-
-
-def sniff_video(head: bytes) -> str | None:
-    """The file suffix for a plain video container recognised from its first bytes, or None."""
-    if head[4:8] == b"ftyp":
-        return ".mp4"   # ISO base media: MP4, MOV, M4V, 3GP
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return ".mkv"   # EBML: Matroska and WebM
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return ".avi"
-    return None
-
-
 @contextlib.contextmanager
 def upload_copy(src, limit: int, registry: set[str] | None = None):
-    """`with upload_copy(fileobj, limit) as path`: the upload copied to a temp file (OpenCV reads paths), once
-    its first bytes were recognised as a video container; the file is removed on leaving, whatever happened.
-    Its path is in `registry` meanwhile, for a server that stops with the video still in flight."""
+    """`with upload_copy(fileobj, limit) as path`: the upload copied to a file in a private temp folder (OpenCV
+    reads paths), once its first bytes were recognised as a video container; what is written next to it there
+    (the annotated video) goes with it: the folder is removed on leaving, whatever happened. The folder is in
+    `registry` meanwhile, for a server that stops with the video still in flight."""
     head = src.read(64)
     if not head:
         raise HTTPException(400, "the uploaded file is empty; expected a video")
     suffix = sniff_video(head)
     if suffix is None:
+        if _looks_like_image(head):
+            raise HTTPException(415, _wrong_kind(None, video=False))
         raise HTTPException(415, f"not a supported video: expected {VIDEO_CONTAINERS} (file starts with {head[:12]!r})")
-    fd, path = tempfile.mkstemp(prefix="ferlab-video-", suffix=suffix)
+    folder = tempfile.mkdtemp(prefix="ferlab-video-")
     registry = set() if registry is None else registry
-    registry.add(path)
+    registry.add(folder)
     try:
-        with os.fdopen(fd, "wb") as out:
+        path = os.path.join(folder, "upload" + suffix)
+        with open(path, "wb") as out:
             out.write(head)
             size = len(head)
             while chunk := src.read(2**20):
@@ -419,104 +398,8 @@ def upload_copy(src, limit: int, registry: set[str] | None = None):
                 out.write(chunk)
         yield path
     finally:
-        registry.discard(path)
-        with contextlib.suppress(FileNotFoundError):  # a stopping server may have removed it already
-            os.unlink(path)
-
-
-def analyse_photo(predictor, lock, data: bytes, explain: bool, max_pixels: int,
-                  max_jpeg_scans: int = MAX_JPEG_SCANS) -> tuple[tuple[int, int], list[Face]]:
-    """Untrusted image bytes -> ((height, width), every face found, as `Face`, heat maps included with
-    `explain`), or HTTPException with a 4xx. Decodes outside `lock`, analyses inside it."""
-    rgb = None
-    try:
-        rgb = decode_image(data, max_pixels, max_jpeg_scans)
-        with lock:
-            if not explain:
-                faces = predictor.predict(rgb)
-            elif not callable(getattr(predictor, "explain", None)):
-                raise HTTPException(400, "this server's model cannot explain its answers (an ONNX export "
-                                         "has no gradients); ask without explain=true")
-            else:
-                try:
-                    faces = predictor.explain(rgb)
-                except ValueError as e:
-                    raise HTTPException(400, str(e)) from None
-        return rgb.shape[:2], [_face(f) for f in faces]
-    finally:
-        rgb = None
-        _release_memory()
-
-
-def analyse_video(predictor, lock, path: str, filename: str | None, every: int, max_frames: int,
-                  max_pixels: int) -> dict:
-    """The faces of a video file, frame by frame, with the summary and the timeline: the fields of
-    `VideoPrediction` that depend on the video. Raises HTTPException (4xx) for a video that cannot be read."""
-    import cv2
-
-    from ..inference.video import VideoSummary
-    name = filename or "video"
-    cap = cv2.VideoCapture(path)
-    try:
-        if not cap.isOpened():
-            raise HTTPException(415, f"could not open {name} as a video (OpenCV/FFmpeg refused it); "
-                                     f"expected {VIDEO_CONTAINERS} with a common codec (H.264, VP8/9, MPEG-4)")
-        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or None
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        total = total if total > 0 else None
-    finally:
-        cap.release()
-    limit = pixel_limit(max_pixels)
-    if width * height > limit:
-        raise HTTPException(413, f"video frames are {width}x{height} = {width * height:,} pixels; the limit is {limit:,}")
-    asked = every
-    if total is not None:
-        every = max(every, math.ceil(total / max_frames))
-    frames, summary = [], VideoSummary(name, tuple(str(c) for c in predictor.classes))
-    stopped = False
-    with lock:
-        try:
-            for fr, faces in predictor.stream(path, every):
-                if len(frames) == max_frames:  # the container understated its length
-                    stopped = True
-                    break
-                summary.add(fr.frame, fr.time_s, faces)
-                frames.append(VideoFrame(frame=int(fr.frame), time_s=float(fr.time_s or 0.0),
-                                         faces=[_face({**f, "source": filename}) for f in faces]))
-        except ValueError as e:  # OpenCV opened it but no frame decodes: a truncated or corrupt file
-            raise HTTPException(400, str(e).replace(path, name)) from None
-        if not frames:
-            raise HTTPException(400, f"{name}: no frames could be decoded (truncated or corrupt?)")
-        png = summary.timeline_png()
-    notes = []
-    if every > asked:
-        notes.append(f"the video has {total} frames: 1 in {every} analysed, to stay within the limit of "
-                     f"{max_frames} frames")
-    if stopped:
-        notes.append(f"stopped after {max_frames} frames (the server's limit)")
-    return dict(width=width, height=height, fps=fps, frames_total=total, every=every, frames_analysed=len(frames),
-                max_frames=max_frames, note="; ".join(notes) or None, frames=frames,
-                summary=[ShareRow(time_s=t, frame=f, faces=n, share=None if share is None else
-                                  {c: round(float(v), 6) for c, v in zip(summary.classes, share)})
-                         for t, f, n, share in summary.rows],
-                tracks=_tracks(frames, summary.classes),
-                timeline_png=_png_data_url(png))
-
-
-def _tracks(frames: list[VideoFrame], classes) -> list[Track]:
-    """Each track's frames, time span and mean probabilities; its label is the class those make most likely."""
-    seen: dict[int, list[tuple[float, dict]]] = {}
-    for fr in frames:
-        for f in fr.faces:
-            if f.track is not None:
-                seen.setdefault(f.track, []).append((fr.time_s, f.probs))
-    out = []
-    for tid, rows in sorted(seen.items()):
-        mean = {c: float(np.mean([p[c] for _, p in rows])) for c in classes}
-        out.append(Track(track=tid, frames=len(rows), first_s=rows[0][0], last_s=rows[-1][0],
-                         label=max(mean, key=mean.get), probs={c: round(v, 6) for c, v in mean.items()}))
-    return out
+        registry.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # a stopping server may have removed it already
 
 
 class UploadLimit:
@@ -610,44 +493,6 @@ def _host_allowed(host: str, names: set[str]) -> bool:
         return False
 
 
-def _release_memory() -> None:
-    """Hand freed pixel buffers back to the OS (glibc keeps large freed blocks in its arenas otherwise, and the
-    server's memory would stay at its peak after a burst of big uploads). A no-op where there is no glibc."""
-    if _TRIM is not None:
-        _TRIM(0)
-
-
-def _glibc():
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-    except OSError:
-        return None
-
-
-_LIBC = _glibc()
-_TRIM = _LIBC.malloc_trim if _LIBC is not None else None
-M_MMAP_THRESHOLD = -3
-
-
-def map_big_buffers(threshold: int = 1 << 20) -> bool:
-    """Give every buffer over `threshold` bytes its own memory map (glibc's M_MMAP_THRESHOLD, fixed).
-
-    glibc raises that threshold after the first big free; from then on a 120 MB pixel buffer comes from the
-    heap, and PIL zeroes it while it holds the GIL: tens of milliseconds in which the event loop, `/health`
-    included, cannot run. A mapped buffer comes zeroed from the kernel and goes back to the OS when freed.
-    Process-wide; False (and nothing changed) where there is no glibc.
-    """
-    return _LIBC is not None and bool(_LIBC.mallopt(M_MMAP_THRESHOLD, threshold))
-
-
-def pixel_limit(max_pixels: int) -> int:
-    """The pixel limit in force: `max_pixels`, capped by PIL's own bomb threshold (`Image.MAX_IMAGE_PIXELS`),
-    so nothing PIL would flag as a decompression bomb is ever decoded."""
-    return min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-
-
 def _check_request(request: Request, limit: int) -> JSONResponse | None:
     """Refuse a predict request from its headers alone: wrong type, empty, or over the size limit."""
     ctype = request.headers.get("content-type", "")
@@ -672,40 +517,26 @@ def _check_request(request: Request, limit: int) -> JSONResponse | None:
 def _check_part_type(content_type: str | None, video: bool = False) -> None:
     # browsers send image/* or video/*; curl and scripts often send octet-stream for unknown extensions
     kind, examples = ("video", "video/mp4, video/webm, ...") if video else ("image", "image/jpeg, image/png, ...")
+    other = "image" if video else "video"
+    if content_type and content_type.startswith(f"{other}/"):
+        raise HTTPException(415, _wrong_kind(content_type, video=not video))
     if content_type and not content_type.startswith((f"{kind}/", "application/octet-stream")):
         raise HTTPException(415, f"field 'file' must be {'a video' if video else 'an image'} ({examples}), "
                                  f"got {content_type!r}")
 
 
-def _face(f: dict) -> Face:
-    """Predictor output -> plain JSON types (numpy scalars are not serialisable)."""
-    return Face(source=f.get("source"), frame=None if f.get("frame") is None else int(f["frame"]),
-                time_s=None if f.get("time_s") is None else float(f["time_s"]),
-                box=[int(round(float(v))) for v in f["box"]], score=float(f["score"]), label=str(f["label"]),
-                landmarks=None if f.get("landmarks") is None else
-                {str(k): [float(x), float(y)] for k, (x, y) in f["landmarks"].items()},
-                probs={str(k): float(v) for k, v in f["probs"].items()},
-                track=None if f.get("track") is None else int(f["track"]),
-                heatmap=None if f.get("heatmap") is None else _heatmap_png(f["heatmap"]))
+def _wrong_kind(content_type: str | None, video: bool) -> str:
+    """The 415 detail for a video sent to /v1/predict (`video`) or a photo sent to /v1/video."""
+    said = f" ({content_type})" if content_type else ""
+    if video:
+        return f"this is a video{said}: /v1/predict takes photos; send videos to POST /v1/video"
+    return f"this is a photo{said}: /v1/video takes videos; send photos to POST /v1/predict"
 
 
-def _heatmap_png(cam: np.ndarray) -> str:
-    from ..inference.explain import heatmap_rgba  # torch: only where the model is
-    buf = io.BytesIO()
-    Image.fromarray(heatmap_rgba(cam), "RGBA").save(buf, format="PNG")
-    return _png_data_url(buf.getvalue())
-
-
-def _png_data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _describe(predictor, model: str, detector: str) -> tuple[str, str]:
-    """(model name, detector name) for /health; an injected predictor may differ from the arguments."""
-    classifier = getattr(predictor, "classifier", None)
-    model_name = getattr(classifier, "name", None) or str(model)
-    detector_name = getattr(getattr(predictor, "detector", None), "name", None) or str(detector)
-    return str(model_name), detector_name
+def _looks_like_image(head: bytes) -> bool:
+    """The first bytes of a JPEG, PNG, GIF, WebP, BMP or TIFF file."""
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")) or \
+        (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def _mib(n: int) -> str:

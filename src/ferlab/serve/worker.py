@@ -4,7 +4,7 @@ Decoding a 40 MP upload and running the detector on it hold the GIL for 20-40 ms
 py-spy); in a thread of the server that is 20-40 ms in which the event loop, `/health` included, cannot run.
 Each `InferenceWorker` is one process started with 'spawn' (a fork would copy the server's threads and locks)
 that builds the Predictor once and then runs `fn(predictor, lock, *args)` per request, where `fn` is a
-module-level function (pickled by name) such as `serve.app.analyse_photo`. Only the compressed upload (or a
+module-level function (pickled by name) such as `serve.analysis.analyse_photo`. Only the compressed upload (or a
 video's temp-file path) goes in and only the JSON-ready answer comes out; an HTTPException raised in the
 worker comes back as the same status and detail.
 
@@ -41,7 +41,7 @@ def _worker_main(conn, model: str, detector: str, device: str, threads: int | No
     if cpus:  # the cores `ferlab serve` gives inference, the server keeping the others (see cli._cmd_serve)
         os.sched_setaffinity(0, cpus)
     _exit_with_parent(os.getppid())
-    from .app import _describe, map_big_buffers
+    from .analysis import describe_predictor, map_big_buffers
     map_big_buffers()
     try:
         import cv2
@@ -53,7 +53,7 @@ def _worker_main(conn, model: str, detector: str, device: str, threads: int | No
         predictor = Predictor(model=model, detector=detector, device=device)
         info = dict(classes=[str(c) for c in predictor.classes], pid=os.getpid(), threads=torch.get_num_threads(),
                     cpus=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
-        info["model"], info["detector"] = _describe(predictor, model, detector)
+        info["model"], info["detector"] = describe_predictor(predictor, model, detector)
     except BaseException as e:  # the server re-raises it: `ferlab serve --model nope.pt` is one error line
         conn.send(("error", _picklable(e)))
         return

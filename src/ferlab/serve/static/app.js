@@ -1,6 +1,7 @@
 // ferlab web page: a photo (file, drop or webcam) goes to POST /v1/predict and each face gets its box and bars;
 // live mode sends webcam frames to the same endpoint a few times a second and draws the boxes over the video;
-// a video goes to POST /v1/video and its emotion timeline and face tracks are shown.
+// a video goes to POST /v1/video?annotate=true, with a progress bar while it uploads and is analysed, and its
+// annotated copy, emotion timeline and face tracks are shown, each downloadable (MP4, CSV, JSON).
 // DOM is built with createElement and styles set through the CSSOM, so the page runs under a strict CSP.
 "use strict";
 
@@ -12,6 +13,8 @@ let photoUrl = null;
 let photoFile = null;           // the photo on show, sent again when Explain is switched on
 let stream = null;
 let last = null;                // {data, name}: the server's latest answer on show, for "Download JSON"
+let videoUrl = null;            // the annotated video on show (a blob: URL), and its bytes for "Download annotated video"
+let videoBlob = null;
 const live = { on: false, timer: null, busy: false, abort: null, done: [], frames: 0, canvas: null };
 
 function el(tag, className, text) {
@@ -37,6 +40,18 @@ function pct(p) {
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
+}
+
+// The bar under the status: a fraction (0-1) fills it, null makes it indeterminate (busy, no measure), hide removes it.
+function setProgress(fraction) {
+  const bar = $("progress");
+  bar.hidden = false;
+  if (fraction === null) bar.removeAttribute("value");
+  else bar.value = fraction;
+}
+
+function hideProgress() {
+  $("progress").hidden = true;
 }
 
 function isVideo(file) {
@@ -119,6 +134,7 @@ function drawBoxes(layer, data, { mirror = false, heatmaps = false } = {}) {
     box.style.setProperty("--c", colorOf(face.label));
     place(box, face.box, data.width, data.height, mirror);
     if (face.box[1] < data.height * 0.08) box.classList.add("low");  // no room for the tag above the box
+    if (face.box[0] + face.box[2] > data.width * 0.7) box.classList.add("end");  // nor on its right: the tag ends with the box
     box.append(el("span", "tag", `${i + 1} · ${face.label} ${pct(face.probs[face.label])}`));
     layer.append(box);
   });
@@ -199,6 +215,15 @@ function baseName(name) {
 function downloadJson() {
   if (!last) return;
   save(new Blob([JSON.stringify(last.data, null, 2)], { type: "application/json" }), `${baseName(last.name)}-ferlab.json`);
+}
+
+// the server's CSV (the one `ferlab predict --save` writes) and its annotated MP4, as they came
+function downloadCsv() {
+  if (last?.data.emotions_csv) save(new Blob([last.data.emotions_csv], { type: "text/csv" }), `${baseName(last.name)}-ferlab.csv`);
+}
+
+function downloadVideo() {
+  if (videoBlob) save(videoBlob, `${baseName(last.name)}-ferlab.mp4`);
 }
 
 // The photo at its own size with what the page shows drawn on it: heat maps (when on), boxes and labels.
@@ -363,25 +388,30 @@ function drawLive(data) {
 
 // ---- videos -------------------------------------------------------------------------------------------------
 
+// Uploaded with XMLHttpRequest, which reports upload progress (fetch cannot): the bar fills as the bytes go, then
+// turns indeterminate, with the seconds counted, while the server analyses (it sends no progress of its own).
 function analyseVideo(file) {
   stopCamera();
   showOnly(null);
   const name = file.name || "video";
   const body = new FormData();
   body.append("file", file, name);
-  const xhr = new XMLHttpRequest();  // fetch cannot report upload progress
+  const xhr = new XMLHttpRequest();
   let ticker = null;
-  xhr.open("POST", "/v1/video");
+  xhr.open("POST", "/v1/video?annotate=true");
   xhr.responseType = "json";
   xhr.upload.addEventListener("progress", (e) => {
-    if (e.lengthComputable) setStatus(`Uploading ${name}… ${Math.round((100 * e.loaded) / e.total)}%`);
+    if (!e.lengthComputable) return;
+    setStatus(`Uploading ${name}… ${Math.round((100 * e.loaded) / e.total)}%`);
+    setProgress(e.loaded / e.total);
   });
   xhr.upload.addEventListener("load", () => {
     const t0 = performance.now();
     setStatus(`Analysing ${name}…`);
-    ticker = setInterval(() => setStatus(`Analysing ${name}… ${Math.round((performance.now() - t0) / 1000)} s`), 2000);
+    setProgress(null);
+    ticker = setInterval(() => setStatus(`Analysing ${name}… ${Math.round((performance.now() - t0) / 1000)} s`), 1000);
   });
-  xhr.addEventListener("loadend", () => clearInterval(ticker));
+  xhr.addEventListener("loadend", () => { clearInterval(ticker); hideProgress(); });
   xhr.addEventListener("error", () => setStatus("Could not reach the server.", true));
   xhr.addEventListener("load", () => {
     const data = xhr.response || {};
@@ -389,11 +419,27 @@ function analyseVideo(file) {
     else renderVideo(data, name);
   });
   setStatus(`Uploading ${name}…`);
+  setProgress(0);
   xhr.send(body);
 }
 
-function renderVideo(data, name) {
+// "data:video/mp4;base64,..." -> Blob, decoded here: the page's CSP lets fetch() reach this server only
+function dataUrlBlob(url) {
+  const [head, b64] = url.split(",", 2);
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: head.slice(5).split(";")[0] });
+}
+
+function renderVideo(answer, name) {
+  const { annotated_video: annotated, ...data } = answer;  // the video is its own download, not part of the JSON's
   last = { data, name };
+  if (videoUrl) URL.revokeObjectURL(videoUrl);
+  videoBlob = annotated ? dataUrlBlob(annotated) : null;
+  videoUrl = videoBlob ? URL.createObjectURL(videoBlob) : null;
+  $("annotated").hidden = !videoUrl;
+  $("download-video").disabled = !videoUrl;
+  if (videoUrl) $("annotated").src = videoUrl;
+  else $("annotated").removeAttribute("src");
   $("timeline").src = data.timeline_png;
   const n = data.tracks.length, k = data.frames_analysed;
   const frames = data.every === 1 && data.frames_total === k ? `all ${k} frames analysed`
@@ -447,6 +493,8 @@ function init() {
   $("download-image").addEventListener("click", downloadImage);
   $("download-json").addEventListener("click", downloadJson);
   $("download-video-json").addEventListener("click", downloadJson);
+  $("download-csv").addEventListener("click", downloadCsv);
+  $("download-video").addEventListener("click", downloadVideo);
   loadHealth();
 }
 
