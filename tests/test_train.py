@@ -298,7 +298,13 @@ def test_eval_cli_prints_report_and_writes_confusion(runs, fer_folder, capsys, t
     target.parent.mkdir()
     assert main(["eval", str(run / "best.pt"), "--data", str(fer_folder), "--no-tta", "--out", str(target)]) == 0
     out = capsys.readouterr().out
-    assert "horizontal-flip TTA" not in out and _is_png(target)
+    assert "horizontal-flip TTA" not in out and _is_png(target) and _is_png(target.parent / "cm_reliability.png")
+    # into the run's folder under a new name: the run's own plots stay as training drew them
+    own = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix == ".png"}
+    assert main(["eval", str(run), "--data", str(fer_folder), "--out", str(run / "cm_again.png")]) == 0
+    assert all((run / name).read_bytes() == raw for name, raw in own.items())
+    assert {p.name for p in run.iterdir() if p.suffix == ".png"} == set(own) | {"cm_again.png",
+                                                                               "cm_again_reliability.png"}
 
 
 def test_ensemble_averages_probabilities(runs, fer_folder):

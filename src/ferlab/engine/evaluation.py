@@ -71,13 +71,14 @@ def evaluate_checkpoints(specs: list[str], split: str = "test", data: str | None
 
 
 def write_plots(result: dict, confusion: Path) -> tuple[Path, Path]:
-    """The confusion matrix at `confusion` and the reliability diagram beside it (reliability_<split>.png),
-    for the widest TTA mode evaluated."""
+    """The confusion matrix at `confusion` (X.png) and the reliability diagram beside it (X_reliability.png: named
+    after the file asked for, so that it never lands on a plot of the same folder that was not asked for, such as
+    a run's own reliability_test.png), for the widest TTA mode evaluated."""
     key = next(k for k in ("tencrop", "tta", "plain") if k in result)
     rep, kind = result[key], {"tencrop": "ten-crop TTA", "tta": "flip TTA", "plain": "plain"}[key]
     confusion = Path(confusion)
     plot_confusion(rep["confusion"], result["classes"], confusion,
                    f"{result['split']} ({kind}): accuracy {rep['accuracy']:.2f}% over {result['n']} faces")
-    rel = confusion.with_name(f"reliability_{result['split']}.png")
+    rel = confusion.with_name(f"{confusion.stem}_reliability.png")
     plot_reliability(rep["reliability"], rel, f"{result['split']} ({kind}): ECE {rep['ece']:.2f}% (15 bins)")
     return confusion, rel

@@ -16,10 +16,12 @@ from .config import config_from_saved
 from .predict import resolve_device
 
 
-def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: int | None = None) -> Path:
+def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: int | None = None,
+                  half: bool = False) -> Path:
     """Write a run's best checkpoint as a shippable model: weights, metadata and the temperature fitted on
     the validation split (`ferlab calibrate`); no optimizer state. With `classes`, the run must predict that
-    many (7: the FER2013 default; 8: the FER+ model)."""
+    many (7: the FER2013 default; 8: the FER+ model). With `half`, the weights are stored in fp16 (half the
+    file; they load into the float32 network)."""
     ckpt = load_checkpoint(run)
     if classes is not None and len(ckpt["classes"]) != classes:
         raise ValueError(f"{run} predicts {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'])}); this model "
@@ -31,6 +33,10 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: i
     ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run),
             "preprocess": Preprocess.from_dict(ckpt["preprocess"]).to_dict(),
             "config": config_from_saved(ckpt["config"]).to_dict()}
+    if half:
+        for key in ("state_dict", "ema_state_dict"):
+            if ckpt.get(key) is not None:
+                ckpt[key] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt[key].items()}
     return write_checkpoint(out, ckpt)
 
 

@@ -12,6 +12,7 @@ p.add_argument("--ensemble", action="store_true", help="package the runs as one 
                                                        "the default model)")
 p.add_argument("--ferplus", action="store_true", help="package one FER+ run (8 classes) as the ferplus model")
 p.add_argument("--out", help=f"where to write (default: {DEFAULT_WEIGHTS}, {FERPLUS_WEIGHTS} or {ENSEMBLE_WEIGHTS})")
+p.add_argument("--half", action="store_true", help="store one run's weights in fp16 (an ensemble's always are)")
 p.add_argument("--data", help="FER2013, to fit the ensemble's temperature on PublicTest (default: the first run's)")
 a = p.parse_args()
 
@@ -26,7 +27,7 @@ def main() -> None:
         p.error("give one run for the default or ferplus model, or --ensemble with several")
     else:
         print(package_model(a.runs[0], a.out or (FERPLUS_WEIGHTS if a.ferplus else DEFAULT_WEIGHTS),
-                            classes=8 if a.ferplus else 7))
+                            classes=8 if a.ferplus else 7, half=a.half))
 
 
 try:
