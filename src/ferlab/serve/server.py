@@ -77,11 +77,16 @@ def bounded_h11(request_timeout_s: float = REQUEST_TIMEOUT_S, max_connections: i
     return BoundedH11
 
 
-def serve(app, host: str, port: int, request_timeout_s: float = REQUEST_TIMEOUT_S,
-          max_connections: int = MAX_CONNECTIONS, keep_alive_s: int = KEEP_ALIVE_S,
-          shutdown_s: int = SHUTDOWN_S, ws_max_bytes: int = WS_MAX_BYTES) -> None:
-    """Run `app` until SIGTERM or Ctrl-C, with the bounds above."""
+def server_settings(request_timeout_s: float = REQUEST_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                    keep_alive_s: int = KEEP_ALIVE_S, shutdown_s: int = SHUTDOWN_S,
+                    ws_max_bytes: int = WS_MAX_BYTES) -> dict:
+    """uvicorn's settings (keyword arguments of uvicorn.run and uvicorn.Config) for the bounds above."""
+    return dict(http=bounded_h11(request_timeout_s, max_connections), timeout_keep_alive=keep_alive_s,
+                timeout_graceful_shutdown=shutdown_s, ws="wsproto", ws_max_size=ws_max_bytes,
+                ws_per_message_deflate=False)
+
+
+def serve(app, host: str, port: int, **bounds) -> None:
+    """Run `app` until SIGTERM or Ctrl-C, with the bounds above (`bounds`: server_settings' arguments)."""
     import uvicorn
-    uvicorn.run(app, host=host, port=port, http=bounded_h11(request_timeout_s, max_connections),
-                timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=shutdown_s,
-                ws="wsproto", ws_max_size=ws_max_bytes, ws_per_message_deflate=False)
+    uvicorn.run(app, host=host, port=port, **server_settings(**bounds))
