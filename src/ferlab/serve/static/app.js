@@ -12,13 +12,14 @@ const LIVE_DEPTH = 2;           // live frames in flight: the next is on its way
 const LIVE_QUALITY = 0.8;       // JPEG quality of live frames
 const FPS_WINDOW = 16;          // answers the frames/s readout averages over
 const STATS_KEPT = 2000;        // latest measurements kept in window.ferlabLive
+const LIVE_NUDGE_MS = 250;      // a live frame is taken after this long even if the video reported no new frame
 let photoUrl = null;
 let photoFile = null;           // the photo on show, sent again when Explain is switched on
 let stream = null;
 let last = null;                // {data, name}: the server's latest answer on show, for "Download JSON"
 let videoUrl = null;            // the annotated video on show (a blob: URL), and its bytes for "Download annotated video"
 let videoBlob = null;
-const live = { on: false, ws: null, ready: false, pending: [], shown: null, abort: null, canvas: null, paint: 0 };
+const live = { on: false, ws: null, ready: false, pending: [], shown: null, abort: null, canvas: null, paint: 0, nudge: 0 };
 // the page's own live measurements: frames sent and answered, and for each drawn frame the milliseconds from taking
 // it off the video to drawing it with its boxes (latencyMs) and the server's time on it (serverMs)
 const liveStats = (window.ferlabLive = { transport: null, sent: 0, answered: 0, drawn: 0, errors: 0, fps: 0,
@@ -349,6 +350,9 @@ function stopLive() {
   $("capture").disabled = false;
   $("fps").hidden = true;
   $("live-frame").hidden = true;
+  $("live-stage").classList.remove("frames");
+  clearTimeout(live.nudge);
+  live.nudge = 0;
   $("live-boxes").replaceChildren();
   setStatus(stream ? "Live stopped." : "");
 }
@@ -392,13 +396,15 @@ function useHttp(why) {
   takeFrames();
 }
 
-// A new camera frame is taken only once the video has shown one since the last: a fast server never gets the same
+// A new camera frame is taken only once the video has a new one since the last: a fast server never gets the same
 // frame twice.
 function watchFrames() {
   const video = $("video");
   if (!video.requestVideoFrameCallback) return;
   video.requestVideoFrameCallback(() => {
     if (!live.on) return;
+    clearTimeout(live.nudge);
+    live.nudge = 0;
     live.newFrame = true;
     watchFrames();
     takeFrames();
@@ -408,7 +414,12 @@ function watchFrames() {
 async function takeFrames() {
   const video = $("video");
   if (!live.on || !live.ready || live.capturing || live.pending.length >= live.depth || !video.videoWidth) return;
-  if (video.requestVideoFrameCallback && !live.newFrame) return;  // watchFrames calls again with the next frame
+  if (video.requestVideoFrameCallback && !live.newFrame) {
+    // watchFrames calls again with the camera's next frame; a browser that stopped reporting the frames of a video
+    // it does not paint (see paintLive) would stall live mode, so a frame is taken anyway after a while
+    live.nudge ||= setTimeout(() => { live.nudge = 0; live.newFrame = true; takeFrames(); }, LIVE_NUDGE_MS);
+    return;
+  }
   live.capturing = true;
   live.newFrame = false;
   const t = performance.now();
@@ -496,6 +507,9 @@ function paintLive() {
   canvas.getContext("2d").drawImage(entry.frame, 0, 0);
   entry.frame.close();
   canvas.hidden = false;
+  // the video under the drawn frame is not painted while live mode shows frames: composited at the camera's rate
+  // for nothing, it took half of what a software-rendering browser spent (5 frames/s answered with it, 9 without)
+  $("live-stage").classList.add("frames");
   // the layer covers the picture inside the <video> box (letterboxed when the shapes differ)
   const video = $("video"), layer = $("live-boxes");
   const scale = Math.min(video.clientWidth / data.width, video.clientHeight / data.height);
