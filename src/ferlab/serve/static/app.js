@@ -360,6 +360,9 @@ function stopLive() {
 function openSocket() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/live`);
   live.ws = ws;
+  ws.addEventListener("open", () => {
+    if (live.ws === ws && !live.ready) $("fps").textContent = "Live: the server is loading its model…";
+  });
   ws.addEventListener("message", (e) => {
     if (live.ws !== ws) return;
     const msg = JSON.parse(e.data);
