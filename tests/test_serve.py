@@ -671,3 +671,174 @@ def test_no_two_serve_modules_import_each_other():
     assert "app" not in imports["worker"] and "app" not in imports["analysis"], imports
     pairs = {(a, b) for a, bs in imports.items() for b in bs if a in imports.get(b, ())}
     assert not pairs, f"modules importing each other: {sorted(pairs)}"
+
+
+# ---- live mode: the /v1/live WebSocket ------------------------------------------------------------------------
+
+LIVE = "ws://127.0.0.1/v1/live"  # TestClient sends this Host on the handshake (a relative URL would be 'testserver')
+
+
+def test_live_frames_get_the_faces_a_photo_upload_gets(haar_client, photo):
+    """A real face as live frames: each frame answered in order with the faces /v1/predict finds in the same
+    picture (the same Predictor, the same checks), the face followed from frame to frame (one track)."""
+    want = upload(haar_client, photo).json()
+    with haar_client.websocket_connect(LIVE) as ws:
+        ready = ws.receive_json()
+        answers = []
+        for _ in range(3):
+            ws.send_bytes(photo)
+            answers.append(ws.receive_json())
+    assert ready == {"type": "ready", "max_side": 320, "max_bytes": 2**20, "max_fps": 30.0, "idle_s": 30.0,
+                     "session_s": 600.0}
+    assert [a["type"] for a in answers] == ["faces"] * 3 and [a["frame"] for a in answers] == [0, 1, 2]
+    [face_want] = want["faces"]
+    for a in answers:
+        assert (a["width"], a["height"]) == (512, 512) and a["elapsed_ms"] > 0
+        [face] = a["faces"]
+        x, y, w, h = face["box"]
+        assert x <= ASTRONAUT_NOSE[0] <= x + w and y <= ASTRONAUT_NOSE[1] <= y + h, face["box"]
+        assert face["box"] == face_want["box"] and face["label"] == face_want["label"]
+        assert face["probs"] == pytest.approx(face_want["probs"], abs=1e-6)
+        assert face["track"] == 1 and face["source"].startswith("live-")
+    assert [a["faces"][0]["frame"] for a in answers] == [0, 1, 2]
+
+
+def _closed_with(ws) -> tuple[dict, dict]:
+    """The error message a session sends before it is closed, and the close itself."""
+    message = ws.receive_json()
+    return message, ws.receive()
+
+
+def test_live_sessions_are_refused_and_closed_with_a_clear_reason(checkpoint):
+    """Another site's page gets no handshake (403); a session past the cap is closed at once with 1013; a bad frame
+    is an error message and the session goes on (not a picture: 415; too many pixels: 413); an oversized message
+    closes it with 1009, a text message with 1003, silence with 1000 after idle_s; each with the reason, in full in
+    an error message first."""
+    from starlette.testclient import WebSocketDenialResponse
+
+    from ferlab.serve.live import LiveLimits
+    app = create_app(Predictor(str(checkpoint), detector="haar"), live=LiveLimits(max_bytes=60_000, idle_s=0.5))
+    c = TestClient(app, base_url=LOCAL)
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        with c.websocket_connect(LIVE, headers={"origin": "http://evil.example"}):
+            pass
+    assert denied.value.status_code == 403 and "evil.example" in denied.value.json()["detail"]
+    with pytest.raises(WebSocketDenialResponse) as denied:
+        with c.websocket_connect("ws://evil.example/v1/live"):  # a DNS-rebinding name
+            pass
+    assert denied.value.status_code == 403
+
+    small = encode(astronaut()[::2, ::2], quality=80)  # 256x256, a face, under the 60 KB limit
+    with c.websocket_connect(LIVE, headers={"origin": "http://127.0.0.1"}) as ws:  # the server's own page
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(b"these bytes are not a picture")
+        bad = ws.receive_json()
+        assert bad["type"] == "error" and bad["frame"] == 0 and bad["status"] == 415, bad
+        assert "not a supported image" in bad["detail"]
+        ws.send_bytes(encode(Image.new("L", (2000, 1200)), "PNG"))  # 2.4 MP: over the live frame limit
+        bad = ws.receive_json()
+        assert (bad["frame"], bad["status"]) == (1, 413) and "2,400,000" in bad["detail"], bad
+        ws.send_bytes(small)
+        good = ws.receive_json()
+        assert good["type"] == "faces" and good["frame"] == 2 and len(good["faces"]) == 1, good
+
+        with c.websocket_connect(LIVE) as other:  # past the cap of one session
+            message, close = _closed_with(other)
+        assert "busy" in message["detail"] and "--live-sessions" in message["detail"]
+        assert close["code"] == 1013 and "busy" in close["reason"]
+
+        ws.send_bytes(small[:3] + bytes(60_001))
+        message, close = _closed_with(ws)
+        assert "60,004 bytes" in message["detail"] and "60,000" in message["detail"], message
+        assert close["code"] == 1009 and "60,000" in close["reason"]
+
+    with c.websocket_connect(LIVE) as ws:  # the slot is free again
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_text("hello")
+        message, close = _closed_with(ws)
+        assert "binary" in message["detail"] and close["code"] == 1003
+
+    with c.websocket_connect(LIVE) as ws:
+        assert ws.receive_json()["type"] == "ready"
+        t0 = time.monotonic()
+        message, close = _closed_with(ws)
+        assert time.monotonic() - t0 >= 0.45 and "no frame came for 0.5 s" in message["detail"]
+        assert close["code"] == 1000
+    assert app.state.live.active == 0
+
+
+def test_live_sessions_get_their_frame_rate_and_time_and_no_more(checkpoint):
+    """A client that sends without waiting for answers is analysed at max_fps, and a session ends after
+    session_s (1000, and why)."""
+    from ferlab.serve.live import LiveLimits
+    c = TestClient(create_app(Predictor(str(checkpoint), detector="haar"),
+                              live=LiveLimits(max_fps=10, session_s=1.0)), base_url=LOCAL)
+    frame = encode(np.full((120, 160, 3), 128, np.uint8))
+    with c.websocket_connect(LIVE) as ws:
+        assert ws.receive_json()["type"] == "ready"
+        t0 = time.monotonic()
+        for _ in range(30):
+            ws.send_bytes(frame)  # all at once
+        answers = []
+        while (message := ws.receive_json())["type"] == "faces":
+            answers.append((time.monotonic() - t0, message["frame"]))
+        close = ws.receive()
+    assert "lasts 1 s at most" in message["detail"] and close["code"] == 1000
+    assert 5 <= len(answers) <= 11, answers  # 10 a second for 1 s (and the one at 0 s)
+    gaps = [b[0] - a[0] for a, b in zip(answers, answers[1:])]
+    assert min(gaps) >= 0.08, gaps
+
+
+def test_live_sessions_outlast_the_request_deadline_and_oversized_messages_are_not_read(crops_predictor, fer_slice):
+    """Under `ferlab serve`'s uvicorn settings (wsproto, the bounded h11 protocol): a live session goes on past the
+    request deadline that cuts half-sent HTTP requests, and a message over the size limit is cut off by uvicorn
+    itself with 1009."""
+    import socket
+    import threading
+
+    import uvicorn
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
+
+    from ferlab.serve.server import server_settings
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = server_settings(request_timeout_s=1.0, ws_max_bytes=100_000)
+    srv = uvicorn.Server(uvicorn.Config(create_app(crops_predictor), host="127.0.0.1", port=port, log_level="warning",
+                                        **settings))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    end = time.time() + 30
+    while not srv.started and time.time() < end:
+        time.sleep(0.05)
+    assert srv.started
+
+    def events(sock, conn, until):
+        got = []
+        while not any(isinstance(e, until) for e in got):
+            data = sock.recv(65536)
+            if not data:
+                break
+            conn.receive_data(data)
+            got += list(conn.events())
+        return got
+
+    face = encode(fer_slice["pixels"][0])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            conn = WSConnection(ConnectionType.CLIENT)
+            sock.sendall(conn.send(Request(host=f"127.0.0.1:{port}", target="/v1/live",
+                                           extra_headers=[(b"origin", f"http://127.0.0.1:{port}".encode())])))
+            got = events(sock, conn, TextMessage)
+            assert isinstance(got[0], AcceptConnection) and '"ready"' in got[-1].data
+            time.sleep(1.5)  # past the 1 s request deadline
+            sock.sendall(conn.send(BytesMessage(data=face)))
+            [answer] = [e for e in events(sock, conn, TextMessage) if isinstance(e, TextMessage)]
+            assert '"type": "faces"' in answer.data and '"frame": 0' in answer.data
+            sock.sendall(conn.send(BytesMessage(data=bytes(100_001))))
+            [close] = [e for e in events(sock, conn, CloseConnection) if isinstance(e, CloseConnection)]
+            assert close.code == 1009 and "100000" in close.reason
+    finally:
+        srv.should_exit = True
+        thread.join(10)

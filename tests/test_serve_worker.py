@@ -35,6 +35,7 @@ def worker_app(checkpoint):  # noqa: F811
     with TestClient(app, base_url=LOCAL) as client:
         yield app, client
     assert [w.process for w in app.state.workers] == [None]  # the lifespan's end stopped it
+    assert all(w is None or w.process is None for w in app.state.live.workers)  # and the live worker
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,55 @@ def test_a_photo_over_its_time_budget_is_a_503_and_its_worker_is_replaced(checkp
         assert took < 8, took  # the budget plus stopping the worker, not the 5 s decode
         assert not _alive(old)
         assert upload(client, photo).status_code == 200 and worker.pid not in (None, old)
+
+
+LIVE = "ws://127.0.0.1/v1/live"
+
+
+def _live_answer(client, frame: bytes) -> dict:
+    with client.websocket_connect(LIVE) as ws:
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(frame)
+        return ws.receive_json()
+
+
+def test_live_frames_run_in_a_live_worker_of_their_own(worker_app, thread_client, photo):  # noqa: F811
+    """Live frames are analysed in a process of their own, not the upload worker's (a video holds that one for
+    minutes), started by the first session and kept for the next; it answers what the in-thread path answers."""
+    app, client = worker_app
+    [upload_worker] = app.state.workers
+    assert app.state.live.workers == [None]  # not started before a session needs it
+    got, want = _live_answer(client, photo), _live_answer(thread_client, photo)
+    [live] = app.state.live.workers
+    assert live.pid not in (None, os.getpid(), upload_worker.pid) and live.info["threads"] == 1
+    assert got["type"] == want["type"] == "faces" and len(got["faces"]) == 1
+    for g, w in zip(got["faces"], want["faces"], strict=True):
+        assert g["box"] == w["box"] and g["label"] == w["label"]
+        assert g["probs"] == pytest.approx(w["probs"], abs=1e-6)
+    first = live.pid
+    assert _live_answer(client, photo)["type"] == "faces" and live.pid == first  # kept for the next session
+
+
+def test_a_live_frame_over_its_budget_ends_the_session_and_its_worker_is_replaced(checkpoint, photo):  # noqa: F811
+    """A frame that holds the live worker past its budget (a JPEG of 1,000 scans, allowed here so that it reaches
+    the decoder) ends its session with 1011 and the reason; the worker is killed, and the next session is served
+    by a fresh one."""
+    from ferlab.serve.live import LiveLimits
+    app = create_app(model=str(checkpoint), detector="none", threads=1, max_jpeg_scans=10**6, max_pixels=10_000_000,
+                     live=LiveLimits(frame_budget_s=1.0, max_pixels=10_000_000))
+    with TestClient(app, base_url=LOCAL) as client:
+        with client.websocket_connect(LIVE) as ws:
+            assert ws.receive_json()["type"] == "ready"
+            [live] = app.state.live.workers
+            old = live.pid
+            t0 = time.monotonic()
+            ws.send_bytes(scan_bomb(3000, 1000))
+            message = ws.receive_json()
+            close = ws.receive()
+        assert time.monotonic() - t0 < 8  # the budget plus stopping the worker, not the 5 s decode
+        assert "budget of 1 s" in message["detail"] and close["code"] == 1011, (message, close)
+        assert not _alive(old)
+        assert _live_answer(client, photo)["type"] == "faces" and live.pid not in (None, old)
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import importlib
 from types import ModuleType
 
 EXTRAS = {  # extra -> what it installs, by import name
-    "serve": ("fastapi", "uvicorn", "python_multipart", "fastapi_offline"),
+    "serve": ("fastapi", "uvicorn", "python_multipart", "fastapi_offline", "wsproto"),
     "export": ("onnx", "onnxruntime"),
     "sweep": ("optuna", "psycopg"),
     "wandb": ("wandb",),

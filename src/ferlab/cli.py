@@ -105,6 +105,8 @@ def _cmd_serve(a):
     from ._optional import need
     from .serve.app import MAX_PIXELS, create_app  # checks the rest of the 'serve' extra first
     need("uvicorn", "serve", "ferlab serve")
+    need("wsproto", "serve", "ferlab serve")  # the live mode's WebSocket
+    from .serve.live import LiveLimits
     from .serve.server import serve
     # Inference leaves one core to the event loop, or /health waits for the scheduler behind busy workers
     # (measured on 2 cores: /health p99 12-47 ms with both cores computing, 3 ms with one). With --pin (the
@@ -121,7 +123,7 @@ def _cmd_serve(a):
                      threads=max(1, cores - 1) if a.threads is None else a.threads,
                      worker_cpus=set(cpus[1:]) if pin else None, photo_budget_s=a.photo_timeout,
                      video_budget_s=a.video_timeout, max_active=a.max_queue, allow_hosts=tuple(a.allow_host),
-                     allow_origins=tuple(a.allow_origin))
+                     allow_origins=tuple(a.allow_origin), live_sessions=a.live_sessions)
     if pin:
         os.sched_setaffinity(0, {cpus[0]})
     # The heap now holds the web stack: thousands of long-lived objects that every full garbage collection
@@ -131,7 +133,8 @@ def _cmd_serve(a):
     gc.collect()
     gc.freeze()
     print(f"ferlab serve: web page at http://{a.host}:{a.port}/  API docs at http://{a.host}:{a.port}/docs")
-    serve(app, a.host, a.port, request_timeout_s=a.request_timeout, max_connections=a.max_connections)
+    serve(app, a.host, a.port, request_timeout_s=a.request_timeout, max_connections=a.max_connections,
+          ws_max_bytes=LiveLimits().max_bytes)
 
 
 def _cmd_eval(a):
@@ -488,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-origin", action="append", default=[], metavar="URL",
                    help="a web page origin (https://app.example) allowed to call this API besides the server's own "
                         "page (repeatable); other sites' requests are refused")
+    s.add_argument("--live-sessions", type=int, default=1, metavar="N",
+                   help="the web page's live webcam sessions at once, each with an inference process of its own, "
+                        "started at its first session; more are refused until one ends (default: 1: one session takes "
+                        "most of a core at 25 frames/s)")
     s.set_defaults(fn=_cmd_serve)
 
     s = _verb(sub, "predict", help="expressions of the faces in images, folders, videos or a camera")

@@ -45,7 +45,11 @@ class Frame:
 def frames(source, every: int = 1, errors: list | None = None, progress: bool = False, color: str = "rgb",
            video_timeout_s: float | None = None) -> Iterator[Frame]:
     """Frames of anything `Predictor.predict` takes: a path, a numpy or PIL picture, encoded image bytes, or a
-    list of any of these, each frame tagged with the index of its item in the list."""
+    list of any of these, each frame tagged with the index of its item in the list. A `Frame` made by the caller
+    (a live stream's, given one at a time as it arrives) comes through as it is."""
+    if isinstance(source, Frame):
+        yield source
+        return
     if not isinstance(source, (list, tuple)) or all(isinstance(s, (str, Path)) for s in source):
         if isinstance(source, (np.ndarray, Image.Image, *BYTES)):
             yield _in_memory(source, color, errors)

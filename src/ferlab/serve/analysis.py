@@ -141,6 +141,20 @@ def analyse_photo(predictor, lock, data: bytes, explain: bool, max_pixels: int,
         _release_memory()
 
 
+def analyse_live_frame(predictor, lock, data: bytes, session: str, index: int, time_s: float, max_pixels: int,
+                       max_jpeg_scans: int = MAX_JPEG_SCANS) -> dict:
+    """One frame of a live session: untrusted image bytes -> {"width", "height", "faces": [`Face` fields]}, or
+    HTTPException with a 4xx. The frame goes through the Predictor's own per-frame path (`stream`) as frame
+    `index` of the stream named `session`, marked live (answered at once, never held for a batch), so whatever
+    the Predictor carries from one frame of a stream to the next (its face tracks) follows the session."""
+    from ..inference.sources import Frame
+    rgb = decode_image(data, max_pixels, max_jpeg_scans)
+    height, width = rgb.shape[:2]
+    with lock:
+        [(_, faces)] = list(predictor.stream(Frame(rgb, source=session, frame=index, time_s=time_s, live=True)))
+    return dict(width=width, height=height, faces=[_face(f).model_dump() for f in faces])
+
+
 def analyse_video(predictor, lock, path: str, filename: str | None, every: int, max_frames: int,
                   max_pixels: int, annotated: str | None = None) -> dict:
     """The faces of a video file, frame by frame, with the summary (rows and CSV) and the timeline: the fields of

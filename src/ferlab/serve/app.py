@@ -22,6 +22,9 @@ file path, to the worker; a worker that dies costs its request a 503 and is repl
 app given a predictor object (tests, a library embedding a Predictor) runs the same functions, `analyse_photo`
 and `analyse_video` (`serve.analysis`), in a thread instead. Either way at most `workers` uploads are decoded
 at a time.
+
+Live mode (the web page's webcam, frame after frame) is a WebSocket, `/v1/live`, with worker processes of its own:
+`serve.live` says why and how its frames are checked.
 """
 from __future__ import annotations
 
@@ -38,17 +41,19 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
-from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
 
 from .._version import __version__
 from ..data.images import MAX_JPEG_SCANS
 from . import api_docs
 from .analysis import (MAX_PIXELS, VIDEO_CONTAINERS, Face, ShareRow, Track, VideoFrame, analyse_photo, analyse_video,
                        describe_predictor, map_big_buffers, pixel_limit, sniff_video)
+from .live import LIVE_NICE, LIVE_SESSIONS, LiveLimits, LiveSessions, live_session
 from .worker import InferenceWorker
 
 STATIC = Path(__file__).parent / "static"
@@ -134,7 +139,8 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
                threads: int | None = None, worker_cpus: set[int] | None = None,
                photo_budget_s: float = PHOTO_BUDGET_S, video_budget_s: float = VIDEO_BUDGET_S,
                max_active: int = MAX_ACTIVE, max_jpeg_scans: int = MAX_JPEG_SCANS,
-               allow_hosts: tuple[str, ...] = (), allow_origins: tuple[str, ...] = ()) -> FastAPI:
+               allow_hosts: tuple[str, ...] = (), allow_origins: tuple[str, ...] = (),
+               live_sessions: int = LIVE_SESSIONS, live: LiveLimits = LiveLimits()) -> FastAPI:
     """The FastAPI app. Without `predictor`, `workers` inference processes are started (each has loaded its
     Predictor, built from `model`/`detector`/`device` with `threads` CPU threads on the cores `worker_cpus`,
     before this returns) and
@@ -155,10 +161,14 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
     Cross-site requests: the Host header must be an IP address, localhost or one of `allow_hosts` (a DNS
     rebinding page has a name of its own), and a request that carries an Origin must come from this server's
     own page (the Origin names the Host it was sent to) or from one of `allow_origins`: any other web page
-    the user visits could otherwise drive this server."""
+    the user visits could otherwise drive this server.
+
+    Live mode: at most `live_sessions` WebSocket sessions on `/v1/live` at once, each within `live`'s limits;
+    without `predictor`, each has a live worker process (started at its first session, then kept), see
+    `serve.live`."""
     limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, max_video_bytes=max_video_bytes,
                   max_video_frames=max_video_frames, photo_budget_s=photo_budget_s, video_budget_s=video_budget_s,
-                  max_active=max_active, max_jpeg_scans=max_jpeg_scans)
+                  max_active=max_active, max_jpeg_scans=max_jpeg_scans, live_sessions=live_sessions)
     for name, value in limits.items():
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
@@ -188,6 +198,9 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
                 return w.call(fn, *args, budget_s=budget_s, what=what)
             finally:
                 idle.put(w)
+
+        sessions = LiveSessions(live_sessions, functools.partial(InferenceWorker, model, detector, device, threads,
+                                                                 cpus=worker_cpus, nice=LIVE_NICE), limits=live)
     else:
         classes = [str(c) for c in predictor.classes]
         model_name, detector_name = describe_predictor(predictor, model, detector)
@@ -196,6 +209,8 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
 
         def run(fn, *args, budget_s=None, what="upload"):  # no budget: a thread cannot be stopped
             return fn(predictor, lock, *args)
+
+        sessions = LiveSessions(live_sessions, predictor=predictor, lock=lock, limits=live)
 
     async def in_turn(request: Request, work, *args):
         """`work(*args)` in a thread once one of the `workers` slots is free; dropped if the client left."""
@@ -213,14 +228,17 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
         finally:
             for w in pool:
                 w.close()
+            sessions.close_all()
             for folder in list(temp_files):
                 shutil.rmtree(folder, ignore_errors=True)
 
     app = FastAPI(title="ferlab", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Facial expression recognition: upload a photo or a video, get each face's emotion. "
                               "The web page is at `/`; this reference is at `/docs` and `/redoc`, the schema at "
-                              "`/openapi.json`.")
+                              "`/openapi.json`. The page's live mode sends webcam frames over a WebSocket, "
+                              "`/v1/live`, which OpenAPI does not describe: see docs/inference.md.")
     app.state.workers = pool
+    app.state.live = sessions
     app.add_middleware(UploadLimit, limits={"/v1/predict": max_bytes + MULTIPART_SLACK,
                                             "/v1/video": max_video_bytes + MULTIPART_SLACK}, max_active=max_active)
     app.add_middleware(SameOrigin, hosts=allow_hosts, origins=allow_origins)  # outermost: checked first
@@ -291,6 +309,10 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
             return Response(answer.model_dump_json(), media_type="application/json")
 
         return await in_turn(request, work)
+
+    @app.websocket("/v1/live")
+    async def live_frames(ws: WebSocket):
+        await live_session(ws, sessions, max_pixels, max_jpeg_scans)
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -455,7 +477,7 @@ class SameOrigin:
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        headers = Request(scope).headers
+        headers = Headers(scope=scope)  # a Request would take HTTP scopes only; a WebSocket's handshake is checked too
         host = headers.get("host", "").lower()
         origin = headers.get("origin")
         problem = None

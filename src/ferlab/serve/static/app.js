@@ -1,21 +1,29 @@
 // ferlab web page: a photo (file, drop or webcam) goes to POST /v1/predict and each face gets its box and bars;
-// live mode sends webcam frames to the same endpoint a few times a second and draws the boxes over the video;
-// a video goes to POST /v1/video?annotate=true, with a progress bar while it uploads and is analysed, and its
-// annotated copy, emotion timeline and face tracks are shown, each downloadable (MP4, CSV, JSON).
+// live mode sends webcam frames over a WebSocket (/v1/live) as fast as the server answers them and draws each frame
+// with its boxes; a video goes to POST /v1/video?annotate=true, with a progress bar while it uploads and is analysed,
+// and its annotated copy, emotion timeline and face tracks are shown, each downloadable (MP4, CSV, JSON).
 // DOM is built with createElement and styles set through the CSSOM, so the page runs under a strict CSP.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const COLORS = new Set(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt"]);
-const LIVE_INTERVAL_MS = 400;   // a frame is taken this often, unless the previous one is still being answered
-const FPS_WINDOW = 8;           // answers the frames/s readout averages over
+const LIVE_SIDE = 320;          // a live frame's longer side until the server says what its detector needs
+const LIVE_DEPTH = 2;           // live frames in flight: the next is on its way while the server analyses one
+const LIVE_QUALITY = 0.8;       // JPEG quality of live frames
+const FPS_WINDOW = 16;          // answers the frames/s readout averages over
+const STATS_KEPT = 2000;        // latest measurements kept in window.ferlabLive
+const LIVE_NUDGE_MS = 250;      // a live frame is taken after this long even if the video reported no new frame
 let photoUrl = null;
 let photoFile = null;           // the photo on show, sent again when Explain is switched on
 let stream = null;
 let last = null;                // {data, name}: the server's latest answer on show, for "Download JSON"
 let videoUrl = null;            // the annotated video on show (a blob: URL), and its bytes for "Download annotated video"
 let videoBlob = null;
-const live = { on: false, timer: null, busy: false, abort: null, done: [], frames: 0, canvas: null };
+const live = { on: false, ws: null, ready: false, pending: [], shown: null, abort: null, canvas: null, paint: 0, nudge: 0 };
+// the page's own live measurements: frames sent and answered, and for each drawn frame the milliseconds from taking
+// it off the video to drawing it with its boxes (latencyMs) and the server's time on it (serverMs)
+const liveStats = (window.ferlabLive = { transport: null, sent: 0, answered: 0, drawn: 0, errors: 0, fps: 0,
+  latencyMs: [], serverMs: [], answers: [], started: 0 });
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -304,45 +312,149 @@ async function goLive() {
   if (await startCamera()) startLive();
 }
 
+// Live mode. Each frame is taken from the video as a picture of its own (an ImageBitmap), scaled down to what the
+// server's detector needs, sent as a JPEG over the /v1/live WebSocket, and drawn, that very picture with its boxes,
+// when its answer comes back: the boxes are always over the frame they were found in, behind the camera by the time
+// the round trip took (the readout shows it). The next frame is taken when an answer comes back, with LIVE_DEPTH
+// frames in flight, so a slow server gets fewer frames instead of a queue. Where the WebSocket cannot be opened (a
+// proxy that drops it), frames go to POST /v1/predict instead, one at a time. window.ferlabLive holds the page's own
+// measurements (bench/live_speed.py reads them).
 function startLive() {
   if (live.on || !stream) return;
-  Object.assign(live, { on: true, busy: false, done: [], frames: 0 });
+  Object.assign(live, { on: true, ready: false, transport: null, pending: [], next: 0, side: LIVE_SIDE,
+    depth: LIVE_DEPTH, detail: null, shown: null, newFrame: true, capturing: false });
+  Object.assign(liveStats, { transport: null, sent: 0, answered: 0, drawn: 0, errors: 0, latencyMs: [], serverMs: [],
+    answers: [], started: performance.now() });
   $("live").setAttribute("aria-pressed", "true");
   $("capture").disabled = true;
   $("fps").hidden = false;
-  $("fps").textContent = "Live: waiting for the first answer…";
+  $("fps").textContent = "Live: connecting…";
   setStatus("Live: each face is boxed over the video. Stop camera ends it.");
-  live.timer = setInterval(liveTick, LIVE_INTERVAL_MS);
-  liveTick();
+  watchFrames();
+  if (typeof WebSocket === "function") openSocket();
+  else useHttp("this browser has no WebSocket");
 }
 
 function stopLive() {
   if (!live.on) return;
   live.on = false;
-  clearInterval(live.timer);
+  const ws = live.ws;
+  live.ws = null;
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "live mode stopped");
   live.abort?.abort();  // the answer in flight would only be thrown away
+  for (const entry of live.pending) entry.frame?.close();
+  live.pending = [];
+  if (live.shown && !live.shown.drawn) live.shown.entry.frame.close();
+  live.shown = null;
   $("live").setAttribute("aria-pressed", "false");
   $("capture").disabled = false;
   $("fps").hidden = true;
+  $("live-frame").hidden = true;
+  $("live-stage").classList.remove("frames");
+  clearTimeout(live.nudge);
+  live.nudge = 0;
   $("live-boxes").replaceChildren();
   setStatus(stream ? "Live stopped." : "");
 }
 
-// One frame in flight at a time: a tick that finds the previous answer still pending skips its frame, so a slow
-// server gets fewer frames instead of a growing queue.
-function liveTick() {
-  const video = $("video");
-  if (!live.on || live.busy || !video.videoWidth) return;
-  live.busy = true;
-  const canvas = (live.canvas ||= el("canvas"));
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  canvas.getContext("2d").drawImage(video, 0, 0);
-  canvas.toBlob((blob) => sendLive(blob).finally(() => { live.busy = false; }), "image/jpeg", 0.85);
+function openSocket() {
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/live`);
+  live.ws = ws;
+  ws.addEventListener("open", () => {
+    if (live.ws === ws && !live.ready) $("fps").textContent = "Live: the server is loading its model…";
+  });
+  ws.addEventListener("message", (e) => {
+    if (live.ws !== ws) return;
+    const msg = JSON.parse(e.data);
+    if (msg.type === "ready") {
+      Object.assign(live, { ready: true, transport: "websocket", side: msg.max_side || LIVE_SIDE });
+      liveStats.transport = "websocket";
+      $("fps").textContent = "Live: waiting for the first answer…";
+      takeFrames();
+    } else if (msg.frame === undefined) {
+      live.detail = msg.detail;  // why the server is about to close the session
+    } else {
+      answered(msg);
+    }
+  });
+  ws.addEventListener("close", (e) => {
+    if (live.ws !== ws) return;  // a session already stopped
+    live.ws = null;
+    if (!live.on) return;
+    if (!live.ready && !live.detail) {  // no word from the server: the WebSocket never got through
+      useHttp(`the WebSocket closed before the server answered (code ${e.code})`);
+      return;
+    }
+    const why = live.detail || e.reason || `the connection closed (code ${e.code})`;
+    stopLive();
+    setStatus(`Live ended: ${why}`, e.code !== 1000);
+  });
 }
 
-async function sendLive(blob) {
-  if (!live.on || !blob) return;
+function useHttp(why) {
+  Object.assign(live, { ready: true, transport: "http", depth: 1 });
+  liveStats.transport = "http";
+  $("fps").textContent = "Live (over HTTP): waiting for the first answer…";
+  console.info(`ferlab live mode over HTTP: ${why}`);
+  takeFrames();
+}
+
+// A new camera frame is taken only once the video has a new one since the last: a fast server never gets the same
+// frame twice.
+function watchFrames() {
+  const video = $("video");
+  if (!video.requestVideoFrameCallback) return;
+  video.requestVideoFrameCallback(() => {
+    if (!live.on) return;
+    clearTimeout(live.nudge);
+    live.nudge = 0;
+    live.newFrame = true;
+    watchFrames();
+    takeFrames();
+  });
+}
+
+async function takeFrames() {
+  const video = $("video");
+  if (!live.on || !live.ready || live.capturing || live.pending.length >= live.depth || !video.videoWidth) return;
+  if (video.requestVideoFrameCallback && !live.newFrame) {
+    // watchFrames calls again with the camera's next frame; a browser that stopped reporting the frames of a video
+    // it does not paint (see paintLive) would stall live mode, so a frame is taken anyway after a while
+    live.nudge ||= setTimeout(() => { live.nudge = 0; live.newFrame = true; takeFrames(); }, LIVE_NUDGE_MS);
+    return;
+  }
+  live.capturing = true;
+  live.newFrame = false;
+  const t = performance.now();
+  let frame = null, blob = null;
+  try {
+    frame = await createImageBitmap(video);  // kept, to be drawn with its own boxes
+    const scale = Math.min(1, live.side / Math.max(frame.width, frame.height));
+    const small = (live.canvas ||= el("canvas"));
+    small.width = Math.round(frame.width * scale);
+    small.height = Math.round(frame.height * scale);
+    small.getContext("2d").drawImage(frame, 0, 0, small.width, small.height);
+    blob = await new Promise((done) => small.toBlob(done, "image/jpeg", LIVE_QUALITY));
+    if (blob && live.transport === "websocket") blob = await blob.arrayBuffer();  // sent as it is, no Blob read later
+  } catch (e) {
+    blob = null;  // the camera stopped meanwhile (its video has no frame to give)
+    if (live.on) console.warn(`live frame not taken: ${e.message}`);
+  } finally {
+    live.capturing = false;
+  }
+  if (!live.on || !blob) {
+    frame?.close();
+    return;
+  }
+  const entry = { id: live.next++, t, frame };
+  live.pending.push(entry);
+  liveStats.sent += 1;
+  if (live.transport === "websocket") live.ws?.send(blob);
+  else postFrame(blob, entry);
+  takeFrames();  // the second frame in flight, when the camera has one
+}
+
+async function postFrame(blob, entry) {
   const body = new FormData();
   body.append("file", blob, "live.jpg");
   live.abort = new AbortController();
@@ -355,26 +467,52 @@ async function sendLive(blob) {
     return;
   }
   if (!live.on) return;
-  if (!r.ok) {
-    setStatus(`Error ${r.status}: ${data.detail || r.statusText}`, true);
-    return;
-  }
-  drawLive(data);
+  answered(r.ok ? { ...data, type: "faces", frame: entry.id } : { type: "error", frame: entry.id, status: r.status, detail: data.detail || r.statusText });
 }
 
-function drawLive(data) {
+// An answer: its frame (with its boxes) is drawn at the next paint; an older frame not drawn by then is dropped.
+function answered(msg) {
+  const at = live.pending.findIndex((e) => e.id === msg.frame);
+  if (at < 0) return;
+  const [entry] = live.pending.splice(at, 1);
   const now = performance.now();
-  live.done.push(now);
-  if (live.done.length > FPS_WINDOW) live.done.shift();
-  live.frames += 1;
-  const span = (live.done[live.done.length - 1] - live.done[0]) / 1000;
-  const fps = live.done.length > 1 && span > 0 ? (live.done.length - 1) / span : 0;
-  const n = data.faces.length;
-  const readout = $("fps");
-  readout.dataset.fps = fps.toFixed(2);
-  readout.dataset.frames = live.frames;
-  readout.textContent = `Live · ${fps ? fps.toFixed(1) : "–"} frames/s · ${n} face${n === 1 ? "" : "s"}`
-    + (n ? ": " + data.faces.map((f) => f.label).join(", ") : "");
+  liveStats.answered += 1;
+  liveStats.answers.push(now);
+  if (liveStats.answers.length > STATS_KEPT) liveStats.answers.shift();
+  if (msg.type === "error") {
+    liveStats.errors += 1;
+    entry.frame.close();
+    setStatus(`Live: frame ${msg.frame} not analysed: ${msg.detail}`, true);
+  } else {
+    if (msg.elapsed_ms !== undefined) keep(liveStats.serverMs, msg.elapsed_ms);
+    if (live.shown && !live.shown.drawn) live.shown.entry.frame.close();  // a newer frame replaces it unseen
+    live.shown = { entry, data: msg, drawn: false };
+    live.paint ||= requestAnimationFrame(paintLive);
+  }
+  takeFrames();
+}
+
+function keep(list, value) {
+  list.push(value);
+  if (list.length > STATS_KEPT) list.shift();
+}
+
+function paintLive() {
+  live.paint = 0;
+  const shown = live.shown;
+  if (!live.on || !shown || shown.drawn) return;
+  const { entry, data } = shown;
+  const canvas = $("live-frame");
+  if (canvas.width !== entry.frame.width || canvas.height !== entry.frame.height) {
+    canvas.width = entry.frame.width;
+    canvas.height = entry.frame.height;
+  }
+  canvas.getContext("2d").drawImage(entry.frame, 0, 0);
+  entry.frame.close();
+  canvas.hidden = false;
+  // the video under the drawn frame is not painted while live mode shows frames: composited at the camera's rate
+  // for nothing, it took half of what a software-rendering browser spent (5 frames/s answered with it, 9 without)
+  $("live-stage").classList.add("frames");
   // the layer covers the picture inside the <video> box (letterboxed when the shapes differ)
   const video = $("video"), layer = $("live-boxes");
   const scale = Math.min(video.clientWidth / data.width, video.clientHeight / data.height);
@@ -383,7 +521,22 @@ function drawLive(data) {
   layer.style.top = `${video.offsetTop + (video.clientHeight - h) / 2}px`;
   layer.style.width = `${w}px`;
   layer.style.height = `${h}px`;
-  drawBoxes(layer, data, { mirror: true });  // the video is shown mirrored, like a mirror; so are the boxes
+  drawBoxes(layer, data, { mirror: true });  // the video is shown mirrored, like a mirror; so are the frame and boxes
+  layer.dataset.frame = entry.id;
+  shown.drawn = true;
+  const behind = performance.now() - entry.t;
+  keep(liveStats.latencyMs, behind);
+  liveStats.drawn += 1;
+  const times = liveStats.answers.slice(-FPS_WINDOW);
+  const span = (times[times.length - 1] - times[0]) / 1000;
+  const fps = times.length > 1 && span > 0 ? (times.length - 1) / span : 0;
+  liveStats.fps = fps;
+  const n = data.faces.length;
+  const readout = $("fps");
+  readout.dataset.fps = fps.toFixed(2);
+  readout.dataset.frames = liveStats.answered;
+  readout.textContent = `Live${live.transport === "http" ? " (over HTTP)" : ""} · ${fps ? fps.toFixed(1) : "–"} frames/s · `
+    + `${Math.round(behind)} ms behind · ${n} face${n === 1 ? "" : "s"}` + (n ? ": " + data.faces.map((f) => f.label).join(", ") : "");
 }
 
 // ---- videos -------------------------------------------------------------------------------------------------
