@@ -219,6 +219,22 @@ def test_batched_images_give_each_image_its_own_faces(frame):
     assert len(together[0]["boxes"]) >= len(LAYOUT) - 1  # the RGB frame (the detector class gives the channel mean)
 
 
+def test_same_pooling_with_windows_cut_at_the_end_equals_minus_inf_padding():
+    """`_pool_same` cuts the windows that reach past the end instead of padding: the same numbers as the
+    Keras "same" padding with -inf, on every map size from 1 to 13 (odd and even, smaller than a window)."""
+    import math
+
+    import torch.nn.functional as F
+    gen = torch.Generator().manual_seed(0)
+    for h in range(1, 14):
+        for w in range(1, 14):
+            x = torch.randn(2, 3, h, w, generator=gen)
+            for k, s in ((2, 2), (3, 2)):
+                ph, pw = max((math.ceil(h / s) - 1) * s + k - h, 0), max((math.ceil(w / s) - 1) * s + k - w, 0)
+                padded = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float("-inf"))
+                assert torch.equal(M._pool_same(x, k, s), M.max_pool(padded, k, s)), (h, w, k)
+
+
 def test_pyramid_starts_at_min_face_and_stops_at_one_window():
     s20, s40 = M.pyramid_scales(480, 640, 20), M.pyramid_scales(480, 640, 40)
     assert s20[0] == pytest.approx(12 / 20) and s40[0] == pytest.approx(12 / 40)

@@ -61,13 +61,38 @@ def keras_arrays(net: str) -> list[np.ndarray]:
 
 
 def _pool_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
-    """Keras MaxPooling2D(padding="same"): ceil(n / s) outputs, the padding split with the extra at the end."""
+    """Keras MaxPooling2D(padding="same"): ceil(n / s) outputs, the padding split with the extra at the end.
+    When it is all at the end (one row or column, as on every map these nets pool), the windows that reach
+    past the end are simply cut short: the same numbers as padding with -inf, without a padded copy."""
     h, w = x.shape[-2:]
     ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
     pw = max((math.ceil(w / s) - 1) * s + k - w, 0)
-    if ph or pw:
+    if ph // 2 or pw // 2 or min(h, w) <= k:
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float("-inf"))
+    elif ph or pw:
+        return _max_cut(_max_cut(x, k, s, -2), k, s, -1)
     return max_pool(x, k, s)
+
+
+def _max_cut(x: torch.Tensor, k: int, s: int, dim: int) -> torch.Tensor:
+    """Maxima of windows of k at stride s along `dim`, ceil(n / s) of them, the last ones cut at the end."""
+    n = x.shape[dim]
+    o = -(-n // s)
+
+    def offset(i):  # elements i, i + s, ... that exist: ceil((n - i) / s) of them, at most o
+        m = min(o, -(-(n - i) // s))
+        return x.narrow(dim, i, s * (m - 1) + 1)[(slice(None),) * (x.ndim + dim) + (slice(None, None, s),)], m
+
+    first, _ = offset(0)
+    second, m = offset(1)
+    out = torch.maximum(first.narrow(dim, 0, m), second)
+    if m < o:  # the last window holds one element only
+        out = torch.cat([out, first.narrow(dim, m, o - m)], dim)
+    for i in range(2, k):
+        more, m = offset(i)
+        part = out.narrow(dim, 0, m)
+        torch.maximum(part, more, out=part)
+    return out
 
 
 def max_pool(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
