@@ -50,7 +50,7 @@ class MtcnnDetector:
     def __init__(self, margin: float = FER_MARGIN, min_face: float = 40,
                  thresholds=None, device: str = "cpu"):
         from .mtcnn import THRESHOLDS, Mtcnn
-        self._mtcnn = Mtcnn(device, min_face=min_face, thresholds=thresholds or THRESHOLDS)
+        self._mtcnn = Mtcnn(device, min_face=min_face, thresholds=thresholds or THRESHOLDS, grey=True)
         self.margin, self.min_face = margin, min_face
 
     def __call__(self, gray: np.ndarray, rgb: np.ndarray | None = None) -> list[Face]:
@@ -61,25 +61,18 @@ class MtcnnDetector:
         """Faces in each of several pictures, found in one batched MTCNN pass (pictures of one size share each
         pyramid level's forward pass, and all candidates go through R-Net and O-Net together): the same faces
         as one picture at a time, with less per-call overhead."""
-        planes = [_plane(g, r) for g, r in zip(grays, rgbs)]
-        big_enough = [i for i, p in enumerate(planes) if min(p.shape) >= 12]
-        found = self._mtcnn([planes[i] for i in big_enough]) if big_enough else []
-        out: list[list[Face]] = [[] for _ in planes]
+        # MTCNN takes the mean of the channels itself (grey=True), from the few pixels each stage reads
+        pictures = [r[..., :3] if r is not None and r.ndim == 3 and r.shape[2] >= 3 else g for g, r in zip(grays, rgbs)]
+        big_enough = [i for i, p in enumerate(pictures) if min(p.shape[:2]) >= 12]
+        found = self._mtcnn([pictures[i] for i in big_enough]) if big_enough else []
+        out: list[list[Face]] = [[] for _ in pictures]
         for i, f in zip(big_enough, found):
-            h, w = planes[i].shape
+            h, w = pictures[i].shape[:2]
             faces = [Face(square_box((x1, y1, x2 - x1, y2 - y1), self.margin, w, h), float(score),
                           tuple((float(x), float(y)) for x, y in marks))
                      for (x1, y1, x2, y2), score, marks in zip(f["boxes"], f["scores"], f["landmarks"])]
             out[i] = sorted(faces, key=lambda f: (f.box[0], f.box[1]))
         return out
-
-
-def _plane(gray: np.ndarray, rgb: np.ndarray | None) -> np.ndarray:
-    """What MTCNN sees: the mean of `rgb`'s three channels (any order) when given, else `gray`, as float32."""
-    if rgb is not None and rgb.ndim == 3 and rgb.shape[2] >= 3:
-        # uint8 sums are exact in float32, so the mean does not depend on the channels' order
-        return (rgb[..., 0].astype(np.uint16) + rgb[..., 1] + rgb[..., 2]).astype(np.float32) / 3
-    return np.asarray(gray, np.float32)
 
 
 def detect_many(detector, grays: list[np.ndarray], rgbs: list[np.ndarray | None]) -> list[list[Face]]:
