@@ -235,6 +235,23 @@ def test_same_pooling_with_windows_cut_at_the_end_equals_minus_inf_padding():
                 assert torch.equal(M._pool_same(x, k, s), M.max_pool(padded, k, s)), (h, w, k)
 
 
+def test_nms_in_chunks_of_whole_groups_keeps_the_same_boxes():
+    """Past `most` candidates NMS runs a few whole groups at a time (a bounded IoU matrix): the same boxes kept,
+    best score first, as one matrix over all of them; groups never suppress each other."""
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(600, 2, generator=gen) * 100
+    boxes = torch.cat([xy, xy + 10 + torch.rand(600, 2, generator=gen) * 30], 1)
+    scores, groups = torch.rand(600, generator=gen), torch.randint(0, 23, (600,), generator=gen)
+    for mode in ("union", "min"):
+        whole = M.nms(boxes, scores, groups, 0.5, mode)
+        for most in (1, 40, 100, 599):
+            chunked = M.nms(boxes, scores, groups, 0.5, mode, most=most)
+            assert chunked.tolist() == whole.tolist()
+        assert len(whole) < 600 and (scores[whole].diff() <= 0).all()
+    one_group = M.nms(boxes, scores, torch.zeros(600, dtype=torch.long), 0.5)
+    assert len(one_group) < len(M.nms(boxes, scores, groups, 0.5))
+
+
 def test_pyramid_starts_at_min_face_and_stops_at_one_window():
     s20, s40 = M.pyramid_scales(480, 640, 20), M.pyramid_scales(480, 640, 40)
     assert s20[0] == pytest.approx(12 / 20) and s40[0] == pytest.approx(12 / 40)

@@ -47,6 +47,7 @@ MAX_PROPOSALS = 4000     # per image and pyramid level, before NMS: bounds its I
 # pixels: past it their maps outgrow the CPU's caches and one forward pass costs more than several (8 first
 # levels of 1920x1080 photos, 324x576 each: 340 ms together, 192 ms one at a time; 77x77 levels: 5 vs 7 ms)
 PNET_BATCH_PIXELS = 60_000
+NMS_CANDIDATES = 2000    # boxes one NMS matrix compares at most (16 MB), unless a single image's level has more
 
 
 def weights_dir() -> Path:
@@ -230,10 +231,28 @@ def box_iou(boxes: torch.Tensor, mode: str = "union") -> torch.Tensor:
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float,
-        mode: str = "union") -> torch.Tensor:
+        mode: str = "union", most: int = NMS_CANDIDATES) -> torch.Tensor:
     """Indices kept, best score first: a box goes when any better-scored box of its group overlaps it by more
     than `threshold` (the matrix form the reference uses: one IoU matrix, no sequential loop, so it runs as a
-    few tensor ops on any device). `groups` (image ids) never suppress each other."""
+    few tensor ops on any device). `groups` (images, or an image's pyramid levels) never suppress each other,
+    so past `most` candidates they are taken a few whole groups at a time: the matrix stays bounded however
+    many groups there are."""
+    if len(boxes) <= most:
+        return _nms_matrix(boxes, scores, groups, threshold, mode)
+    order = groups.argsort(stable=True)
+    counts = torch.unique_consecutive(groups[order], return_counts=True)[1].tolist()
+    keep, lo, hi = [], 0, 0
+    for c in counts + [most + 1]:  # the sentinel flushes the last chunk
+        if hi > lo and hi - lo + c > most:
+            sel = order[lo:hi]
+            keep.append(sel[_nms_matrix(boxes[sel], scores[sel], groups[sel], threshold, mode)])
+            lo = hi
+        hi += c
+    keep = torch.cat(keep)
+    return keep[scores[keep].argsort(descending=True)]
+
+
+def _nms_matrix(boxes, scores, groups, threshold, mode):
     order = scores.argsort(descending=True)
     b, g = boxes[order], groups[order]
     over = box_iou(b, mode) > threshold
@@ -441,7 +460,9 @@ class Mtcnn:
         by_shape: dict[tuple, list[int]] = {}
         for i, a in enumerate(arrays):
             by_shape.setdefault(a.shape[:2], []).append(i)
-        ids, boxes, scores = [], [], []
+        # every level's candidates first, then one NMS for all levels and images (each its own group): one
+        # call instead of one per level, most of whose cost was the call itself (levels hold a few boxes)
+        ids, groups, boxes, scores = [], [], [], []
         for (h, w), members in by_shape.items():
             scales = pyramid_scales(h, w, self.min_face, self.scale_factor)
             if not scales:
@@ -459,22 +480,22 @@ class Mtcnn:
                     regs, probs = zip(*(pnet(level[i:i + chunk]) for i in range(0, len(members), chunk)))
                     reg, prob = torch.cat(regs), torch.cat(probs)
                 n, y, x = torch.nonzero(prob > self.thresholds[0], as_tuple=True)
-                if len(n) == 0:
-                    continue
-                sc = prob[n, y, x]
-                if len(sc) > MAX_PROPOSALS * len(members):
-                    top = sc.topk(MAX_PROPOSALS * len(members)).indices
-                    n, y, x, sc = n[top], y[top], x[top], sc[top]
-                cell = torch.stack([x, y, x, y], 1).float() * 2 + torch.tensor([0, 0, 12, 12], device=self.device)
-                b = (cell + reg[n, :, y, x] * 12) / s
-                keep = nms(b, sc, n, self.nms_thresholds[0])
-                ids.append(member[n[keep]])
-                boxes.append(b[keep])
-                scores.append(sc[keep])
+                if len(n) > 0:
+                    sc = prob[n, y, x]
+                    if len(sc) > MAX_PROPOSALS * len(members):
+                        top = sc.topk(MAX_PROPOSALS * len(members)).indices
+                        n, y, x, sc = n[top], y[top], x[top], sc[top]
+                    cell = torch.stack([x, y, x, y], 1).float() * 2 + torch.tensor([0, 0, 12, 12], device=self.device)
+                    ids.append(member[n])
+                    groups.append(ids[-1] + len(groups) * len(arrays))  # one group per image and level
+                    boxes.append((cell + reg[n, :, y, x] * 12) / s)
+                    scores.append(sc)
         if not ids:
             return self._empty()
-        ids, boxes, scores = torch.cat(ids), torch.cat(boxes), torch.cat(scores)
-        keep = nms(boxes, scores, ids, self.nms_thresholds[1])
+        ids, groups, boxes, scores = torch.cat(ids), torch.cat(groups), torch.cat(boxes), torch.cat(scores)
+        keep = nms(boxes, scores, groups, self.nms_thresholds[0])  # within each image's level
+        ids, boxes, scores = ids[keep], boxes[keep], scores[keep]
+        keep = nms(boxes, scores, ids, self.nms_thresholds[1])  # across an image's levels
         return ids[keep], boxes[keep], scores[keep]
 
     def _refine(self, pictures, grey, ids, boxes, size, net):
