@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -65,11 +66,12 @@ def lfw_picture(i: int) -> np.ndarray:
     return _rgb(cv2.copyMakeBorder(big, 50, 50, 50, 50, cv2.BORDER_REPLICATE))
 
 
-def faces(detector) -> list[Face]:
-    """The uncovered faces, with the box and landmarks `detector` finds in each (those it finds surely)."""
+def faces(detector, lfw: int = LFW_FACES) -> list[Face]:
+    """The uncovered faces (astronaut, camera, the first `lfw` of the LFW subset), with the box and landmarks
+    `detector` finds in each: those it finds surely (one face, score 0.95 or more)."""
     from skimage import data
     pictures = [("astronaut", _rgb(data.astronaut())), ("camera", _rgb(data.camera()))]
-    pictures += [(f"lfw{i:02d}", lfw_picture(i)) for i in range(LFW_FACES)]
+    pictures += [(f"lfw{i:02d}", lfw_picture(i)) for i in range(lfw)]
     out = []
     for name, img in pictures:
         found = [f for f in detector(img[..., 0], img) if f.score >= 0.95]
@@ -167,16 +169,17 @@ def hand(img: np.ndarray, kind: str, box, landmarks, tone, rng: np.random.Genera
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def covered(detector, seed: int = 0) -> list[tuple[str, np.ndarray, tuple]]:
-    """(name, picture, truth box) for every face x cover kind x skin tone."""
+def covered(detector, seed: int = 0, lfw: int = LFW_FACES) -> list[tuple[str, np.ndarray, tuple]]:
+    """(name, picture, truth box) for every face (`faces`) x cover kind x skin tone."""
     rng = np.random.default_rng(seed)
     return [(f"{f.name}/{kind}/{tone}", hand(f.image, kind, f.box, f.landmarks, rgb, rng), f.box)
-            for f in faces(detector) for kind in KINDS for tone, rgb in TONES.items()]
+            for f in faces(detector, lfw) for kind in KINDS for tone, rgb in TONES.items()]
 
 
-def face_free(seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """(name, picture) of pictures without a face: skimage photos, random textures, LFW's non-faces, and hands
-    alone on photos and textures. Chelsea the cat is named "cat:chelsea" (cats may count as faces)."""
+def face_free(seed: int = 0, upscaled: bool = True) -> list[tuple[str, np.ndarray]]:
+    """(name, picture) of pictures without a face: skimage photos (and, with `upscaled`, the same upscaled 2x and
+    3x), random textures, LFW's non-faces, and hands alone on photos and textures. Chelsea the cat is named
+    "cat:chelsea" (cats may count as faces)."""
     from skimage import data
     rng = np.random.default_rng(seed)
     out = [(name, _rgb(getattr(data, name)())) for name in (
@@ -191,7 +194,7 @@ def face_free(seed: int = 0) -> list[tuple[str, np.ndarray]]:
         out.append((f"texture{i}", np.clip(128 + noise / noise.std() * 50, 0, 255).astype(np.uint8)))
     photos = [(name, img) for name, img in out if not name.startswith("texture")]
     backgrounds = [img for name, img in out if min(img.shape[:2]) >= 256 and not name.startswith("cat:")]
-    for f in (2, 3):
+    for f in (2, 3) if upscaled else ():
         out += [(f"{name}x{f}", np.ascontiguousarray(cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
                                                      [:1080, :1440])) for name, img in photos]
     out += [(f"lfw_nonface{i}", lfw_picture(i)) for i in range(100, 200)]
@@ -210,10 +213,13 @@ def face_free(seed: int = 0) -> list[tuple[str, np.ndarray]]:
 def one_face_photos() -> list[tuple[str, np.ndarray]]:
     """Large photos with one face each: the speed bench's (astronaut at 1x-2x on coffee or rocket, 1350x550 and
     1920x1080) and four 1920x1080 ones with the astronaut at 2x at the top of coffee."""
-    from skimage import data
+    import importlib.util
 
-    from predict_speed import placed_photo
-    out = [(f"placed{w}x{h}_{i}", placed_photo(w, h, i)) for w, h in ((1350, 550), (1920, 1080)) for i in range(8)]
+    from skimage import data
+    spec = importlib.util.spec_from_file_location("predict_speed", Path(__file__).with_name("predict_speed.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    out = [(f"placed{w}x{h}_{i}", speed.placed_photo(w, h, i)) for w, h in ((1350, 550), (1920, 1080)) for i in range(8)]
     face = cv2.resize(data.astronaut(), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
     for j, at in enumerate((0.0, 0.3, 0.6, 0.9)):
         img = cv2.resize(data.coffee(), (1920, 1080), interpolation=cv2.INTER_CUBIC)
@@ -258,7 +264,7 @@ def stage_of_loss(detector, img: np.ndarray, truth) -> tuple[str, float]:
         b = boxes.detach().cpu().numpy()
         return np.array([_iou((x1, y1, x2 - x1, y2 - y1), truth) >= at for x1, y1, x2, y2 in b], bool)
 
-    def traced_refine(pictures, grey, ids, boxes, size, net):
+    def traced_refine(pictures, grey, ids, boxes, sure, size, net):
         scores = {}
         forward = net.forward
 
@@ -268,7 +274,7 @@ def stage_of_loss(detector, img: np.ndarray, truth) -> tuple[str, float]:
             return out
         net.forward = spy
         try:
-            result = refine(pictures, grey, ids, boxes, size, net)
+            result = refine(pictures, grey, ids, boxes, sure, size, net)
         finally:
             net.forward = forward
         before = overlaps(boxes[ids.argsort(stable=True)]) if len(ids) else np.zeros(0, bool)
@@ -299,58 +305,64 @@ def stage_of_loss(detector, img: np.ndarray, truth) -> tuple[str, float]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--min-face", type=float, default=40, help="the detector's min_face (default: 40, ferlab's)")
-    ap.add_argument("--thresholds", type=float, nargs=3, metavar=("PNET", "RNET", "ONET"),
-                    help="the detector's thresholds (default: ferlab's)")
-    ap.add_argument("--stages", action="store_true", help="for each missed face, the stage that dropped it")
+    ap.add_argument("--stages", action="store_true",
+                    help="for each face the reference thresholds miss, the stage that dropped it")
     ap.add_argument("--sweep", action="store_true", help="recall and false faces for other thresholds too")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     import torch
 
-    from ferlab.inference.detect import make_detector
+    from ferlab.inference.detect import RESCUE_THRESHOLDS, make_detector
     from ferlab.inference.mtcnn import THRESHOLDS
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    truth_detector = make_detector("mtcnn", min_face=a.min_face)
-    cases, negatives, photos = covered(truth_detector), face_free(), one_face_photos()
-    known = {name: [f.box for f in truth_detector(img[..., 0], img) if f.score >= 0.9] for name, img in photos}
+    reference = make_detector("mtcnn", min_face=a.min_face, rescue=None)
+    cases, negatives, photos = covered(reference), face_free(), one_face_photos()
+    known = {name: [f.box for f in reference(img[..., 0], img) if f.score >= 0.9] for name, img in photos}
     n_faces = len(cases) // (len(KINDS) * len(TONES))
     print(f"{n_faces} faces x {len(KINDS)} covers x {len(TONES)} tones = {len(cases)} covered faces; "
           f"{len(negatives)} face-free pictures ({sum(n.startswith('cat:') for n, _ in negatives)} a cat), "
           f"{len(photos)} large photos with one face; min_face {a.min_face:g}\n")
-    settings = [tuple(a.thresholds or THRESHOLDS)]
+
+    def fmt(t):
+        return "/".join(f"{v:g}" for v in t)
+    settings = {f"reference thresholds {fmt(THRESHOLDS)}": dict(rescue=None),
+                f"ferlab: {fmt(THRESHOLDS)}, or {fmt(RESCUE_THRESHOLDS)} with an eye found": {}}
     if a.sweep:
-        settings += [(0.6, 0.7, 0.7), (0.6, 0.7, 0.6), (0.6, 0.6, 0.8), (0.5, 0.7, 0.8), (0.6, 0.6, 0.7),
-                     (0.5, 0.6, 0.6)]
-    print("| thresholds P/R/O | covered faces found | recall | false faces on face-free pictures | on the cat | "
+        for th in ((0.6, 0.7, 0.7), (0.6, 0.7, 0.6), (0.6, 0.7, 0.5), (0.6, 0.6, 0.5), (0.5, 0.6, 0.6)):
+            settings[f"thresholds {fmt(th)}, no eye check"] = dict(thresholds=th, rescue=None)
+        for th in ((0.6, 0.7, 0.5), (0.5, 0.6, 0.5), (0.6, 0.6, 0.4), (0.6, 0.6, 0.3), (0.5, 0.5, 0.5)):
+            settings[f"{fmt(THRESHOLDS)}, or {fmt(th)} with an eye found"] = dict(rescue=th)
+    print("| detector | covered faces found | recall | false faces on face-free pictures | on the cat | "
           "false faces on the one-face photos |")
     print("|---|---:|---:|---:|---:|---:|")
-    by_kind = {}
-    for th in dict.fromkeys(settings):
-        det = make_detector("mtcnn", min_face=a.min_face, thresholds=th)
+    missed_by = {}
+    for label, kwargs in settings.items():
+        det = make_detector("mtcnn", min_face=a.min_face, **kwargs)
         found, missed = recall(det, cases)
         fp = false_faces(det, negatives)
         cat = sum(n for name, n in fp.items() if name.startswith("cat:"))
         others = {name: n for name, n in fp.items() if not name.startswith("cat:")}
         extra = false_faces(det, photos, known)
-        print(f"| {'/'.join(f'{t:g}' for t in th)} | {found} of {len(cases)} | {100 * found / len(cases):.1f}% | "
+        print(f"| {label} | {found} of {len(cases)} | {100 * found / len(cases):.1f}% | "
               f"{sum(others.values())} ({', '.join(others) or '-'}) | {cat} | "
               f"{sum(extra.values())} ({', '.join(extra) or '-'}) |", flush=True)
-        by_kind[th] = missed
-    missed = by_kind[settings[0]]
-    print("\n| cover | " + " | ".join(TONES) + " |")
+        missed_by[label] = missed
+    print("\n| cover | " + " | ".join(f"{tone}: reference -> ferlab" for tone in TONES) + " |")
     print("|---|" + "---:|" * len(TONES))
+    before, after = list(missed_by.values())[:2]
     for kind in KINDS:
-        cells = [f"{n_faces - sum(m.split('/')[1:] == [kind, tone] for m in missed)} of {n_faces}" for tone in TONES]
+        cells = [" -> ".join(f"{n_faces - sum(m.split('/')[1:] == [kind, tone] for m in missed)}" for missed in
+                             (before, after)) + f" of {n_faces}" for tone in TONES]
         print(f"| {kind} | " + " | ".join(cells) + " |")
-    if a.stages and missed:
-        det = make_detector("mtcnn", min_face=a.min_face, thresholds=settings[0])
+    if a.stages and before:
         lost: dict[str, list[float]] = {}
         pictures = {name: (img, truth) for name, img, truth in cases}
-        for name in missed:
-            stage, best = stage_of_loss(det, *pictures[name])
+        for name in before:
+            stage, best = stage_of_loss(reference, *pictures[name])
             lost.setdefault(stage, []).append(best)
-        print("\n| stage that dropped a missed face | faces | its best score there: min / median / max |")
+        print("\n| stage that dropped a face the reference thresholds miss | faces | its best score there: "
+              "min / median / max |")
         print("|---|---:|---|")
         for stage, scores in lost.items():
             print(f"| {stage} | {len(scores)} | {min(scores):.3f} / {np.median(scores):.3f} / {max(scores):.3f} |")

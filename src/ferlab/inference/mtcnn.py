@@ -404,13 +404,20 @@ class Mtcnn:
 
     `__call__(images)` takes a list of float (0-255) or uint8 (H, W, 3) or (H, W) arrays (or one) and returns,
     per image, a dict of numpy arrays: "boxes" (n, 4) x1, y1, x2, y2 in pixels, "scores" (n,) in 0-1,
-    "landmarks" (n, 5, 2) x, y. Channel order is the caller's business: the reference was given RGB. With
-    `grey`, the nets see the mean of each picture's channels (through nets folded to one input channel), so
-    the order does not matter; pictures that are all (H, W) are always seen that way.
+    "landmarks" (n, 5, 2) x, y, "sure" (n,) bool. Channel order is the caller's business: the reference was
+    given RGB. With `grey`, the nets see the mean of each picture's channels (through nets folded to one input
+    channel), so the order does not matter; pictures that are all (H, W) are always seen that way.
+
+    `rescue` (P-Net, R-Net, O-Net thresholds below `thresholds`) lets candidates through at those lower scores
+    too, for the caller to judge: a face that missed a threshold of `thresholds` anywhere comes back with
+    "sure" False. The sure faces are exactly those found without `rescue`: at every NMS a sure candidate ranks
+    above every other (its score + 1), so a rescued candidate never suppresses one. Without it (the default)
+    the pipeline is the reference's and every face is sure.
     """
 
     def __init__(self, device="cpu", min_face: float = 20.0, thresholds=THRESHOLDS,
-                 scale_factor: float = SCALE_FACTOR, nms_thresholds=(0.5, 0.7, 0.7, 0.7), grey: bool = False):
+                 scale_factor: float = SCALE_FACTOR, nms_thresholds=(0.5, 0.7, 0.7, 0.7), grey: bool = False,
+                 rescue=None):
         if min_face < 1:
             raise ValueError(f"min_face must be >= 1 pixel, got {min_face}")
         self.device = torch.device(device)
@@ -419,6 +426,8 @@ class Mtcnn:
         self.min_face, self.thresholds, self.scale_factor = float(min_face), tuple(thresholds), scale_factor
         self.nms_thresholds = tuple(nms_thresholds)
         self.grey = bool(grey)
+        # the thresholds a candidate must pass at all: the lower of the two at each stage
+        self.floors = tuple(map(min, self.thresholds, rescue)) if rescue is not None else self.thresholds
 
     @torch.no_grad()
     def __call__(self, images) -> list[dict]:
@@ -426,11 +435,11 @@ class Mtcnn:
         arrays = [_check(im) for im in ([images] if single else images)]
         grey = self.grey or all(a.shape[2] == 1 for a in arrays)
         nets = self.grey_nets if grey else (self.pnet, self.rnet, self.onet)
-        ids, boxes, scores = self._proposals(arrays, grey, nets[0])
+        ids, boxes, scores, sure = self._proposals(arrays, grey, nets[0])
         # R-Net and O-Net sample their crops from the pictures themselves, never from a float copy of them
         pictures = [torch.from_numpy(a).to(self.device) for a in arrays]
-        ids, boxes, scores, _ = self._refine(pictures, grey, ids, square(boxes), 24, nets[1])
-        ids, boxes, scores, marks = self._refine(pictures, grey, ids, square(boxes), 48, nets[2])
+        ids, boxes, scores, sure, _ = self._refine(pictures, grey, ids, square(boxes), sure, 24, nets[1])
+        ids, boxes, scores, sure, marks = self._refine(pictures, grey, ids, square(boxes), sure, 48, nets[2])
         out = []
         for i, a in enumerate(arrays):
             sel = ids == i
@@ -439,7 +448,7 @@ class Mtcnn:
             b = torch.stack([b[:, 0].clamp(0, w - 1), b[:, 1].clamp(0, h - 1),
                              b[:, 2].clamp(0, w - 1), b[:, 3].clamp(0, h - 1)], 1)
             out.append({"boxes": b.cpu().numpy().astype(np.float64), "scores": scores[sel].cpu().numpy().astype(np.float64),
-                        "landmarks": marks[sel].cpu().numpy().astype(np.float64)})
+                        "landmarks": marks[sel].cpu().numpy().astype(np.float64), "sure": sure[sel].cpu().numpy()})
         return out[0] if single else out
 
     def _base(self, arrays: list[np.ndarray], k: int, grey: bool) -> torch.Tensor:
@@ -479,7 +488,7 @@ class Mtcnn:
                 else:
                     regs, probs = zip(*(pnet(level[i:i + chunk]) for i in range(0, len(members), chunk)))
                     reg, prob = torch.cat(regs), torch.cat(probs)
-                n, y, x = torch.nonzero(prob > self.thresholds[0], as_tuple=True)
+                n, y, x = torch.nonzero(prob > self.floors[0], as_tuple=True)
                 if len(n) > 0:
                     sc = prob[n, y, x]
                     if len(sc) > MAX_PROPOSALS * len(members):
@@ -491,20 +500,22 @@ class Mtcnn:
                     boxes.append((cell + reg[n, :, y, x] * 12) / s)
                     scores.append(sc)
         if not ids:
-            return self._empty()
+            z = torch.zeros(0, device=self.device)
+            return z.long(), z.view(0, 4), z, z.bool()
         ids, groups, boxes, scores = torch.cat(ids), torch.cat(groups), torch.cat(boxes), torch.cat(scores)
-        keep = nms(boxes, scores, groups, self.nms_thresholds[0])  # within each image's level
-        ids, boxes, scores = ids[keep], boxes[keep], scores[keep]
-        keep = nms(boxes, scores, ids, self.nms_thresholds[1])  # across an image's levels
-        return ids[keep], boxes[keep], scores[keep]
+        sure = scores > self.thresholds[0]
+        keep = nms(boxes, scores + sure, groups, self.nms_thresholds[0])  # within each image's level
+        ids, boxes, scores, sure = ids[keep], boxes[keep], scores[keep], sure[keep]
+        keep = nms(boxes, scores + sure, ids, self.nms_thresholds[1])  # across an image's levels
+        return ids[keep], boxes[keep], scores[keep], sure[keep]
 
-    def _refine(self, pictures, grey, ids, boxes, size, net):
+    def _refine(self, pictures, grey, ids, boxes, sure, size, net):
         """R-Net (size 24) or O-Net (size 48) on crops of the candidates: re-score, regress, filter, NMS."""
         if len(ids) == 0:
-            return ids, boxes, boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
+            return ids, boxes, boxes.new_zeros(0), sure, boxes.new_zeros(0, 5, 2)
         # candidates regrouped image by image (keeping their order), so that each image's crops are cut at once
         order = ids.argsort(stable=True)
-        ids, boxes = ids[order], boxes[order]
+        ids, boxes, sure = ids[order], boxes[order], sure[order]
         crops = torch.cat([crop_resize(pictures[i], boxes[ids == i], size, grey) for i in ids.unique().tolist()])
         if not grey and crops.shape[1] == 1:  # a grey picture among colour ones
             crops = crops.expand(-1, 3, -1, -1)
@@ -519,14 +530,11 @@ class Mtcnn:
                                  lm[:, 5:] * wh[:, 1:2] + boxes[:, 1:2] - 1], -1)
             stage, mode = 2, "min"
         boxes = boxes + reg * wh
-        ok = prob > self.thresholds[stage]
-        ids, boxes, prob, marks = ids[ok], boxes[ok], prob[ok], marks[ok]
-        keep = nms(boxes, prob, ids, self.nms_thresholds[stage + 1], mode)
-        return ids[keep], boxes[keep], prob[keep], marks[keep]
-
-    def _empty(self):
-        z = torch.zeros(0, device=self.device)
-        return z.long(), z.view(0, 4), z
+        ok = prob > self.floors[stage]
+        sure = sure & (prob > self.thresholds[stage])
+        ids, boxes, prob, sure, marks = ids[ok], boxes[ok], prob[ok], sure[ok], marks[ok]
+        keep = nms(boxes, prob + sure, ids, self.nms_thresholds[stage + 1], mode)
+        return ids[keep], boxes[keep], prob[keep], sure[keep], marks[keep]
 
 
 def _check(image) -> np.ndarray:
