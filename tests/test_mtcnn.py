@@ -235,6 +235,20 @@ def test_same_pooling_with_windows_cut_at_the_end_equals_minus_inf_padding():
                 assert torch.equal(M._pool_same(x, k, s), M.max_pool(padded, k, s)), (h, w, k)
 
 
+def test_pnets_first_layer_as_one_strided_convolution_is_the_same(monkeypatch):
+    """P-Net's conv1 + PReLU + "same" 2x2 pooling, computed as one stride-2 convolution over the pooling window's
+    four offsets, gives the same numbers, colour and grey, on maps of odd and even sizes."""
+    monkeypatch.setattr(M, "PHASE_PIXELS", 0)  # every size that way (large levels only, by default)
+    for net in (M.load_nets()[0], M.for_grey(M.load_nets()[0])):
+        gen = torch.Generator().manual_seed(0)
+        for h in range(12, 24):
+            for w in (12, 13, 17, 30, 31):
+                x = torch.randn(2, net.conv1.in_channels, h, w, generator=gen)
+                with torch.no_grad():
+                    want = M._pool_same(net.prelu1(net.conv1(x)), 2, 2)
+                    assert torch.equal(net._first_layer(x), want), (h, w)
+
+
 def test_nms_in_chunks_of_whole_groups_keeps_the_same_boxes():
     """Past `most` candidates NMS runs a few whole groups at a time (a bounded IoU matrix): the same boxes kept,
     best score first, as one matrix over all of them; groups never suppress each other."""

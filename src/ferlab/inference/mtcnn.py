@@ -41,6 +41,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SCALE_FACTOR = 0.709     # pyramid step, as trained and as the reference uses
+PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # offsets (rows, columns) within a 2x2 pooling window
+# P-Net levels of at least this many pixels run their first layer as one strided convolution (PNet._first_layer):
+# 2.7 instead of 8.2 ms at 324x576, 0.55 instead of 0.69 at 153x153; below it the plain layers are faster
+PHASE_PIXELS = 16_384
 THRESHOLDS = (0.6, 0.7, 0.8)
 MAX_PROPOSALS = 4000     # per image and pyramid level, before NMS: bounds its IoU matrix on textured images
 # pictures of one size go through P-Net together, a pyramid level at a time, in groups of up to this many
@@ -144,7 +148,11 @@ class _KerasNet(nn.Module):
         left = sum(1 for _ in it)
         if left:
             raise ValueError(f"{type(self).__name__}: {left} weight arrays left over; the mtcnn package's layout changed")
+        self.prepare()
         return self.eval().requires_grad_(False)
+
+    def prepare(self) -> None:
+        """Anything derived from the weights, rebuilt whenever they change (loaded, folded to one channel)."""
 
 
 class PNet(_KerasNet):
@@ -157,10 +165,43 @@ class PNet(_KerasNet):
         self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
         self.box, self.cls = nn.Conv2d(32, 4, 1), nn.Conv2d(32, 2, 1)
 
+    def prepare(self) -> None:
+        # conv1's 3x3 kernels placed at the 4 offsets of a 2x2 pooling window, in a 4x4 kernel: see _first_layer
+        w = self.conv1.weight.data
+        c = w.shape[0]
+        phases = w.new_zeros(4 * c, w.shape[1], 4, 4)
+        for i, (dy, dx) in enumerate(PHASES):
+            phases[i * c:(i + 1) * c, :, dy:dy + 3, dx:dx + 3] = w
+        self.register_buffer("phase_weight", phases, persistent=False)
+        self.register_buffer("phase_bias", self.conv1.bias.data.repeat(4), persistent=False)
+        self.register_buffer("phase_alpha", self.prelu1.weight.data.repeat(4), persistent=False)
+
     def forward(self, x):
-        x = _pool_same(self.prelu1(self.conv1(x)), 2, 2)
+        x = self._first_layer(x)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         return self.box(x), self.cls(x).softmax(1)[:, 1]
+
+    def _first_layer(self, x):
+        """`_pool_same(prelu1(conv1(x)), 2, 2)` as one stride-2 convolution: the four conv1 outputs under each
+        pooling window come out as 4 x 10 channels of a 4x4 kernel (conv1's at each of the window's offsets),
+        get their PReLU, and the maximum over the four is taken. The same numbers (the kernel's added taps are
+        zeros), without ever writing conv1's full-size map (large levels only: PHASE_PIXELS). On a map of odd
+        size the last window holds fewer outputs; those that would read past the picture are set to -inf, as
+        Keras' "same" padding does."""
+        h, w = x.shape[-2:]
+        if h * w < PHASE_PIXELS:
+            return _pool_same(self.prelu1(self.conv1(x)), 2, 2)
+        oh, ow = -(-(h - 2) // 2), -(-(w - 2) // 2)
+        pad_h, pad_w = 2 * oh + 2 - h, 2 * ow + 2 - w  # 1 where conv1's map has an odd size
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        y = F.prelu(F.conv2d(x, self.phase_weight, self.phase_bias, stride=2), self.phase_alpha)
+        y = y.view(len(y), 4, -1, oh, ow)
+        if pad_h:
+            y[:, 2:, :, -1] = float("-inf")  # the offsets one row down
+        if pad_w:
+            y[:, 1::2, :, :, -1] = float("-inf")  # one column right
+        return y.amax(1)
 
 
 class RNet(_KerasNet):
@@ -217,6 +258,7 @@ def for_grey(net: _KerasNet) -> _KerasNet:
     folded.weight.data.copy_(conv.weight.data.sum(1, keepdim=True))
     folded.bias.data.copy_(conv.bias.data)
     grey.conv1 = folded
+    grey.prepare()
     return grey.eval().requires_grad_(False)
 
 
