@@ -211,8 +211,9 @@ def test_batched_images_give_each_image_its_own_faces(frame):
     net = M.Mtcnn(min_face=40)
     small = np.ascontiguousarray(frame[:300, :400])
     flipped = np.ascontiguousarray(frame[:, ::-1])
-    together = net([frame, small, flipped])
-    for img, got in zip((frame, small, flipped), together):
+    grey = frame[..., 1].copy()  # a grey picture among colour ones of its size: its plane given 3 times
+    together = net([frame, small, flipped, grey])
+    for img, got in zip((frame, small, flipped, np.repeat(grey[..., None], 3, -1)), together):
         alone = net(img)
         np.testing.assert_allclose(got["boxes"], alone["boxes"], atol=1e-3)
         np.testing.assert_allclose(got["landmarks"], alone["landmarks"], atol=1e-3)

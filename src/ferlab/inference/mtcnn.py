@@ -497,14 +497,15 @@ class Mtcnn:
         """(N, C, H // k, W // k) float32 means of k x k blocks (0-255) of pictures of one size, where the
         pyramid's levels are averaged from: one cheap whole-picture pass instead of a fractional area resize of
         the picture per level."""
-        channels = 1 if grey else 3
+        channels = 1 if grey else 3  # a grey picture among colour ones: 3 equal planes for the colour nets
         if self.device.type == "cpu":
-            base = torch.from_numpy(np.stack([block_mean(a, k, grey) for a in arrays])).permute(0, 3, 1, 2)
-        else:
-            x = torch.stack([torch.from_numpy(a).to(self.device).float() for a in arrays]).permute(0, 3, 1, 2)
-            x = x.mean(1, keepdim=True) if grey else x
-            base = F.avg_pool2d(x, k) if k > 1 else x
-        return base.expand(-1, channels, -1, -1).contiguous()  # a grey picture given to the colour nets: 3 equal planes
+            means = [block_mean(a, k, grey) for a in arrays]
+            base = torch.from_numpy(np.stack([np.broadcast_to(m, (*m.shape[:2], channels)) for m in means]))
+            return base.permute(0, 3, 1, 2).contiguous()
+        x = torch.stack([torch.from_numpy(a).to(self.device).float().expand(-1, -1, 3 if a.shape[2] == 1 else -1)
+                         for a in arrays]).permute(0, 3, 1, 2)
+        x = x.mean(1, keepdim=True) if grey else x
+        return (F.avg_pool2d(x, k) if k > 1 else x).contiguous()
 
     def _proposals(self, arrays, grey, pnet):
         """P-Net over each image's pyramid; images of one size share each level's forward pass."""
@@ -558,9 +559,9 @@ class Mtcnn:
         # candidates regrouped image by image (keeping their order), so that each image's crops are cut at once
         order = ids.argsort(stable=True)
         ids, boxes, sure = ids[order], boxes[order], sure[order]
-        crops = torch.cat([crop_resize(pictures[i], boxes[ids == i], size, grey) for i in ids.unique().tolist()])
-        if not grey and crops.shape[1] == 1:  # a grey picture among colour ones
-            crops = crops.expand(-1, 3, -1, -1)
+        # (a grey picture's crops given to the colour nets: 3 equal planes)
+        crops = torch.cat([crop_resize(pictures[i], boxes[ids == i], size, grey).expand(-1, 1 if grey else 3, -1, -1)
+                           for i in ids.unique().tolist()])
         wh = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
         if size == 24:
             reg, prob = net(crops)
