@@ -1,8 +1,8 @@
 """Faces behind hands: MTCNN's recall on faces whose mouth and chin are covered, and its false faces on photos
 without any, all built at run time from pictures scikit-image ships.
 
-    python bench/occlusion.py                # recall and false faces with the detector's thresholds
-    python bench/occlusion.py --stages       # plus, for each missed face, the stage that dropped it
+    python bench/occlusion.py                # recall and false faces: reference thresholds, and ferlab's
+    python bench/occlusion.py --stages       # plus the stage that dropped each face the reference misses
     python bench/occlusion.py --sweep        # plus recall and false faces for other thresholds
 
 Faces: skimage's astronaut and camera photos, and the first 20 faces of its LFW subset (25x25 grey crops,
