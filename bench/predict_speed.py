@@ -1,15 +1,21 @@
 """Prediction speed: end-to-end `predict` on a folder, and classifier-only latency, PyTorch vs ONNX Runtime.
 
     python bench/predict_speed.py --data /path/to/fer2013 [--model RUN_OR_CHECKPOINT] [--folder PHOTOS]
+    python bench/predict_speed.py --photos-only --model default --fer-python /path/to/venv-with-fer/bin/python
 
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
 skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (MTCNN, the
 default; OpenCV's Haar cascade; scikit-image's LBP cascade), and over real FER2013 face crops with --detector none.
 Classifier only = uint8 faces at the model's size in, per face, at batch 1 and 64, on real FER2013 faces, with
 --threads and with every core: PyTorch fp32 and bf16, ONNX Runtime, and (with --data) the int8 export. With the `fer`
-package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed on the
-same photos by bench/fer_worker.py and the end-to-end ratio printed. --fer-margin measures how each
-detector's box relates to a FER2013 crop.
+package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed by
+bench/fer_worker.py on the same photos at three sizes: the 512x512 astronauts, and 8 photos each of 1350x550
+and 1920x1080, where the astronaut (at 1x-2x) is placed on a face-free skimage photo (coffee, rocket) stretched
+to that size. ferlab is timed one `Predictor.predict` call per photo and on the whole folder (frames detected in
+batched groups); fer one call per photo (it has no batch call). The passes of both sides are interleaved, so
+that they share the machine's load, and the median pass of each counts, in wall-clock and in CPU seconds.
+--photos-only runs only that comparison (no FER2013 needed). --fer-margin measures how each detector's box
+relates to a FER2013 crop.
 Prints Markdown tables.
 """
 from __future__ import annotations
@@ -66,33 +72,115 @@ def end_to_end(model: str, folder: Path, detector: str, batch_size: int, rounds:
     return {"images": n_images, "faces": n_faces, "s": statistics.median(times)}
 
 
-def boxes_per_image(model: str, folder: Path, detector: str) -> list[list[list[int]]]:
-    return [[f["box"] for f in faces] for _, faces in Predictor(model, detector=detector).stream(folder)]
+def placed_photo(width: int, height: int, i: int) -> np.ndarray:
+    """A width x height RGB photo with one face: skimage's astronaut (scaled 1x, 1.5x, 2x or 1.25x on photos 1024
+    pixels high or more; fit to the height below that), mirrored every other photo, at a seeded random place on
+    skimage's coffee or rocket photo (no faces) stretched to the size."""
+    import cv2
+    from skimage import data
+    face = data.astronaut()
+    scale = (1.0, 1.5, 2.0, 1.25)[i % 4] if height >= 1024 else min(1.0, height / 512)
+    if scale != 1.0:
+        face = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    face = face[:height, :width]
+    bg = cv2.resize(data.coffee() if i % 2 == 0 else data.rocket(), (width, height), interpolation=cv2.INTER_CUBIC)
+    out = np.ascontiguousarray(bg[:, ::-1] if i % 3 == 1 else bg)
+    h, w = face.shape[:2]
+    rng = np.random.default_rng(i)
+    x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    out[y:y + h, x:x + w] = face[:, ::-1] if i % 2 else face
+    return out
 
 
-def against_fer(fer_python: str, folder: Path, threads: int, rounds: int, ours: dict, our_boxes: list) -> None:
-    """`fer` on the same photos in its own Python (it needs TensorFlow): images/s, the ratio, and whether
-    both found the same faces (same count per photo, each box overlapping one of the other's by IoU >= 0.5)."""
+def photo_folders(root: Path, astronauts: Path | None = None, n: int = 8) -> dict[str, Path]:
+    """The comparison's photo sets by size: the 512x512 astronaut variants, and `n` placed photos each of
+    1350x550 and 1920x1080 (JPEG, quality 92)."""
+    folders = {"512x512": astronauts or astronaut_folder(_mkdir(root / "512x512"))}
+    for w, h in ((1350, 550), (1920, 1080)):
+        folder = folders[f"{w}x{h}"] = _mkdir(root / f"{w}x{h}")
+        for i in range(n):
+            Image.fromarray(placed_photo(w, h, i)).save(folder / f"photo_{i:02d}.jpg", quality=92)
+    return folders
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ferlab_pass(pred: Predictor, folder: Path, batch: bool) -> dict:
+    """Seconds (wall and CPU) of one pass over the folder's photos, and the boxes per photo: one
+    `Predictor.predict` call per photo, or with `batch` the whole folder through `Predictor.stream`."""
+    photos = [p for p, _ in expand_sources(folder)]
+    t, c = time.perf_counter(), time.process_time()
+    if batch:
+        boxes = [[f["box"] for f in faces] for _, faces in pred.stream(folder)]
+    else:
+        boxes = [[f["box"] for f in pred.predict(p)] for p in photos]
+    return {"s": time.perf_counter() - t, "cpu_s": time.process_time() - c, "boxes": boxes, "images": len(photos)}
+
+
+def against_fer(fer_python: str | None, model: str, folders: dict[str, Path], threads: int, rounds: int) -> None:
+    """ferlab (one call per photo, and batched) and `fer` (in its own Python: it needs TensorFlow) on each photo
+    set, their passes interleaved; photos/s from the median pass of each, the ratios in wall-clock and in CPU
+    time, and whether both found the same faces (same count per photo, each box overlapping one of the other's by
+    IoU >= 0.5)."""
     import json
     import subprocess
     from ferlab.inference.video import iou
-    worker = Path(__file__).with_name("fer_worker.py")
-    proc = subprocess.run([fer_python, str(worker), str(folder), "--threads", str(threads), "--rounds", str(rounds)],
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        print(f"\nfer could not run with {fer_python}: {proc.stderr.strip().splitlines()[-1:]}")
-        return
-    fer = json.loads(proc.stdout.strip().splitlines()[-1])
-    same = sum(len(a) == len(b) and all(any(iou(x, y) >= 0.5 for y in b) for x in a)
-               for a, b in zip(our_boxes, fer["boxes"]))
-    ours_rate, fer_rate = ours["images"] / ours["s"], fer["images"] / fer["s"]
-    print(f"\n| end to end, {threads} thread(s), median of {rounds} rounds | images | images/s | faces found |")
-    print("|---|---:|---:|---:|")
-    print(f"| ferlab (mtcnn + vgg_s, flip TTA, PyTorch) | {ours['images']} | {ours_rate:.1f} | "
-          f"{sum(map(len, our_boxes))} |")
-    print(f"| fer {fer['fer']} (Haar + its CNN, TensorFlow {fer['tensorflow']}) | {fer['images']} | "
-          f"{fer_rate:.1f} | {sum(map(len, fer['boxes']))} |")
-    print(f"\nferlab / fer: {ours_rate / fer_rate:.2f}x; the same faces found in {same} of {len(our_boxes)} photos")
+    pred = Predictor(model)
+    fer = None
+    if fer_python:
+        worker = Path(__file__).with_name("fer_worker.py")
+        log = tempfile.TemporaryFile("w+")  # not a pipe: TensorFlow's chatter could fill one and block fer
+        fer = subprocess.Popen([fer_python, str(worker), "--stdin", "--threads", str(threads)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=log, text=True)
+        if fer.stdout.readline().strip() != "ready":
+            fer.kill()
+            log.seek(0)
+            print(f"\nfer could not run with {fer_python}: {log.read().strip().splitlines()[-1:]}")
+            fer = None
+    passes: dict[tuple[str, str], list[dict]] = {}
+    for name, folder in folders.items():
+        ferlab_pass(pred, folder, False)  # warm-up: first-call costs of each new photo size
+        for _ in range(rounds):
+            for side in ("single", "batch", "fer"):
+                if side == "fer":
+                    if fer is None:
+                        continue
+                    fer.stdin.write(f"{folder}\n")
+                    fer.stdin.flush()
+                    r = json.loads(fer.stdout.readline())
+                else:
+                    r = ferlab_pass(pred, folder, side == "batch")
+                passes.setdefault((name, side), []).append(r)
+    if fer is not None:
+        fer.stdin.close()
+        fer.wait(timeout=60)
+    med = {k: {"s": statistics.median(r["s"] for r in v), "cpu_s": statistics.median(r["cpu_s"] for r in v),
+               "images": v[0]["images"], "boxes": v[-1]["boxes"]} for k, v in passes.items()}
+    print(f"\n| photos, {threads} thread(s), median of {rounds} interleaved passes | images | ferlab, one call per "
+          f"photo: photos/s | ferlab, batched: photos/s | fer: photos/s | ferlab / fer, one call per photo "
+          f"(CPU time) | ferlab / fer, batched (CPU time) | faces ferlab / fer | same faces |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in folders:
+        one, many, theirs = med[name, "single"], med[name, "batch"], med.get((name, "fer"))
+        n = one["images"]
+        row = f"| {name} | {n} | {n / one['s']:.1f} | {n / many['s']:.1f} | "
+        if theirs is None:
+            print(row + "- | - | - | " + f"{sum(map(len, one['boxes']))} / - | - |")
+            continue
+        same = sum(len(a) == len(b) and all(any(iou(x, y) >= 0.5 for y in b) for x in a)
+                   for a, b in zip(one["boxes"], theirs["boxes"]))
+        print(row + f"{n / theirs['s']:.1f} | {theirs['s'] / one['s']:.2f}x ({theirs['cpu_s'] / one['cpu_s']:.2f}x) | "
+              f"{theirs['s'] / many['s']:.2f}x ({theirs['cpu_s'] / many['cpu_s']:.2f}x) | "
+              f"{sum(map(len, one['boxes']))} / {sum(map(len, theirs['boxes']))} | {same} of {n} |", flush=True)
+    if fer is not None:
+        info = passes[next(iter(folders)), "fer"][0]
+        print(f"\nfer {info['fer']} (Haar + its CNN, TensorFlow {info['tensorflow']}); ferlab {model} "
+              f"(mtcnn + flip TTA, PyTorch)")
+    else:
+        print("\n(fer not installed: pass --fer-python to compare against it)")
 
 
 def latency(fn, x: torch.Tensor, repeats: int) -> float:
@@ -143,6 +231,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="passes over the photos for the ferlab-vs-fer comparison; "
                                                            "each side's median pass counts (default: 5)")
     ap.add_argument("--fer-margin", action="store_true", help="only measure the cascade box vs FER2013 crops")
+    ap.add_argument("--photos-only", action="store_true", help="only the ferlab-vs-fer comparison on photos of "
+                                                                "three sizes (no FER2013 needed)")
     ap.add_argument("--fer-python", help="a Python with the `fer` package (and TensorFlow) installed, to time it "
                                          "on the same photos (default: this one, if it has fer)")
     a = ap.parse_args()
@@ -165,6 +255,10 @@ def main():
         model = str(tmp / "vgg_s.pt")
         save_checkpoint(model, model=net, model_name="vgg_s", model_args={}, pre=pre, config=cfg.to_dict(),
                         epoch=0, best_val_acc=0.0)
+    if a.photos_only:
+        print(f"model {model}, {a.threads} thread(s), torch {torch.__version__}")
+        against_fer(fer_python, model, photo_folders(tmp), a.threads, a.rounds)
+        return
     ckpt = load_checkpoint(model)
     net, pre = model_from_checkpoint(ckpt)
     onnx_path = tmp / "model.onnx"
@@ -201,11 +295,7 @@ def main():
     print(f"| photos 512x512, mtcnn, each photo detected alone (not in groups of {grouped}) | PyTorch | "
           f"{r['images']} | {r['faces']} | {r['images'] / r['s']:.1f} | {r['faces'] / r['s']:.1f} |", flush=True)
 
-    if fer_python:
-        against_fer(fer_python, photos, a.threads, a.rounds, results["mtcnn", "PyTorch"],
-                    boxes_per_image(model, photos, "mtcnn"))
-    else:
-        print("\n(fer not installed: pass --fer-python to compare against it)")
+    against_fer(fer_python, model, photo_folders(tmp / "sizes", None if a.folder else photos), a.threads, a.rounds)
 
     # int8 needs Training faces for its calibration
     int8_path = export_onnx(model, tmp / "model.int8.onnx", data=a.data, int8=True)["path"] if a.data else None

@@ -18,9 +18,16 @@ The pipeline follows the reference implementation (mtcnn 1.0), so that its resul
 Input pixels are (x - 127.5) / 128. Landmarks come in the reference's order: the eye on the image's
 left, the eye on its right, the nose, the mouth's left corner, its right corner.
 
-Every stage is batched: images of one size go through each pyramid level together, and all candidates
-of all images through R-Net and O-Net in one forward each. NMS is ferlab's own (`nms` below), a matrix
-form that runs on the device the boxes are on.
+Every stage is batched: images of one size go through each pyramid level together (in groups small enough
+for the CPU's caches), and all candidates of all images through R-Net and O-Net in one forward each. NMS is
+ferlab's own (`nms` below), a matrix form that runs on the device the boxes are on.
+
+Where ferlab departs from the reference, for speed on large photos: the picture is read whole only once,
+into means of small pixel blocks (`block_mean`, `base_block`: 2x2 at the default min_face 40), and the
+pyramid levels are area-averaged from those instead of from the picture (on a 1920x1080 photo each level
+read from the picture cost 7 ms); R-Net and O-Net sample their crops from the picture's own pixels, so no
+float copy of the whole picture is ever made. Below min_face 36 the blocks are single pixels and the levels
+are the reference's exact area averages.
 """
 from __future__ import annotations
 
@@ -34,8 +41,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SCALE_FACTOR = 0.709     # pyramid step, as trained and as the reference uses
+PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # offsets (rows, columns) within a 2x2 pooling window
+# P-Net levels of at least this many pixels run their first layer as one strided convolution (PNet._first_layer):
+# 2.7 instead of 8.2 ms at 324x576, 0.55 instead of 0.69 at 153x153; below it the plain layers are faster
+PHASE_PIXELS = 16_384
 THRESHOLDS = (0.6, 0.7, 0.8)
 MAX_PROPOSALS = 4000     # per image and pyramid level, before NMS: bounds its IoU matrix on textured images
+# pictures of one size go through P-Net together, a pyramid level at a time, in groups of up to this many
+# pixels: past it their maps outgrow the CPU's caches and one forward pass costs more than several (8 first
+# levels of 1920x1080 photos, 324x576 each: 340 ms together, 192 ms one at a time; 77x77 levels: 5 vs 7 ms)
+PNET_BATCH_PIXELS = 60_000
+NMS_CANDIDATES = 2000    # boxes one NMS matrix compares at most (16 MB), unless a single image's level has more
 
 
 def weights_dir() -> Path:
@@ -61,13 +77,38 @@ def keras_arrays(net: str) -> list[np.ndarray]:
 
 
 def _pool_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
-    """Keras MaxPooling2D(padding="same"): ceil(n / s) outputs, the padding split with the extra at the end."""
+    """Keras MaxPooling2D(padding="same"): ceil(n / s) outputs, the padding split with the extra at the end.
+    When it is all at the end (one row or column, as on every map these nets pool), the windows that reach
+    past the end are simply cut short: the same numbers as padding with -inf, without a padded copy."""
     h, w = x.shape[-2:]
     ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
     pw = max((math.ceil(w / s) - 1) * s + k - w, 0)
-    if ph or pw:
+    if ph // 2 or pw // 2 or min(h, w) <= k:
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float("-inf"))
+    elif ph or pw:
+        return _max_cut(_max_cut(x, k, s, -2), k, s, -1)
     return max_pool(x, k, s)
+
+
+def _max_cut(x: torch.Tensor, k: int, s: int, dim: int) -> torch.Tensor:
+    """Maxima of windows of k at stride s along `dim`, ceil(n / s) of them, the last ones cut at the end."""
+    n = x.shape[dim]
+    o = -(-n // s)
+
+    def offset(i):  # elements i, i + s, ... that exist: ceil((n - i) / s) of them, at most o
+        m = min(o, -(-(n - i) // s))
+        return x.narrow(dim, i, s * (m - 1) + 1)[(slice(None),) * (x.ndim + dim) + (slice(None, None, s),)], m
+
+    first, _ = offset(0)
+    second, m = offset(1)
+    out = torch.maximum(first.narrow(dim, 0, m), second)
+    if m < o:  # the last window holds one element only
+        out = torch.cat([out, first.narrow(dim, m, o - m)], dim)
+    for i in range(2, k):
+        more, m = offset(i)
+        part = out.narrow(dim, 0, m)
+        torch.maximum(part, more, out=part)
+    return out
 
 
 def max_pool(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
@@ -107,7 +148,11 @@ class _KerasNet(nn.Module):
         left = sum(1 for _ in it)
         if left:
             raise ValueError(f"{type(self).__name__}: {left} weight arrays left over; the mtcnn package's layout changed")
+        self.prepare()
         return self.eval().requires_grad_(False)
+
+    def prepare(self) -> None:
+        """Anything derived from the weights, rebuilt whenever they change (loaded, folded to one channel)."""
 
 
 class PNet(_KerasNet):
@@ -120,10 +165,43 @@ class PNet(_KerasNet):
         self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
         self.box, self.cls = nn.Conv2d(32, 4, 1), nn.Conv2d(32, 2, 1)
 
+    def prepare(self) -> None:
+        # conv1's 3x3 kernels placed at the 4 offsets of a 2x2 pooling window, in a 4x4 kernel: see _first_layer
+        w = self.conv1.weight.data
+        c = w.shape[0]
+        phases = w.new_zeros(4 * c, w.shape[1], 4, 4)
+        for i, (dy, dx) in enumerate(PHASES):
+            phases[i * c:(i + 1) * c, :, dy:dy + 3, dx:dx + 3] = w
+        self.register_buffer("phase_weight", phases, persistent=False)
+        self.register_buffer("phase_bias", self.conv1.bias.data.repeat(4), persistent=False)
+        self.register_buffer("phase_alpha", self.prelu1.weight.data.repeat(4), persistent=False)
+
     def forward(self, x):
-        x = _pool_same(self.prelu1(self.conv1(x)), 2, 2)
+        x = self._first_layer(x)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         return self.box(x), self.cls(x).softmax(1)[:, 1]
+
+    def _first_layer(self, x):
+        """`_pool_same(prelu1(conv1(x)), 2, 2)` as one stride-2 convolution: the four conv1 outputs under each
+        pooling window come out as 4 x 10 channels of a 4x4 kernel (conv1's at each of the window's offsets),
+        get their PReLU, and the maximum over the four is taken. The same numbers (the kernel's added taps are
+        zeros), without ever writing conv1's full-size map (large levels only: PHASE_PIXELS). On a map of odd
+        size the last window holds fewer outputs; those that would read past the picture are set to -inf, as
+        Keras' "same" padding does."""
+        h, w = x.shape[-2:]
+        if h * w < PHASE_PIXELS:
+            return _pool_same(self.prelu1(self.conv1(x)), 2, 2)
+        oh, ow = -(-(h - 2) // 2), -(-(w - 2) // 2)
+        pad_h, pad_w = 2 * oh + 2 - h, 2 * ow + 2 - w  # 1 where conv1's map has an odd size
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        y = F.prelu(F.conv2d(x, self.phase_weight, self.phase_bias, stride=2), self.phase_alpha)
+        y = y.view(len(y), 4, -1, oh, ow)
+        if pad_h:
+            y[:, 2:, :, -1] = float("-inf")  # the offsets one row down
+        if pad_w:
+            y[:, 1::2, :, :, -1] = float("-inf")  # one column right
+        return y.amax(1)
 
 
 class RNet(_KerasNet):
@@ -180,6 +258,7 @@ def for_grey(net: _KerasNet) -> _KerasNet:
     folded.weight.data.copy_(conv.weight.data.sum(1, keepdim=True))
     folded.bias.data.copy_(conv.bias.data)
     grey.conv1 = folded
+    grey.prepare()
     return grey.eval().requires_grad_(False)
 
 
@@ -194,10 +273,28 @@ def box_iou(boxes: torch.Tensor, mode: str = "union") -> torch.Tensor:
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float,
-        mode: str = "union") -> torch.Tensor:
+        mode: str = "union", most: int = NMS_CANDIDATES) -> torch.Tensor:
     """Indices kept, best score first: a box goes when any better-scored box of its group overlaps it by more
     than `threshold` (the matrix form the reference uses: one IoU matrix, no sequential loop, so it runs as a
-    few tensor ops on any device). `groups` (image ids) never suppress each other."""
+    few tensor ops on any device). `groups` (images, or an image's pyramid levels) never suppress each other,
+    so past `most` candidates they are taken a few whole groups at a time: the matrix stays bounded however
+    many groups there are."""
+    if len(boxes) <= most:
+        return _nms_matrix(boxes, scores, groups, threshold, mode)
+    order = groups.argsort(stable=True)
+    counts = torch.unique_consecutive(groups[order], return_counts=True)[1].tolist()
+    keep, lo, hi = [], 0, 0
+    for c in counts + [most + 1]:  # the sentinel flushes the last chunk
+        if hi > lo and hi - lo + c > most:
+            sel = order[lo:hi]
+            keep.append(sel[_nms_matrix(boxes[sel], scores[sel], groups[sel], threshold, mode)])
+            lo = hi
+        hi += c
+    keep = torch.cat(keep)
+    return keep[scores[keep].argsort(descending=True)]
+
+
+def _nms_matrix(boxes, scores, groups, threshold, mode):
     order = scores.argsort(descending=True)
     b, g = boxes[order], groups[order]
     over = box_iou(b, mode) > threshold
@@ -214,29 +311,57 @@ def square(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([tl, tl + side], 1)
 
 
-def crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear (n, C, size, size) crops of a (C, H, W) image; samples outside the image are 0.
+def crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int, grey: bool = False) -> torch.Tensor:
+    """Bilinear (n, C, size, size) crops of an (H, W, C) picture (uint8 or float, 0-255), normalised to
+    (x - 127.5) / 128; samples outside the picture are 0. With `grey`, one channel: the mean of the picture's.
 
     Sample positions are the reference's (TensorFlow crop_and_resize with boxes divided by the image size,
-    corners on the first and last sample), so that R-Net and O-Net see the crops it gives them.
+    corners on the first and last sample), so that R-Net and O-Net see the crops it gives them. Only the
+    4 n size^2 samples are read and turned to float (never the whole picture): sampling, the channel mean and
+    the normalisation are linear, so their order does not change the numbers beyond float rounding.
     """
-    c, h, w = image.shape
-    t = torch.linspace(0, 1, size, device=image.device, dtype=image.dtype)
+    h, w = image.shape[:2]
+    t = torch.linspace(0, 1, size, device=image.device, dtype=torch.float32)
     ys = (boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * t) * ((h - 1) / h)
     xs = (boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * t) * ((w - 1) / w)
     y0, x0 = ys.floor(), xs.floor()
-    wy, wx = (ys - y0)[:, None, :, None], (xs - x0)[:, None, None, :]
+    wy, wx = (ys - y0)[:, :, None, None], (xs - x0)[:, None, :, None]
     y0i, x0i = y0.long().clamp(0, h - 1), x0.long().clamp(0, w - 1)
     y1i, x1i = (y0i + 1).clamp(max=h - 1), (x0i + 1).clamp(max=w - 1)
+    # the four neighbours of every sample in one gather of whole pixels: (4, n, size, size, C)
+    rows = torch.stack([y0i, y0i, y1i, y1i])[:, :, :, None] * w
+    cols = torch.stack([x0i, x1i, x0i, x1i])[:, :, None, :]
+    px = image.reshape(h * w, -1).index_select(0, (rows + cols).flatten())  # (4 n size^2, C)
+    if grey:  # uint8 channels summed in int16: exact, so any channel order gives the same numbers
+        px = px.sum(-1, keepdim=True, dtype=torch.int16 if px.dtype == torch.uint8 else None).float() / px.shape[-1]
+    px = px.float().view(4, len(boxes), size, size, -1)
+    top = px[0] + (px[1] - px[0]) * wx
+    bottom = px[2] + (px[3] - px[2]) * wx
+    out = (top + (bottom - top) * wy - 127.5) / 128.0  # (n, size, size, C)
+    inside = ((ys >= 0) & (ys <= h - 1))[:, :, None, None] & ((xs >= 0) & (xs <= w - 1))[:, None, :, None]
+    return (out * inside).permute(0, 3, 1, 2)
 
-    def at(yi, xi):  # (n, C, size, size)
-        return image[:, yi[:, :, None], xi[:, None, :]].permute(1, 0, 2, 3)
 
-    top = at(y0i, x0i) + (at(y0i, x1i) - at(y0i, x0i)) * wx
-    bottom = at(y1i, x0i) + (at(y1i, x1i) - at(y1i, x0i)) * wx
-    out = top + (bottom - top) * wy
-    inside = ((ys >= 0) & (ys <= h - 1))[:, None, :, None] & ((xs >= 0) & (xs <= w - 1))[:, None, None, :]
-    return out * inside
+def block_mean(image: np.ndarray, k: int, grey: bool = False) -> np.ndarray:
+    """(H, W, C) -> (H // k, W // k, C) float32: the mean of each k x k block (and with `grey` of the C channels
+    too, giving one). The last H % k rows and W % k columns are left out. Exact for uint8 pictures: the sums
+    are integers (uint16 while they fit), added from strided slices, a few times faster than numpy's sum over
+    a short last axis and than OpenCV's INTER_AREA at a scale that is not a whole number."""
+    h, w, c = image.shape[0] // k * k, image.shape[1] // k * k, image.shape[2]
+    if image.dtype == np.uint8:
+        acc = np.uint16 if k * k * c * 255 <= np.iinfo(np.uint16).max else np.uint32
+    else:
+        acc = np.float32
+    rows = image[0:h:k, :w].astype(acc)
+    for i in range(1, k):
+        rows += image[i:h:k, :w]
+    blocks = rows.reshape(h // k, w // k, k, c)  # a view: the k columns of each block, side by side
+    if grey:
+        blocks = blocks.reshape(h // k, w // k, k * c, 1)
+    out = blocks[:, :, 0].copy()
+    for j in range(1, blocks.shape[2]):
+        out += blocks[:, :, j]
+    return out.astype(np.float32) / np.float32(k * k * (c if grey else 1))
 
 
 def _cumsum0(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -286,6 +411,15 @@ def pyramid_scales(height: int, width: int, min_face: float, factor: float = SCA
     return scales
 
 
+def base_block(first_scale: float) -> int:
+    """The side of the pixel blocks the pyramid is averaged from: the largest whole number of pixels that
+    still leaves each pixel of the first (largest) level 1.5 blocks wide or more. Its levels then differ from
+    the picture's own area averages by 0.6 grey levels on average (by 1.3 with blocks as wide as a level
+    pixel allows: 3 pixels at the default min_face 40, whose faces moved by up to 5 pixels), for about the
+    same cost. 1 (no blocks: the exact averages) below min_face 36."""
+    return max(1, int(2 / (3 * first_scale) + 1e-9))
+
+
 def pyramid(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Area-averaged levels of a (N, C, H, W) batch, one per (height, width) in `sizes` (largest first).
 
@@ -310,13 +444,22 @@ def pyramid(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Ten
 class Mtcnn:
     """Face boxes, scores and landmarks for batches of (H, W, 3) images, on CPU or CUDA.
 
-    `__call__(images)` takes a list of float or uint8 (H, W, 3) or (H, W) arrays (or one) and returns, per image, a dict of
-    numpy arrays: "boxes" (n, 4) x1, y1, x2, y2 in pixels, "scores" (n,) in 0-1, "landmarks" (n, 5, 2) x, y.
-    Channel order is the caller's business: the reference was given RGB.
+    `__call__(images)` takes a list of float (0-255) or uint8 (H, W, 3) or (H, W) arrays (or one) and returns,
+    per image, a dict of numpy arrays: "boxes" (n, 4) x1, y1, x2, y2 in pixels, "scores" (n,) in 0-1,
+    "landmarks" (n, 5, 2) x, y, "sure" (n,) bool. Channel order is the caller's business: the reference was
+    given RGB. With `grey`, the nets see the mean of each picture's channels (through nets folded to one input
+    channel), so the order does not matter; pictures that are all (H, W) are always seen that way.
+
+    `rescue` (P-Net, R-Net, O-Net thresholds below `thresholds`) lets candidates through at those lower scores
+    too, for the caller to judge: a face that missed a threshold of `thresholds` anywhere comes back with
+    "sure" False. The sure faces are exactly those found without `rescue`: at every NMS a sure candidate ranks
+    above every other (its score + 1), so a rescued candidate never suppresses one. Without it (the default)
+    the pipeline is the reference's and every face is sure.
     """
 
     def __init__(self, device="cpu", min_face: float = 20.0, thresholds=THRESHOLDS,
-                 scale_factor: float = SCALE_FACTOR, nms_thresholds=(0.5, 0.7, 0.7, 0.7)):
+                 scale_factor: float = SCALE_FACTOR, nms_thresholds=(0.5, 0.7, 0.7, 0.7), grey: bool = False,
+                 rescue=None):
         if min_face < 1:
             raise ValueError(f"min_face must be >= 1 pixel, got {min_face}")
         self.device = torch.device(device)
@@ -324,78 +467,101 @@ class Mtcnn:
         self.grey_nets = tuple(for_grey(net) for net in (self.pnet, self.rnet, self.onet))
         self.min_face, self.thresholds, self.scale_factor = float(min_face), tuple(thresholds), scale_factor
         self.nms_thresholds = tuple(nms_thresholds)
+        self.grey = bool(grey)
+        # the thresholds a candidate must pass at all: the lower of the two at each stage
+        self.floors = tuple(map(min, self.thresholds, rescue)) if rescue is not None else self.thresholds
 
     @torch.no_grad()
     def __call__(self, images) -> list[dict]:
         single = not isinstance(images, (list, tuple))
-        images = [images] if single else list(images)
-        tensors = [self._input(im) for im in images]
-        # grey pictures (one plane for all three channels) go through nets folded to one input channel
-        nets = self.grey_nets if all(t.shape[0] == 1 for t in tensors) else (self.pnet, self.rnet, self.onet)
-        tensors = [t.expand(3, -1, -1) if nets[0] is self.pnet else t for t in tensors]
-        ids, boxes, scores = self._proposals(tensors, nets[0])
-        ids, boxes, scores, _ = self._refine(tensors, ids, square(boxes), 24, nets[1])
-        ids, boxes, scores, marks = self._refine(tensors, ids, square(boxes), 48, nets[2])
+        arrays = [_check(im) for im in ([images] if single else images)]
+        grey = self.grey or all(a.shape[2] == 1 for a in arrays)
+        nets = self.grey_nets if grey else (self.pnet, self.rnet, self.onet)
+        ids, boxes, scores, sure = self._proposals(arrays, grey, nets[0])
+        # R-Net and O-Net sample their crops from the pictures themselves, never from a float copy of them
+        pictures = [torch.from_numpy(a).to(self.device) for a in arrays]
+        ids, boxes, scores, sure, _ = self._refine(pictures, grey, ids, square(boxes), sure, 24, nets[1])
+        ids, boxes, scores, sure, marks = self._refine(pictures, grey, ids, square(boxes), sure, 48, nets[2])
         out = []
-        for i, t in enumerate(tensors):
+        for i, a in enumerate(arrays):
             sel = ids == i
-            h, w = t.shape[1:]
+            h, w = a.shape[:2]
             b = boxes[sel]
             b = torch.stack([b[:, 0].clamp(0, w - 1), b[:, 1].clamp(0, h - 1),
                              b[:, 2].clamp(0, w - 1), b[:, 3].clamp(0, h - 1)], 1)
             out.append({"boxes": b.cpu().numpy().astype(np.float64), "scores": scores[sel].cpu().numpy().astype(np.float64),
-                        "landmarks": marks[sel].cpu().numpy().astype(np.float64)})
+                        "landmarks": marks[sel].cpu().numpy().astype(np.float64), "sure": sure[sel].cpu().numpy()})
         return out[0] if single else out
 
-    def _input(self, image) -> torch.Tensor:
-        """(H, W, 3) -> normalised (3, H, W), or (H, W) (one plane for all three channels) -> (1, H, W)."""
-        t = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32), device=self.device)
-        if t.ndim == 2:
-            t = t[..., None]
-        if t.ndim != 3 or t.shape[2] not in (1, 3):
-            raise ValueError(f"expected an image of shape (H, W, 3) or (H, W), got {tuple(np.shape(image))}")
-        return (t.permute(2, 0, 1) - 127.5) / 128.0
+    def _base(self, arrays: list[np.ndarray], k: int, grey: bool) -> torch.Tensor:
+        """(N, C, H // k, W // k) float32 means of k x k blocks (0-255) of pictures of one size, where the
+        pyramid's levels are averaged from: one cheap whole-picture pass instead of a fractional area resize of
+        the picture per level."""
+        channels = 1 if grey else 3  # a grey picture among colour ones: 3 equal planes for the colour nets
+        if self.device.type == "cpu":
+            means = [block_mean(a, k, grey) for a in arrays]
+            base = torch.from_numpy(np.stack([np.broadcast_to(m, (*m.shape[:2], channels)) for m in means]))
+            return base.permute(0, 3, 1, 2).contiguous()
+        x = torch.stack([torch.from_numpy(a).to(self.device).float().expand(-1, -1, 3 if a.shape[2] == 1 else -1)
+                         for a in arrays]).permute(0, 3, 1, 2)
+        x = x.mean(1, keepdim=True) if grey else x
+        return (F.avg_pool2d(x, k) if k > 1 else x).contiguous()
 
-    def _proposals(self, tensors, pnet):
+    def _proposals(self, arrays, grey, pnet):
         """P-Net over each image's pyramid; images of one size share each level's forward pass."""
         by_shape: dict[tuple, list[int]] = {}
-        for i, t in enumerate(tensors):
-            by_shape.setdefault(tuple(t.shape[1:]), []).append(i)
-        ids, boxes, scores = [], [], []
+        for i, a in enumerate(arrays):
+            by_shape.setdefault(a.shape[:2], []).append(i)
+        # every level's candidates first, then one NMS for all levels and images (each its own group): one
+        # call instead of one per level, most of whose cost was the call itself (levels hold a few boxes)
+        ids, groups, boxes, scores = [], [], [], []
         for (h, w), members in by_shape.items():
-            batch = torch.stack([tensors[i] for i in members])
-            member = torch.tensor(members, device=self.device)
             scales = pyramid_scales(h, w, self.min_face, self.scale_factor)
+            if not scales:
+                continue
+            member = torch.tensor(members, device=self.device)
+            k = base_block(scales[0])
+            base = self._base([arrays[i] for i in members], k, grey)
             sizes = [(int(h * s), int(w * s)) for s in scales]  # truncated, as the reference's
-            for s, level in zip(scales, pyramid(batch, sizes)):
-                reg, prob = pnet(level)
-                n, y, x = torch.nonzero(prob > self.thresholds[0], as_tuple=True)
-                if len(n) == 0:
-                    continue
-                sc = prob[n, y, x]
-                if len(sc) > MAX_PROPOSALS * len(members):
-                    top = sc.topk(MAX_PROPOSALS * len(members)).indices
-                    n, y, x, sc = n[top], y[top], x[top], sc[top]
-                cell = torch.stack([x, y, x, y], 1).float() * 2 + torch.tensor([0, 0, 12, 12], device=self.device)
-                b = (cell + reg[n, :, y, x] * 12) / s
-                keep = nms(b, sc, n, self.nms_thresholds[0])
-                ids.append(member[n[keep]])
-                boxes.append(b[keep])
-                scores.append(sc[keep])
+            for s, level in zip(scales, pyramid(base, sizes)):
+                level = (level - 127.5) / 128.0  # normalised after averaging: the same numbers, fewer of them
+                chunk = max(1, PNET_BATCH_PIXELS // (level.shape[-2] * level.shape[-1]))
+                if chunk >= len(members):
+                    reg, prob = pnet(level)
+                else:
+                    regs, probs = zip(*(pnet(level[i:i + chunk]) for i in range(0, len(members), chunk)))
+                    reg, prob = torch.cat(regs), torch.cat(probs)
+                n, y, x = torch.nonzero(prob > self.floors[0], as_tuple=True)
+                if len(n) > 0:
+                    sc = prob[n, y, x]
+                    if len(sc) > MAX_PROPOSALS * len(members):
+                        top = sc.topk(MAX_PROPOSALS * len(members)).indices
+                        n, y, x, sc = n[top], y[top], x[top], sc[top]
+                    cell = torch.stack([x, y, x, y], 1).float() * 2 + torch.tensor([0, 0, 12, 12], device=self.device)
+                    ids.append(member[n])
+                    groups.append(ids[-1] + len(groups) * len(arrays))  # one group per image and level
+                    boxes.append((cell + reg[n, :, y, x] * 12) / s)
+                    scores.append(sc)
         if not ids:
-            return self._empty()
-        ids, boxes, scores = torch.cat(ids), torch.cat(boxes), torch.cat(scores)
-        keep = nms(boxes, scores, ids, self.nms_thresholds[1])
-        return ids[keep], boxes[keep], scores[keep]
+            z = torch.zeros(0, device=self.device)
+            return z.long(), z.view(0, 4), z, z.bool()
+        ids, groups, boxes, scores = torch.cat(ids), torch.cat(groups), torch.cat(boxes), torch.cat(scores)
+        sure = scores > self.thresholds[0]
+        keep = nms(boxes, scores + sure, groups, self.nms_thresholds[0])  # within each image's level
+        ids, boxes, scores, sure = ids[keep], boxes[keep], scores[keep], sure[keep]
+        keep = nms(boxes, scores + sure, ids, self.nms_thresholds[1])  # across an image's levels
+        return ids[keep], boxes[keep], scores[keep], sure[keep]
 
-    def _refine(self, tensors, ids, boxes, size, net):
+    def _refine(self, pictures, grey, ids, boxes, sure, size, net):
         """R-Net (size 24) or O-Net (size 48) on crops of the candidates: re-score, regress, filter, NMS."""
         if len(ids) == 0:
-            return ids, boxes, boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
+            return ids, boxes, boxes.new_zeros(0), sure, boxes.new_zeros(0, 5, 2)
         # candidates regrouped image by image (keeping their order), so that each image's crops are cut at once
         order = ids.argsort(stable=True)
-        ids, boxes = ids[order], boxes[order]
-        crops = torch.cat([crop_resize(tensors[i], boxes[ids == i], size) for i in ids.unique().tolist()])
+        ids, boxes, sure = ids[order], boxes[order], sure[order]
+        # (a grey picture's crops given to the colour nets: 3 equal planes)
+        crops = torch.cat([crop_resize(pictures[i], boxes[ids == i], size, grey).expand(-1, 1 if grey else 3, -1, -1)
+                           for i in ids.unique().tolist()])
         wh = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
         if size == 24:
             reg, prob = net(crops)
@@ -407,11 +573,19 @@ class Mtcnn:
                                  lm[:, 5:] * wh[:, 1:2] + boxes[:, 1:2] - 1], -1)
             stage, mode = 2, "min"
         boxes = boxes + reg * wh
-        ok = prob > self.thresholds[stage]
-        ids, boxes, prob, marks = ids[ok], boxes[ok], prob[ok], marks[ok]
-        keep = nms(boxes, prob, ids, self.nms_thresholds[stage + 1], mode)
-        return ids[keep], boxes[keep], prob[keep], marks[keep]
+        ok = prob > self.floors[stage]
+        sure = sure & (prob > self.thresholds[stage])
+        ids, boxes, prob, sure, marks = ids[ok], boxes[ok], prob[ok], sure[ok], marks[ok]
+        keep = nms(boxes, prob + sure, ids, self.nms_thresholds[stage + 1], mode)
+        return ids[keep], boxes[keep], prob[keep], sure[keep], marks[keep]
 
-    def _empty(self):
-        z = torch.zeros(0, device=self.device)
-        return z.long(), z.view(0, 4), z
+
+def _check(image) -> np.ndarray:
+    """A picture as a contiguous, writable (H, W, C) uint8 or float32 array, C 1 or 3."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3):
+        raise ValueError(f"expected an image of shape (H, W, 3) or (H, W), got {tuple(np.shape(image))}")
+    a = np.ascontiguousarray(a if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
+    return a if a.flags.writeable else a.copy()  # torch.from_numpy warns on read-only memory
