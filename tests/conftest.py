@@ -7,6 +7,8 @@ FERLAB_REQUIRE_DATA=1 (CI) makes its absence a failure instead.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import io
 import os
 import pwd
@@ -14,7 +16,10 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -28,6 +33,38 @@ PER_CELL = 24  # images per (usage, class) in the slice
 NO_DATA = (f"no FER2013 at {DATA}: the tests that need real faces were skipped. To run them, set FERLAB_TEST_DATA "
            "to a FER2013 copy (folder, .zip, .tar.gz, fer2013.csv or icml_face_data.csv)")
 
+
+
+def load_bench(name: str):
+    """bench/<name>.py as a module: tests check the pictures and clips the benchmarks build, and their measures."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass of the script looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def serving(app, **config):
+    """`app` under a real uvicorn (keyword arguments: more uvicorn.Config settings) on a free port of 127.0.0.1, in
+    a thread; yields the port, and stops the server on the way out."""
+    import uvicorn
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start within 30 s")
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(10)
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
+from conftest import load_bench
 
 from ferlab.inference import mtcnn as M
 from ferlab.inference.detect import make_detector
@@ -391,19 +392,9 @@ def test_cuda_gives_the_cpu_faces(frame):
 
 # ---- faces behind hands (bench/occlusion.py builds the pictures) ----
 
-def _occlusion_bench():
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("bench_occlusion", Path(__file__).resolve().parents[1] / "bench" / "occlusion.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def occlusion():
-    return _occlusion_bench()
+    return load_bench("occlusion")
 
 
 @pytest.fixture(scope="module")

@@ -2,29 +2,19 @@
 are `ferlab eval`'s flip-TTA accuracy; one small end-to-end run writes a row per corruption."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_bench
 
 from ferlab.engine import TrainConfig, save_checkpoint, train_one_epoch
 from ferlab.engine.trainer import build_preprocess, make_optimizer, make_scheduler
 from ferlab.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_robustness", REPO / "bench" / "robustness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rb = _load_bench()
+rb = load_bench("robustness")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from skimage.data import astronaut
+from conftest import serving
 from test_predict import _video, tiny_checkpoint
 
 from ferlab.cli import main
@@ -582,49 +583,35 @@ def test_connections_that_never_finish_are_closed_and_capped(crops_predictor, fe
     as they open, and meanwhile /health and uploads are
     answered; a kept-alive connection gets a fresh deadline for each request."""
     import socket
-    import threading
 
     import httpx
-    import uvicorn
 
     from ferlab.serve.server import bounded_h11
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(crops_predictor), host="127.0.0.1", port=port, log_level="warning",
-                                        http=bounded_h11(request_timeout_s=1.5, max_connections=30)))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    end = time.time() + 30
-    while not srv.started and time.time() < end:
-        time.sleep(0.05)
-    assert srv.started
     face = encode(fer_slice["pixels"][0])
     socks = []
-    try:
-        for i in range(40):  # 40 > the cap of 30
-            c = socket.create_connection(("127.0.0.1", port), timeout=5)
-            c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else
-                      b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-                      b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
-            socks.append(c)
-        time.sleep(0.3)
-        assert all(_closed(c, 0.05) for c in socks[30:])  # the ten over the cap: closed as they opened
-        assert not any(_closed(c, 0.05) for c in socks[1:30:2])  # half-sent headers: waited for, for now
-        time.sleep(1.5)
-        still = [i for i, c in enumerate(socks) if not _closed(c, 1.0)]
-        assert not still, still  # past the deadline: every half-sent request is closed
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:  # one kept-alive connection
-            for _ in range(3):
-                assert client.get("/health").status_code == 200
-                r = client.post("/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")})
-                assert r.status_code == 200, r.text
-                time.sleep(1.0)  # 3 x (1 s idle) > the 1.5 s deadline: each request has its own
-    finally:
-        for c in socks:
-            c.close()
-        srv.should_exit = True
-        thread.join(10)
+    with serving(create_app(crops_predictor), http=bounded_h11(request_timeout_s=1.5, max_connections=30)) as port:
+        try:
+            for i in range(40):  # 40 > the cap of 30
+                c = socket.create_connection(("127.0.0.1", port), timeout=5)
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else
+                          b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                          b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
+                socks.append(c)
+            time.sleep(0.3)
+            assert all(_closed(c, 0.05) for c in socks[30:])  # the ten over the cap: closed as they opened
+            assert not any(_closed(c, 0.05) for c in socks[1:30:2])  # half-sent headers: waited for, for now
+            time.sleep(1.5)
+            still = [i for i, c in enumerate(socks) if not _closed(c, 1.0)]
+            assert not still, still  # past the deadline: every half-sent request is closed
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:  # one kept-alive connection
+                for _ in range(3):
+                    assert client.get("/health").status_code == 200
+                    r = client.post("/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")})
+                    assert r.status_code == 200, r.text
+                    time.sleep(1.0)  # 3 x (1 s idle) > the 1.5 s deadline: each request has its own
+        finally:
+            for c in socks:
+                c.close()
 
 
 def _closed(sock, wait_s: float) -> bool:
@@ -794,25 +781,11 @@ def test_live_sessions_outlast_the_request_deadline_and_oversized_messages_are_n
     request deadline that cuts half-sent HTTP requests, and a message over the size limit is cut off by uvicorn
     itself with 1009."""
     import socket
-    import threading
 
-    import uvicorn
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
     from ferlab.serve.server import server_settings
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = server_settings(request_timeout_s=1.0, ws_max_bytes=100_000)
-    srv = uvicorn.Server(uvicorn.Config(create_app(crops_predictor), host="127.0.0.1", port=port, log_level="warning",
-                                        **settings))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    end = time.time() + 30
-    while not srv.started and time.time() < end:
-        time.sleep(0.05)
-    assert srv.started
 
     def events(sock, conn, until):
         got = []
@@ -825,7 +798,8 @@ def test_live_sessions_outlast_the_request_deadline_and_oversized_messages_are_n
         return got
 
     face = encode(fer_slice["pixels"][0])
-    try:
+    settings = server_settings(request_timeout_s=1.0, ws_max_bytes=100_000)
+    with serving(create_app(crops_predictor), **settings) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             conn = WSConnection(ConnectionType.CLIENT)
             sock.sendall(conn.send(Request(host=f"127.0.0.1:{port}", target="/v1/live",
@@ -839,6 +813,3 @@ def test_live_sessions_outlast_the_request_deadline_and_oversized_messages_are_n
             sock.sendall(conn.send(BytesMessage(data=bytes(100_001))))
             [close] = [e for e in events(sock, conn, CloseConnection) if isinstance(e, CloseConnection)]
             assert close.code == 1009 and "100000" in close.reason
-    finally:
-        srv.should_exit = True
-        thread.join(10)

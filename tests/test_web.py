@@ -7,21 +7,18 @@ Each test saves a screenshot (in $FERLAB_WEB_SCREENSHOTS, default /tmp/ferlab-we
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from skimage.data import astronaut
+from conftest import load_bench, serving
 from test_predict import _video
 from test_serve import checkpoint  # noqa: F401  (the same small real checkpoint, trained once)
 
@@ -34,18 +31,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # no permission prompt
 SHOTS = Path(os.environ.get("FERLAB_WEB_SCREENSHOTS", "/tmp/ferlab-web"))
-REPO = Path(__file__).resolve().parents[1]
 
 
-def _live_bench():
-    """bench/live_speed.py, for its clip of a moving face (the same the live benchmark measures with)."""
-    spec = importlib.util.spec_from_file_location("bench_live_speed", REPO / "bench" / "live_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-live_bench = _live_bench()
+live_bench = load_bench("live_speed")  # its clip of a moving face: the one the live benchmark measures with
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium)")
 
@@ -82,21 +70,8 @@ def border_pixel_matches(pixels: np.ndarray, box: dict, origin: dict, colour: tu
 @pytest.fixture(scope="module")
 def server(checkpoint):  # noqa: F811
     """The real app (a small real checkpoint, cascade detector) under uvicorn on a free port, in a thread."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(Predictor(str(checkpoint), detector="haar"))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start within 30 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(Predictor(str(checkpoint), detector="haar"))) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
