@@ -579,36 +579,44 @@ def test_uploads_beyond_the_queue_get_a_503_with_retry_after(crops_predictor, fe
 
 def test_connections_that_never_finish_are_closed_and_capped(crops_predictor, fer_slice):
     """Half-sent requests (a request line and no end of headers; headers and half a body) are closed after the
-    request timeout (uploads past the queue's 8 are answered 503 at once), connections over the cap are closed
-    as they open, and meanwhile /health and uploads are
-    answered; a kept-alive connection gets a fresh deadline for each request."""
+    request timeout, connections over the cap are closed as they open (long before that timeout), and meanwhile
+    /health and uploads are answered; a kept-alive connection gets a fresh deadline for each request."""
     import socket
 
     import httpx
 
     from ferlab.serve.server import bounded_h11
     face = encode(fer_slice["pixels"][0])
+    timeout_s, cap, uploads = 4.0, 30, 6  # uploads < the queue's 8: none is answered 503 (and closed) early
+    half_headers = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    half_body = (b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                 b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
     socks = []
-    with serving(create_app(crops_predictor), http=bounded_h11(request_timeout_s=1.5, max_connections=30)) as port:
+    with serving(create_app(crops_predictor), http=bounded_h11(request_timeout_s=timeout_s, max_connections=cap)) \
+            as port:
         try:
-            for i in range(40):  # 40 > the cap of 30
+            def connect(data):
                 c = socket.create_connection(("127.0.0.1", port), timeout=5)
-                c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else
-                          b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-                          b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
+                c.sendall(data)
                 socks.append(c)
-            time.sleep(0.3)
-            assert all(_closed(c, 0.05) for c in socks[30:])  # the ten over the cap: closed as they opened
-            assert not any(_closed(c, 0.05) for c in socks[1:30:2])  # half-sent headers: waited for, for now
-            time.sleep(1.5)
-            still = [i for i, c in enumerate(socks) if not _closed(c, 1.0)]
+            for i in range(cap):  # the cap's worth, every one held open by the server until its deadline
+                connect(half_body if i < uploads else half_headers)
+            opened = time.monotonic()
+            for _ in range(10):  # ten over the cap
+                connect(half_headers)
+            over = [c for c in socks[cap:] if not _closed(c, max(0.05, opened + timeout_s / 2 - time.monotonic()))]
+            assert not over, f"{len(over)} of the 10 connections over the cap were still open {timeout_s / 2} s on"
+            assert time.monotonic() < opened + timeout_s - 0.5  # checked before any deadline could have closed them
+            assert not any(_closed(c, 0.01) for c in socks[:cap])  # the half-sent requests: waited for, for now
+            still = [i for i, c in enumerate(socks[:cap]) if not _closed(c, max(0.05, opened + timeout_s + 3.0
+                                                                                  - time.monotonic()))]
             assert not still, still  # past the deadline: every half-sent request is closed
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:  # one kept-alive connection
                 for _ in range(3):
                     assert client.get("/health").status_code == 200
                     r = client.post("/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")})
                     assert r.status_code == 200, r.text
-                    time.sleep(1.0)  # 3 x (1 s idle) > the 1.5 s deadline: each request has its own
+                    time.sleep(timeout_s * 0.4)  # 3 idle spells > the deadline: each request has its own
         finally:
             for c in socks:
                 c.close()

@@ -352,7 +352,11 @@ def test_live_mode_draws_each_frame_with_its_own_boxes(face_page):
     poll(page, lambda: page.evaluate("window.ferlabLive.answered") >= 1, 60, "no live answer within 60 s")
     samples, seen = [], set()
     deadline = time.monotonic() + 60
-    while len([s for s in samples if s["boxes"]]) < 12 and time.monotonic() < deadline:
+    def enough():  # 12 boxed frames, from both halves of the clip (moving right, then left)
+        numbers = [s["number"] for s in samples if len(s["boxes"]) == 1]
+        return len(numbers) >= 12 and min(numbers) < lb.STEPS <= max(numbers)
+
+    while not enough() and time.monotonic() < deadline:
         s = page.evaluate(SAMPLE, [16 + 16, lb.BLOCK, lb.BLOCK_Y + 12, lb.BITS])
         if s is not None and s["id"] not in seen:
             seen.add(s["id"])
