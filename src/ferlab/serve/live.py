@@ -58,7 +58,6 @@ from ..data.images import MAX_JPEG_SCANS
 from .analysis import analyse_live_frame
 
 LIVE_SESSIONS = 1          # live sessions at once: one takes most of a core at 25 frames/s (docs/inference.md)
-LIVE_NICE = 0              # live workers' nice increment (upload workers: serve.worker.NICE), see the docstring
 
 
 @dataclass(frozen=True)
