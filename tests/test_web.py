@@ -277,7 +277,8 @@ def test_live_mode_streams_frames_over_a_websocket_and_stop_releases_the_camera(
         [sock] = sockets
         assert sock.url.endswith("/v1/live") and traffic.sent == 0
         assert page.evaluate("window.ferlabLive.transport") == "websocket"
-        assert 1 <= sock.peak <= 2, (sock.peak, sock.sent, len(sock.answers))  # pipelined: the next frame travels while one is analysed
+        # pipelined: the next frame travels while one is analysed, and no more
+        assert 1 <= sock.peak <= 2, (sock.peak, sock.sent, len(sock.answers))
         assert all(a["type"] == "faces" and a["faces"] == [] for a in sock.answers), sock.answers[:3]
         assert [a["frame"] for a in sock.answers] == list(range(len(sock.answers)))
         assert max(sock.answers[0]["width"], sock.answers[0]["height"]) == 320  # scaled down by the page
@@ -335,7 +336,8 @@ SAMPLE = """([x0, step, y, bits]) => {
         const d = g.getImageData(x0 + step * b, y, 1, 1).data;
         if ((d[0] + d[1] + d[2]) / 3 > 128) number += 1 << b;
     }
-    const rect = (e) => { const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; };
+    const rect = (e) => { const r = e.getBoundingClientRect();
+                          return {x: r.x, y: r.y, width: r.width, height: r.height}; };
     return {id: layer.dataset.frame, number, size: [canvas.width, canvas.height], layer: rect(layer),
             boxes: [...layer.querySelectorAll('.box')].map(rect)}; }"""
 

@@ -494,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--live-sessions", type=int, default=1, metavar="N",
                    help="the web page's live webcam sessions at once, each with an inference process of its own, "
                         "started at its first session; more are refused until one ends (default: 1: one session takes "
-                        "most of a core at 25 frames/s)")
+                        "over half a core at 25 frames/s)")
     s.set_defaults(fn=_cmd_serve)
 
     s = _verb(sub, "predict", help="expressions of the faces in images, folders, videos or a camera")

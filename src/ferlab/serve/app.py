@@ -53,7 +53,7 @@ from ..data.images import MAX_JPEG_SCANS
 from . import api_docs
 from .analysis import (MAX_PIXELS, VIDEO_CONTAINERS, Face, ShareRow, Track, VideoFrame, analyse_photo, analyse_video,
                        describe_predictor, map_big_buffers, pixel_limit, sniff_video)
-from .live import LIVE_NICE, LIVE_SESSIONS, LiveLimits, LiveSessions, live_session
+from .live import LIVE_SESSIONS, LiveLimits, LiveSessions, live_session
 from .worker import InferenceWorker
 
 STATIC = Path(__file__).parent / "static"
@@ -200,7 +200,7 @@ def create_app(predictor=None, *, model: str = "default", detector: str = "mtcnn
                 idle.put(w)
 
         sessions = LiveSessions(live_sessions, functools.partial(InferenceWorker, model, detector, device, threads,
-                                                                 cpus=worker_cpus, nice=LIVE_NICE), limits=live)
+                                                                 cpus=worker_cpus), limits=live)
     else:
         classes = [str(c) for c in predictor.classes]
         model_name, detector_name = describe_predictor(predictor, model, detector)

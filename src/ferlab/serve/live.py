@@ -36,11 +36,11 @@ length (`serve.worker`, the same process kind as the uploads'): `max_sessions` o
 a session first needs it and kept for the next. Not the upload worker, for two reasons: a video holds that one
 for up to its two-minute budget, and a live frame must be answered in tens of milliseconds; and a Predictor
 carries state from one frame of a stream to the next (its face tracks), which photos and other sessions'
-frames would break into. The price is one more process holding the model (about 300 MB) while live mode is in
-use. Each frame has the worker's time budget (`frame_budget_s`): a frame still being analysed then means a stuck
-worker, which is killed; the session ends with 1011 and the next one starts a fresh worker. An app given a
-predictor object (tests, a library embedding a Predictor) analyses live frames in a thread, under the lock that
-its uploads take.
+frames would break into. The price is one more process holding the model (about 320 MiB, as the upload worker)
+while live mode is in use. Each frame has the worker's time budget (`frame_budget_s`): a frame still being
+analysed then means a stuck worker, which is killed; the session ends with 1011 and the next one starts a fresh
+worker. An app given a predictor object (tests, a library embedding a Predictor) analyses live frames in a
+thread, under the lock that its uploads take.
 """
 from __future__ import annotations
 
@@ -57,8 +57,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from ..data.images import MAX_JPEG_SCANS
 from .analysis import analyse_live_frame
 
-LIVE_SESSIONS = 1          # live sessions at once: one takes most of a core at 25 frames/s (docs/inference.md)
-LIVE_NICE = 0              # live workers' nice increment (upload workers: serve.worker.NICE), see the docstring
+LIVE_SESSIONS = 1          # live sessions at once: one takes over half a core at 25 frames/s (docs/inference.md)
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,14 @@ NICE = 10  # the workers' scheduling priority relative to the server (os.nice in
 
 
 def _worker_main(conn, model: str, detector: str, device: str, threads: int | None,
-                 cpus: frozenset[int] | None = None, nice: int = NICE) -> None:
+                 cpus: frozenset[int] | None = None) -> None:
     # Ctrl-C reaches the whole process group; the server stops its workers itself (and a worker's
     # KeyboardInterrupt traceback would only clutter the terminal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # below the server in the CPU scheduler: when a /health request wakes the event loop it gets a core at
     # once instead of queueing behind inference threads (on a machine with nothing else to run, inference
     # still takes every core it is given)
-    if nice:
-        os.nice(nice)
+    os.nice(NICE)
     if cpus:  # the cores `ferlab serve` gives inference, the server keeping the others (see cli._cmd_serve)
         os.sched_setaffinity(0, cpus)
     _exit_with_parent(os.getppid())
@@ -99,13 +98,12 @@ def _picklable(e: BaseException) -> BaseException:
 
 class InferenceWorker:
     """One inference process holding a Predictor built from `model`/`detector`/`device`, with `threads`
-    PyTorch/OpenCV threads (None: their default), run on the cores in `cpus` (None: wherever the OS puts it), at
-    `nice` below the server in the CPU scheduler. Started, model loaded, on construction; `call` is blocking
+    PyTorch/OpenCV threads (None: their default), run on the cores in `cpus` (None: wherever the OS puts it). Started, model loaded, on construction; `call` is blocking
     and serves one request at a time (callers wait on a lock); `close` stops the process."""
 
     def __init__(self, model: str, detector: str, device: str = "cpu", threads: int | None = None,
-                 start_timeout_s: float = 300.0, cpus: set[int] | None = None, nice: int = NICE):
-        self.args = (model, detector, device, threads, frozenset(cpus) if cpus else None, nice)
+                 start_timeout_s: float = 300.0, cpus: set[int] | None = None):
+        self.args = (model, detector, device, threads, frozenset(cpus) if cpus else None)
         self.start_timeout_s = start_timeout_s
         self.process = None
         self.conn = None
