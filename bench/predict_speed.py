@@ -30,7 +30,7 @@ from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, s
 from ferlab.engine.trainer import build_preprocess
 from ferlab.inference.detect import make_detector
 from ferlab.inference.onnx import OnnxClassifier, export_onnx, real_faces
-from ferlab.inference.predictor import Predictor
+from ferlab.inference.predictor import Predictor, fold_batchnorm
 from ferlab.inference.sources import expand_sources
 from ferlab.inference.preprocess import to_model_input, to_model_pixels
 from ferlab.models import create_model
@@ -213,7 +213,7 @@ def main():
           "faces/s |")
     print("|---|---:|---:|---:|---:|")
     pixels = to_model_pixels(faces[:64], pre)
-    fast = net.to(memory_format=torch.channels_last)  # as the Predictor runs it on the CPU
+    fast = fold_batchnorm(net.to(memory_format=torch.channels_last))  # as the Predictor runs it on the CPU
     for threads in sorted({a.threads, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
 
@@ -225,7 +225,8 @@ def main():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return fast(to_model_input(x, pre).contiguous(memory_format=torch.channels_last)).float().softmax(1)
 
-        backends = {"PyTorch fp32 (channels-last, as the Predictor runs it)": fp32, "PyTorch bf16 autocast": bf16,
+        backends = {"PyTorch fp32 (channels-last, BatchNorm folded, as the Predictor runs it)": fp32,
+                    "PyTorch bf16 autocast": bf16,
                     "ONNX Runtime": OnnxClassifier(onnx_path, threads=threads)}
         if int8_path:
             backends["ONNX Runtime int8 (`ferlab export --int8`)"] = OnnxClassifier(int8_path, threads=threads)
