@@ -1,6 +1,7 @@
 """Prediction speed: end-to-end `predict` on a folder, and classifier-only latency, PyTorch vs ONNX Runtime.
 
     python bench/predict_speed.py --data /path/to/fer2013 [--model RUN_OR_CHECKPOINT] [--folder PHOTOS]
+    python bench/predict_speed.py --videos-only [--detect-every 5,10,15] [--video-threads 1]
 
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
 skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (MTCNN, the
@@ -10,6 +11,13 @@ Classifier only = uint8 faces at the model's size in, per face, at batch 1 and 6
 package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed on the
 same photos by bench/fer_worker.py and the end-to-end ratio printed. --fer-margin measures how each
 detector's box relates to a FER2013 crop.
+Videos (after the rest, or alone with --videos-only, which needs no FER2013): clips made at run time by
+bench/video_clips.py (the astronaut moving over a photo; 10 s at 30 frames/s, H.264) at 640x480 and 1280x720
+with one face, and at 640x480 with two faces, with a face entering and leaving, and with two faces crossing;
+frames/s end to end (decode, detect, crop, classify with flip TTA) with a full detection on every frame and on
+every K-th (faces followed between, `Predictor(detect_every=K)`), with --video-threads (default 1), and how
+often the faces and labels of every K agree with those of a detection on every frame. The model is --model, or
+the packaged default (labels need a trained model).
 Prints Markdown tables.
 """
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +142,53 @@ def _fer_margin(det, name: str, data: str | None, n: int, raw: bool = False) -> 
           f"{o:.3f} of the box side (median)")
 
 
+def video_rows(model: str, threads: int, rounds: int, every: list[int], seconds: float = 10.0) -> None:
+    """The video table: frames/s with a full detection on every frame and on every K-th, and agreement with the
+    former. The passes of all K over a clip are interleaved, round after round, so that they share the machine's
+    load; the median pass of each counts, in wall-clock and in CPU seconds (all threads of the process)."""
+    import cv2
+    from video_clips import agreement, by_frame, make_clip
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    tmp = Path(tempfile.mkdtemp(prefix="ferlab-videos-"))
+    print(f"\nmodel {model}, {threads} thread(s), torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores; clips of {seconds:g} s at 30 frames/s; median of {rounds} rounds\n")
+    print("| video (bench/video_clips.py) | detect every | frames/s | frames/s of CPU time | x every frame | "
+          "full detections | same faces | same labels | least IoU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ks = [1] + [k for k in every if k != 1]
+    for size, scene in (((640, 480), "one"), ((1280, 720), "one"), ((640, 480), "two"), ((640, 480), "enter"),
+                        ((640, 480), "cross")):
+        path = make_clip(tmp / f"{scene}_{size[0]}x{size[1]}.mp4", size, seconds, scene=scene)
+        predictors = {k: Predictor(model, detect_every=k) for k in ks}
+        _, first = cv2.VideoCapture(str(path)).read()
+        for p in predictors.values():
+            p.predict(first, color="bgr")  # warm-up
+        wall, cpu, faces = defaultdict(list), defaultdict(list), {}
+        for _ in range(rounds):
+            for k, p in predictors.items():
+                follower = p.follower
+                follower.detections = follower.frames = 0
+                t, c = time.perf_counter(), time.process_time()
+                faces[k] = by_frame(p.stream(path))
+                wall[k].append(time.perf_counter() - t)
+                cpu[k].append(time.process_time() - c)
+        n = len(faces[1])
+        base = n / statistics.median(cpu[1])
+        what = {"one": "1 face", "two": "2 faces", "enter": "2 faces, 1 entering and leaving",
+                "cross": "2 faces crossing"}[scene]
+        for k in ks:
+            rate = n / statistics.median(cpu[k])
+            if k == 1:
+                check = f"{n} of {n} | (the reference) | | |"
+            else:
+                agree, follower = agreement(faces[1], faces[k]), predictors[k].follower
+                check = (f"{follower.detections} of {follower.frames} | {agree['faces']:.1%} | {agree['labels']:.1%} | "
+                         f"{agree['min_iou']:.2f} |")
+            print(f"| {size[0]}x{size[1]}, {what} | {k} | {n / statistics.median(wall[k]):.1f} | {rate:.1f} | "
+                  f"{rate / base:.2f} | {check}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="FER2013 (default: $FERLAB_DATA): real faces for the timings and the ONNX check")
@@ -143,11 +199,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="passes over the photos for the ferlab-vs-fer comparison; "
                                                            "each side's median pass counts (default: 5)")
     ap.add_argument("--fer-margin", action="store_true", help="only measure the cascade box vs FER2013 crops")
+    ap.add_argument("--videos-only", action="store_true", help="only the video rows (no FER2013 needed)")
+    ap.add_argument("--detect-every", default="5,10,15", metavar="K,K",
+                    help="video rows: full detections every K-th frame, against every frame (default: 5,10,15)")
+    ap.add_argument("--video-threads", type=int, default=1, help="CPU threads for the video rows (default: 1)")
+    ap.add_argument("--video-rounds", type=int, default=3, help="passes over each clip per K (default: 3)")
+    ap.add_argument("--video-seconds", type=float, default=10.0, help="length of each clip (default: 10)")
     ap.add_argument("--fer-python", help="a Python with the `fer` package (and TensorFlow) installed, to time it "
                                          "on the same photos (default: this one, if it has fer)")
     a = ap.parse_args()
     if a.fer_margin:
         fer_margin(a.data)
+        return
+    every = [int(k) for k in a.detect_every.split(",")]
+    if a.videos_only:
+        video_rows(a.model or "default", a.video_threads, a.video_rounds, every, a.video_seconds)
         return
     import importlib.util
     import sys
@@ -236,6 +302,8 @@ def main():
                 many = latency(fn, pixels, max(3, a.repeats // 5))
                 print(f"| {name} | {threads} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |",
                       flush=True)
+
+    video_rows(a.model or "default", a.video_threads, a.video_rounds, every, a.video_seconds)
 
 
 if __name__ == "__main__":
