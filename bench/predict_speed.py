@@ -1,7 +1,6 @@
 """Prediction speed: end-to-end `predict` on a folder, and classifier-only latency, PyTorch vs ONNX Runtime.
 
     python bench/predict_speed.py --data /path/to/fer2013 [--model RUN_OR_CHECKPOINT] [--folder PHOTOS]
-    python bench/predict_speed.py --videos-only [--detect-every 5,10,15] [--video-threads 1]
 
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
 skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (MTCNN, the
@@ -11,6 +10,10 @@ Classifier only = uint8 faces at the model's size in, per face, at batch 1 and 6
 package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed on the
 same photos by bench/fer_worker.py and the end-to-end ratio printed. --fer-margin measures how each
 detector's box relates to a FER2013 crop.
+Prints Markdown tables.
+
+    python bench/predict_speed.py --videos-only [--detect-every 5,10,15] [--video-threads 1] [--video-rounds 3]
+
 Videos (after the rest, or alone with --videos-only, which needs no FER2013): clips made at run time by
 bench/video_clips.py (the astronaut moving over a photo; 10 s at 30 frames/s, H.264) at 640x480 and 1280x720
 with one face, and at 640x480 with two faces, with a face entering and leaving, and with two faces crossing;
@@ -18,7 +21,6 @@ frames/s end to end (decode, detect, crop, classify with flip TTA) with a full d
 every K-th (faces followed between, `Predictor(detect_every=K)`), with --video-threads (default 1), and how
 often the faces and labels of every K agree with those of a detection on every frame. The model is --model, or
 the packaged default (labels need a trained model).
-Prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -199,14 +201,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="passes over the photos for the ferlab-vs-fer comparison; "
                                                            "each side's median pass counts (default: 5)")
     ap.add_argument("--fer-margin", action="store_true", help="only measure the cascade box vs FER2013 crops")
+    ap.add_argument("--fer-python", help="a Python with the `fer` package (and TensorFlow) installed, to time it "
+                                         "on the same photos (default: this one, if it has fer)")
     ap.add_argument("--videos-only", action="store_true", help="only the video rows (no FER2013 needed)")
     ap.add_argument("--detect-every", default="5,10,15", metavar="K,K",
                     help="video rows: full detections every K-th frame, against every frame (default: 5,10,15)")
     ap.add_argument("--video-threads", type=int, default=1, help="CPU threads for the video rows (default: 1)")
     ap.add_argument("--video-rounds", type=int, default=3, help="passes over each clip per K (default: 3)")
     ap.add_argument("--video-seconds", type=float, default=10.0, help="length of each clip (default: 10)")
-    ap.add_argument("--fer-python", help="a Python with the `fer` package (and TensorFlow) installed, to time it "
-                                         "on the same photos (default: this one, if it has fer)")
     a = ap.parse_args()
     if a.fer_margin:
         fer_margin(a.data)
