@@ -61,9 +61,9 @@ class FaceFollower:
         self.detections += 1
         faces = detect_many(self.detector, [to_gray(image)], [image])[0]
         motion = []
-        for f in faces:  # a face that continues a followed one keeps moving as it did
-            j = max(range(len(self.faces)), key=lambda j: iou(f.box, self.faces[j].box), default=None)
-            motion.append(_step(self.faces[j], f) if j is not None and iou(f.box, self.faces[j].box) >= 0.5 else STILL)
+        for f in faces:  # a face that continues a followed one (IoU >= 0.5) keeps moving as it did
+            overlap, j = max(((iou(f.box, g.box), j) for j, g in enumerate(self.faces)), default=(0.0, None))
+            motion.append(_step(self.faces[j], f) if overlap >= 0.5 else STILL)
         self.faces, self.motion, self.since = faces, motion, 0
         return faces
 
