@@ -17,6 +17,16 @@ that they share the machine's load, and the median pass of each counts, in wall-
 --photos-only runs only that comparison (no FER2013 needed). --fer-margin measures how each detector's box
 relates to a FER2013 crop.
 Prints Markdown tables.
+
+    python bench/predict_speed.py --videos-only [--detect-every 5,10,15] [--video-threads 1] [--video-rounds 3]
+
+Videos (after the rest, or alone with --videos-only, which needs no FER2013): clips made at run time by
+bench/video_clips.py (the astronaut moving over a photo; 10 s at 30 frames/s, H.264) at 640x480 and 1280x720
+with one face, and at 640x480 with two faces, with a face entering and leaving, and with two faces crossing;
+frames/s end to end (decode, detect, crop, classify with flip TTA) with a full detection on every frame and on
+every K-th (faces followed between, `Predictor(detect_every=K)`), with --video-threads (default 1), and how
+often the faces and labels of every K agree with those of a detection on every frame. The model is --model, or
+the packaged default (labels need a trained model).
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +47,7 @@ from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, s
 from ferlab.engine.trainer import build_preprocess
 from ferlab.inference.detect import make_detector
 from ferlab.inference.onnx import OnnxClassifier, export_onnx, real_faces
-from ferlab.inference.predictor import Predictor
+from ferlab.inference.predictor import Predictor, fold_batchnorm
 from ferlab.inference.sources import expand_sources
 from ferlab.inference.preprocess import to_model_input, to_model_pixels
 from ferlab.models import create_model
@@ -221,6 +232,53 @@ def _fer_margin(det, name: str, data: str | None, n: int, raw: bool = False) -> 
           f"{o:.3f} of the box side (median)")
 
 
+def video_rows(model: str, threads: int, rounds: int, every: list[int], seconds: float = 10.0) -> None:
+    """The video table: frames/s with a full detection on every frame and on every K-th, and agreement with the
+    former. The passes of all K over a clip are interleaved, round after round, so that they share the machine's
+    load; the median pass of each counts, in wall-clock and in CPU seconds (all threads of the process)."""
+    import cv2
+    from video_clips import agreement, by_frame, make_clip
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    tmp = Path(tempfile.mkdtemp(prefix="ferlab-videos-"))
+    print(f"\nmodel {model}, {threads} thread(s), torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores; clips of {seconds:g} s at 30 frames/s; median of {rounds} rounds\n")
+    print("| video (bench/video_clips.py) | detect every | frames/s | frames/s of CPU time | x every frame | "
+          "full detections | same faces | same labels | least IoU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ks = [1] + [k for k in every if k != 1]
+    for size, scene in (((640, 480), "one"), ((1280, 720), "one"), ((640, 480), "two"), ((640, 480), "enter"),
+                        ((640, 480), "cross")):
+        path = make_clip(tmp / f"{scene}_{size[0]}x{size[1]}.mp4", size, seconds, scene=scene)
+        predictors = {k: Predictor(model, detect_every=k) for k in ks}
+        _, first = cv2.VideoCapture(str(path)).read()
+        for p in predictors.values():
+            p.predict(first, color="bgr")  # warm-up
+        wall, cpu, faces = defaultdict(list), defaultdict(list), {}
+        for _ in range(rounds):
+            for k, p in predictors.items():
+                follower = p.follower
+                follower.detections = follower.frames = 0
+                t, c = time.perf_counter(), time.process_time()
+                faces[k] = by_frame(p.stream(path))
+                wall[k].append(time.perf_counter() - t)
+                cpu[k].append(time.process_time() - c)
+        n = len(faces[1])
+        base = n / statistics.median(cpu[1])
+        what = {"one": "1 face", "two": "2 faces", "enter": "2 faces, 1 entering and leaving",
+                "cross": "2 faces crossing"}[scene]
+        for k in ks:
+            rate = n / statistics.median(cpu[k])
+            if k == 1:
+                check = f"{n} of {n} | (the reference) | | |"
+            else:
+                agree, follower = agreement(faces[1], faces[k]), predictors[k].follower
+                check = (f"{follower.detections} of {follower.frames} | {agree['faces']:.1%} | {agree['labels']:.1%} | "
+                         f"{agree['min_iou']:.2f} |")
+            print(f"| {size[0]}x{size[1]}, {what} | {k} | {n / statistics.median(wall[k]):.1f} | {rate:.1f} | "
+                  f"{rate / base:.2f} | {check}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="FER2013 (default: $FERLAB_DATA): real faces for the timings and the ONNX check")
@@ -235,9 +293,19 @@ def main():
                                                                 "three sizes (no FER2013 needed)")
     ap.add_argument("--fer-python", help="a Python with the `fer` package (and TensorFlow) installed, to time it "
                                          "on the same photos (default: this one, if it has fer)")
+    ap.add_argument("--videos-only", action="store_true", help="only the video rows (no FER2013 needed)")
+    ap.add_argument("--detect-every", default="5,10,15", metavar="K,K",
+                    help="video rows: full detections every K-th frame, against every frame (default: 5,10,15)")
+    ap.add_argument("--video-threads", type=int, default=1, help="CPU threads for the video rows (default: 1)")
+    ap.add_argument("--video-rounds", type=int, default=3, help="passes over each clip per K (default: 3)")
+    ap.add_argument("--video-seconds", type=float, default=10.0, help="length of each clip (default: 10)")
     a = ap.parse_args()
     if a.fer_margin:
         fer_margin(a.data)
+        return
+    every = [int(k) for k in a.detect_every.split(",")]
+    if a.videos_only:
+        video_rows(a.model or "default", a.video_threads, a.video_rounds, every, a.video_seconds)
         return
     import importlib.util
     import sys
@@ -303,7 +371,7 @@ def main():
           "faces/s |")
     print("|---|---:|---:|---:|---:|")
     pixels = to_model_pixels(faces[:64], pre)
-    fast = net.to(memory_format=torch.channels_last)  # as the Predictor runs it on the CPU
+    fast = fold_batchnorm(net.to(memory_format=torch.channels_last))  # as the Predictor runs it on the CPU
     for threads in sorted({a.threads, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
 
@@ -315,7 +383,8 @@ def main():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return fast(to_model_input(x, pre).contiguous(memory_format=torch.channels_last)).float().softmax(1)
 
-        backends = {"PyTorch fp32 (channels-last, as the Predictor runs it)": fp32, "PyTorch bf16 autocast": bf16,
+        backends = {"PyTorch fp32 (channels-last, BatchNorm folded, as the Predictor runs it)": fp32,
+                    "PyTorch bf16 autocast": bf16,
                     "ONNX Runtime": OnnxClassifier(onnx_path, threads=threads)}
         if int8_path:
             backends["ONNX Runtime int8 (`ferlab export --int8`)"] = OnnxClassifier(int8_path, threads=threads)
@@ -325,6 +394,8 @@ def main():
                 many = latency(fn, pixels, max(3, a.repeats // 5))
                 print(f"| {name} | {threads} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |",
                       flush=True)
+
+    video_rows(a.model or "default", a.video_threads, a.video_rounds, every, a.video_seconds)
 
 
 if __name__ == "__main__":

@@ -224,7 +224,8 @@ def _cmd_predict(a):
     _set_threads(a.threads)
     from .inference.output import predict_paths
     from .inference.predictor import Predictor
-    options = {k: v for k, v in (("margin", a.margin), ("min_face", a.min_face), ("align", a.align)) if v is not None}
+    options = {k: v for k, v in (("margin", a.margin), ("min_face", a.min_face), ("align", a.align),
+                                 ("detect_every", a.detect_every)) if v is not None}
     if "min_face" in options and a.detector != "mtcnn":
         raise ValueError(f"--min-face is an mtcnn option; the {a.detector} detector does not take it")
     predictor = Predictor(a.model, detector=a.detector, device=a.device, batch_size=a.batch_size,
@@ -516,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save", metavar="DIR", help="write annotated images / videos (box + label + probability)")
     s.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default: 64)")
     s.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th video frame (default: 1)")
+    s.add_argument("--detect-every", type=int, default=None, metavar="K",
+                   help="videos and cameras, mtcnn: look for faces in the whole frame on every K-th analysed frame "
+                        "(and at once when a face is lost), following the faces found with MTCNN's last stage alone "
+                        "on the frames between; a new face is found up to K-1 frames late (default: 10; 1: a full "
+                        "detection on every frame)")
     s.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="stop a video still being analysed after S seconds, keeping its rows so far and reporting "
                         "it as an error of that file (default: no limit; JPEGs of absurdly many scans and images "

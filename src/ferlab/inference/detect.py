@@ -72,6 +72,22 @@ class MtcnnDetector:
         """Faces in the picture: `rgb` (any channel order) when given, else `gray`."""
         return self.many([gray], [rgb])[0]
 
+    def follow(self, picture: np.ndarray, boxes) -> list[Face | None]:
+        """Each face again where `boxes` ((x, y, w, h), as this detector gives them) say it should be in
+        `picture` (RGB in any channel order, or grey): MTCNN's last stage (O-Net) alone on each box's square
+        gives its new box, score and landmarks, or None where the score is below O-Net's threshold (the face
+        has gone, or moved too far from the box). What `inference/tracking.py` follows a video's faces with."""
+        from .mtcnn import onet_at
+        h, w = picture.shape[:2]
+        squares = []
+        for x, y, bw, bh in boxes:  # the square MTCNN saw: the box without its margin
+            side, cx, cy = max(bw, bh) / (1 + 2 * self.margin), x + bw / 2, y + bh / 2
+            squares.append((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+        found, scores, marks = onet_at(self._mtcnn.grey_nets[2], picture, squares)
+        return [Face(square_box((x1, y1, x2 - x1, y2 - y1), self.margin, w, h), float(score),
+                     tuple((float(x), float(y)) for x, y in m)) if score > self._mtcnn.thresholds[2] else None
+                for (x1, y1, x2, y2), score, m in zip(found, scores, marks)]
+
     def many(self, grays: list[np.ndarray], rgbs: list[np.ndarray | None]) -> list[list[Face]]:
         """Faces in each of several pictures, found in one batched MTCNN pass (pictures of one size share each
         pyramid level's forward pass, and all candidates go through R-Net and O-Net together): the same faces

@@ -66,6 +66,26 @@ def crop_faces(gray: np.ndarray, faces: list[Face], align: bool = False) -> list
             gray[f.box[1]:f.box[1] + f.box[3], f.box[0]:f.box[0] + f.box[2]].copy() for f in faces]
 
 
+def crop_faces_from(image: np.ndarray, faces: list[Face], align: bool = False) -> list[np.ndarray]:
+    """`crop_faces(to_gray(image), faces, align)`, greying only the pixels each crop reads: the box or, to be
+    turned upright, the square about its centre that holds it turned any way (half its diagonal from the
+    centre, plus the pixels bilinear sampling reads beyond), cut at the picture's edges, where the upright crop
+    repeats the edge as it does from the whole picture. The same crops, for a fraction of the work on a large
+    frame with a small face."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    out = []
+    for f in faces:
+        x, y, bw, bh = f.box
+        reach = int(np.ceil(max(bw, bh) * 0.2072)) + 2 if align and f.landmarks is not None else 0
+        x0, y0 = max(0, x - reach), max(0, y - reach)
+        x1, y1 = min(w, x + bw + reach), min(h, y + bh + reach)
+        moved = Face((x - x0, y - y0, bw, bh), f.score,
+                     None if f.landmarks is None else tuple((px - x0, py - y0) for px, py in f.landmarks))
+        out += crop_faces(to_gray(image[y0:y1, x0:x1]), [moved], align)
+    return out
+
+
 def eye_angle(face: Face) -> float:
     """Degrees the line from the image-left eye to the other eye dips below horizontal (y grows downwards)."""
     (lx, ly), (rx, ry) = face.landmarks[:2]

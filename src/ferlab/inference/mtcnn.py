@@ -262,6 +262,55 @@ def for_grey(net: _KerasNet) -> _KerasNet:
     return grey.eval().requires_grad_(False)
 
 
+@torch.no_grad()
+def onet_at(onet: ONet, picture: np.ndarray, squares) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MTCNN's last stage alone, on given squares of a picture: O-Net's box, score and landmarks for each, as
+    `Mtcnn` gives them for its candidates (before its threshold and NMS), without the pyramid, P-Net and R-Net
+    that find the candidates. A video's faces are followed with it from one frame to the next
+    (`inference/tracking.py`): one 48x48 crop per face instead of a whole detection.
+
+    onet: the one-channel O-Net (`for_grey`); it sees the mean of `picture`'s channels ((H, W, 3) uint8 in any
+    order) or the (H, W) picture itself. squares: (n, 4) x1, y1, x2, y2. Returns boxes (n, 4) x1, y1, x2, y2
+    clamped to the picture, scores (n,) and landmarks (n, 5, 2) x, y, all float64."""
+    squares = np.asarray(squares, np.float32).reshape(-1, 4)
+    h, w = picture.shape[:2]
+    if len(squares) == 0:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+    device = next(onet.parameters()).device
+    crops = torch.from_numpy(np.stack([_crop_48(picture, s) for s in squares])).to(device)
+    reg, lm, prob = (t.cpu().numpy().astype(np.float64) for t in onet(crops))
+    wh = np.tile(squares[:, 2:] - squares[:, :2] + 1, 2).astype(np.float64)  # as `Mtcnn._refine` regresses
+    marks = np.stack([lm[:, :5] * wh[:, :1] + squares[:, :1] - 1, lm[:, 5:] * wh[:, 1:2] + squares[:, 1:2] - 1], -1)
+    boxes = squares + reg * wh
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h - 1)
+    return boxes, prob, marks
+
+
+def _crop_48(picture: np.ndarray, square, size: int = 48) -> np.ndarray:
+    """(1, size, size) normalised crop of the mean of `picture`'s channels over `square`, sampled where
+    `crop_resize` samples (the reference's positions, 0 outside the picture), reading only the pixels under it."""
+    h, w = picture.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in square)
+    t = np.linspace(0, 1, size, dtype=np.float32)
+    ys = (y1 + (y2 - y1) * t) * ((h - 1) / h)
+    xs = (x1 + (x2 - x1) * t) * ((w - 1) / w)
+    y0, x0 = np.floor(ys), np.floor(xs)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    y0i, x0i = np.clip(y0, 0, h - 1).astype(np.intp), np.clip(x0, 0, w - 1).astype(np.intp)
+    y1i, x1i = np.minimum(y0i + 1, h - 1), np.minimum(x0i + 1, w - 1)
+    top, left = int(y0i.min()), int(x0i.min())
+    region = picture[top:int(y1i.max()) + 1, left:int(x1i.max()) + 1]
+    if region.ndim == 3:  # uint8 sums are exact, so the order of the channels does not matter
+        region = (region[..., 0].astype(np.uint16) + region[..., 1] + region[..., 2]).astype(np.float32) / 3
+    region = (region.astype(np.float32) - 127.5) / 128.0
+    r0, r1, c0, c1 = (y0i - top)[:, None], (y1i - top)[:, None], (x0i - left)[None], (x1i - left)[None]
+    upper = region[r0, c0] + (region[r0, c1] - region[r0, c0]) * wx
+    lower = region[r1, c0] + (region[r1, c1] - region[r1, c0]) * wx
+    inside = ((ys >= 0) & (ys <= h - 1))[:, None] & ((xs >= 0) & (xs <= w - 1))[None, :]
+    return ((upper + (lower - upper) * wy) * inside)[None].astype(np.float32)
+
+
 def box_iou(boxes: torch.Tensor, mode: str = "union") -> torch.Tensor:
     """Pairwise overlap of (n, 4) x1, y1, x2, y2 boxes: intersection over union, or over the smaller box."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])

@@ -21,8 +21,9 @@ from ..engine.predict import resolve_device, tta_views
 from ..weights import resolve_model
 from .detect import detect_many, make_detector
 from .explain import grad_cam
-from .faces import LANDMARKS, crop_faces, crops_to_input, crops_to_pixels, eye_angle, to_gray
+from .faces import LANDMARKS, crop_faces, crop_faces_from, crops_to_input, crops_to_pixels, eye_angle, to_gray
 from .sources import Frame, frames, to_rgb
+from .tracking import FaceFollower
 from .video import IoUTracker
 
 log = logging.getLogger("ferlab.predict")
@@ -35,6 +36,9 @@ PENDING_FRAMES = 32  # frames held while their faces wait for a full batch (1080
 # camera's frames are never held back
 DETECT_FRAMES = 8
 DETECT_PIXELS = 4_000_000
+# a video's faces are looked for in the whole frame on every DETECT_EVERY-th analysed frame, and followed by
+# MTCNN's O-Net alone on the frames between (inference/tracking.py); measured by bench/predict_speed.py
+DETECT_EVERY = 10
 
 
 class TorchClassifier:
@@ -46,13 +50,40 @@ class TorchClassifier:
         # on the CPU, oneDNN's convolutions run faster on channels-last tensors (measured 1.3-1.9x for vgg_s)
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        # what classifies: a copy with each BatchNorm folded into the convolution or linear layer before it (the
+        # same function up to float rounding, 1e-7 in the probabilities; vgg_s on the CPU: 15% less time). `model`
+        # itself stays as trained, for Grad-CAM's hooks
+        self._folded = fold_batchnorm(self.model)
         self.classes = tuple(ckpt["classes"])
         self.name = ckpt["model"]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         x = x.to(self.device).contiguous(memory_format=self.memory_format)
-        return self.model(x).float().softmax(1).cpu().numpy()
+        return self._folded(x).float().softmax(1).cpu().numpy()
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """An inference copy of `model` (put in eval mode) in which each BatchNorm that directly follows a convolution
+    or linear layer in an `nn.Sequential` is folded into that layer (its scale and shift moved into the weights
+    and bias) and replaced by an identity: one pass over each activation less. Other BatchNorms stay as they are."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+    folded = copy.deepcopy(model.eval())
+    for seq in [m for m in folded.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            layer, bn = seq[i], seq[i + 1]
+            if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+                continue
+            if type(layer) is torch.nn.Conv2d and isinstance(bn, torch.nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(layer, bn)
+            elif type(layer) is torch.nn.Linear and isinstance(bn, torch.nn.BatchNorm1d):
+                seq[i] = fuse_linear_bn_eval(layer, bn)
+            else:
+                continue
+            seq[i + 1] = torch.nn.Identity()
+    return folded
 
 
 def load_classifier(model: str | Path = "default", device: str = "cpu"):
@@ -77,12 +108,21 @@ class Predictor:
     fitted; False halves the classifier's work). align: turn each face upright by its eyes before the crop
     (detectors with landmarks only: mtcnn). Extra keyword arguments go to the detector (margin, min_face,
     min_neighbors, ...); MTCNN runs on the classifier's device unless given `device`.
+
+    detect_every: in videos and camera streams, look for faces in the whole frame on every `detect_every`-th
+    analysed frame only (and at once when a face is lost), following the faces found on the frames between
+    with MTCNN's last stage alone (`inference/tracking.py`): the same faces, several times faster. A new face
+    is found up to `detect_every - 1` analysed frames late. 1: a full detection on every frame. Photos, and
+    detectors other than MTCNN, are always detected in full.
     """
 
     def __init__(self, model: str | Path = "default", detector: str = "mtcnn", device: str = "cpu",
-                 batch_size: int = 64, tta: bool = True, align: bool = ALIGN, **detector_kwargs):
+                 batch_size: int = 64, tta: bool = True, align: bool = ALIGN, detect_every: int = DETECT_EVERY,
+                 **detector_kwargs):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         self.tta, self.align = bool(tta), bool(align)
         self.classifier = load_classifier(model, device)
         self.device = self.classifier.device if isinstance(self.classifier, TorchClassifier) else "cpu"
@@ -91,6 +131,13 @@ class Predictor:
         self.detector = make_detector(detector, **detector_kwargs)
         self.batch_size = batch_size
         self._tracker, self._track_at = IoUTracker(), (None, -1)  # video faces keep an id from frame to frame
+        self.follower, self._follow_at = FaceFollower(self.detector, detect_every), (None, -1)
+
+    @property
+    def detect_every(self) -> int:
+        """Video frames are searched whole on every `detect_every`-th analysed frame (1 with a detector that
+        cannot follow faces)."""
+        return self.follower.every
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -169,8 +216,9 @@ class Predictor:
             raise ValueError(f"color must be 'rgb' or 'bgr' (the channel order of numpy images), got {color!r}")
         pending: list[tuple[Frame, list]] = []
         crops: list[np.ndarray] = []
+        self._follow_at = (None, -1)  # a video starts with a full detection in every call
         for group in _detect_groups(frames(source, every, errors, progress, color, video_timeout_s)):
-            found = iter(self._detect_many([fr.image for fr in group if fr.error is None]))
+            found = iter(self._find([fr for fr in group if fr.error is None]))
             for fr in group:
                 # an unreadable input keeps its place in the output
                 faces, face_crops = ([], []) if fr.error is not None else next(found)
@@ -186,6 +234,24 @@ class Predictor:
                     yield from self._flush(pending, crops)
                     pending, crops = [], []
         yield from self._flush(pending, crops)
+
+    def _find(self, group: list[Frame]) -> list[tuple[list, list[np.ndarray]]]:
+        """(faces, grey crops) of each frame of `group`: photos in one batched detector pass (`_detect_many`),
+        video frames one after another through the follower, unless it detects on every frame anyway."""
+        if self.follower.every == 1:
+            return self._detect_many([fr.image for fr in group])
+        stills = [i for i, fr in enumerate(group) if fr.frame is None]
+        out = dict(zip(stills, self._detect_many([group[i].image for i in stills])))
+        for i, fr in enumerate(group):
+            if fr.frame is None:
+                continue
+            source, last = self._follow_at
+            if fr.source != source or fr.frame <= last:  # another video (or the same one again)
+                self.follower.reset()
+            self._follow_at = (fr.source, fr.frame)
+            faces = self.follower(fr.image)
+            out[i] = (faces, crop_faces_from(fr.image, faces, self.align))
+        return [out[i] for i in range(len(group))]
 
     def _detect(self, image: np.ndarray) -> tuple[list, list[np.ndarray]]:
         """The faces in one picture (RGB or gray) and their grey crops, turned upright with `align`."""
