@@ -59,6 +59,7 @@ class MtcnnDetector:
     """
 
     name = "mtcnn"
+    reads_colour = True  # `many` needs a grey copy only of pictures without colour (see Predictor._detect_many)
 
     def __init__(self, margin: float = FER_MARGIN, min_face: float = 40,
                  thresholds=None, device: str = "cpu", rescue=RESCUE_THRESHOLDS):

@@ -261,9 +261,12 @@ class Predictor:
         """`_detect` for several pictures, in one batched detector pass where the detector can batch."""
         if not images:
             return []
-        grays = [to_gray(im) for im in images]
+        # a detector that reads colour pictures as they are needs no grey copy of them: only the faces are greyed
+        colour = getattr(self.detector, "reads_colour", False)
+        grays = [None if colour and im.ndim == 3 and im.shape[2] >= 3 else to_gray(im) for im in images]
         found = detect_many(self.detector, grays, images)  # detectors that look at colour use it only if there is any
-        return [(faces, crop_faces(gray, faces, self.align)) for gray, faces in zip(grays, found)]
+        return [(faces, crop_faces(gray, faces, self.align) if gray is not None else
+                 crop_faces_from(im, faces, self.align)) for im, gray, faces in zip(images, grays, found)]
 
     def _flush(self, pending, crops):
         probs = self.predict_crops(crops)
