@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-BAND_BYTES = 1 << 20  # pixels copied per call: about a millisecond of memory traffic
+BAND_BYTES = 4 << 20  # pixels copied per call: a millisecond or two of memory traffic, the GIL held
 # Scans a JPEG may have. Encoders write 1 (baseline) or about 10 (progressive; mozjpeg's optimised scripts
 # a few more), but libjpeg redoes its work over the whole image for every scan: a 58 KB grey 3000x3000 JPEG
 # whose last scan repeats 1,000 times takes 5 s to decode (20 s and more at 6000x5000).
@@ -92,7 +92,7 @@ def to_array(im: Image.Image) -> np.ndarray:
     """`np.asarray(im)`, copied a band of rows at a time.
 
     np.asarray copies the whole image in one C call that holds the GIL (tens of milliseconds at 40 MP); bands
-    of about a megabyte let other threads run in between.
+    of a few megabytes (a photo of up to a megapixel in one) let other threads run in between.
     """
     w, h = im.size
     step = max(1, BAND_BYTES // (4 * w))  # no mode has more than 4 bytes a pixel
