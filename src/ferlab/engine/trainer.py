@@ -383,7 +383,11 @@ def _leave_group(backend: str) -> None:
     """Tear the process group down together. Ranks that stop at the same point (the end, an epoch hook) first
     wait for each other: a rank destroying its gloo group while a peer still used it aborted that process
     ('terminate called without an active exception', 1 torchrun in 6 on a loaded 2-core machine). A peer
-    that failed alone holds the others at most 30 s, and that wait's own failure is not the error reported."""
+    that failed alone holds the others at most 30 s, and that wait's own failure is not the error reported.
+    Objects of the run left in reference cycles (the DDP wrapper and its reducer's gloo work among them) are
+    freed first, not at interpreter exit after the group is gone."""
+    import gc
+    gc.collect()
     if backend == "gloo":
         with suppress(Exception):
             dist.monitored_barrier(timeout=timedelta(seconds=30))
