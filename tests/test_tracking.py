@@ -86,7 +86,7 @@ def test_a_face_that_appears_is_found_at_the_next_full_detection_and_one_that_go
     assert found == [0] * 20 + [1] * 5 + [0] * 11
     # 0, 10, 20, 25, then every 2nd frame while the lost face is looked for (27 to 35)
     assert follower.detections == 9 and follower.frames == 36
-    assert follower.watching == 2 * 10 - (35 - 25)  # looked for during 2 x every frames after it was lost
+    assert follower.watching == 30 - (35 - 25)  # looked for during 30 frames after it was lost
     follower.reset()  # another video: it starts with a full detection, at the usual pace
     assert len(follower(frames[20])) == 1 and follower.detections == 10 and follower.watching == 0
 

@@ -11,9 +11,10 @@ small offset but lags behind a face that keeps moving.
 
 A full detection runs at once, on the same frame, when a face is lost: O-Net's score falls below its
 threshold (the face left, turned away, was hidden or moved too far) or two followed faces become one (MTCNN's
-own NMS rule). If that detection does not find it, full detections come five times as often for the next
-2 x `every` frames (or until it is found): a face hidden behind another comes back within a frame or two
-(faces agreeing with a detection on every frame where two cross: 94.3% -> 99.0% at every=10). A face that
+own NMS rule). Whenever a full detection finds fewer faces than were followed, they come five times as
+often (every 2nd frame at least) for the next 30 frames, or until the face is found again: a face hidden
+behind another comes back within a frame or two (where two faces cross, the faces of a detection on every
+frame in 99.0% of the frames at every=10, 94.3% without this). A face that
 appears out of nowhere is found at the next full detection, up to `every - 1` analysed frames late. bench/predict_speed.py --videos-only measures how often the faces so
 found are those of a detection on every frame, and tests/test_tracking.py asserts it on a generated clip.
 
@@ -29,9 +30,9 @@ from .video import iou
 
 
 STILL = (0.0, 0.0, 1.0)  # the motion of a face just found: none
-# After a face is lost and a full detection does not find it (hidden behind another, turned away, gone), full
-# detections come every `every // WATCH_SHARE` frames for `WATCH_FRAMES x every` frames, or until it is back
-WATCH_SHARE, WATCH_FRAMES = 5, 2
+# When a full detection finds fewer faces than were followed (one hidden behind another, turned away, gone),
+# full detections come every `every // WATCH_SHARE` frames (2 at least) for WATCH_FRAMES frames, or until it is back
+WATCH_SHARE, WATCH_FRAMES = 5, 30
 
 
 class FaceFollower:
@@ -51,33 +52,31 @@ class FaceFollower:
         self.faces: list[Face] = []
         self.motion: list[tuple[float, float, float]] = []  # each face's last step: centre x, y, size ratio
         self.since: int | None = None  # frames since the last full detection; None: none in this video yet
-        self.expected = 0  # faces followed before one was lost and not found again
+        self.expected = 0  # faces followed before a full detection found fewer
         self.watching = 0  # frames left in which full detections come every `watch_every` frames
 
     @property
     def watch_every(self) -> int:
-        return max(1, self.every // WATCH_SHARE)
+        return min(self.every, max(2, self.every // WATCH_SHARE))
 
     def __call__(self, image: np.ndarray) -> list[Face]:
         """Faces in the next frame of the video: an (H, W, 3) RGB or (H, W) grey uint8 picture."""
         self.frames += 1
         gap = self.watch_every if self.watching else self.every
         self.watching = max(0, self.watching - 1)
-        lost = False
         if self.since is not None and self.since + 1 < gap:
             followed = self._follow(image)
             if followed is not None:
                 self.since += 1
                 return followed
-            lost = True
-        return self._detect(image, lost)
+        return self._detect(image)
 
-    def _detect(self, image: np.ndarray, lost: bool = False) -> list[Face]:
+    def _detect(self, image: np.ndarray) -> list[Face]:
         self.detections += 1
         before = len(self.faces)
         faces = detect_many(self.detector, [to_gray(image)], [image])[0]
-        if lost and len(faces) < before:  # one went out of sight: look for it again sooner, for a while
-            self.expected, self.watching = max(self.expected, before), WATCH_FRAMES * self.every
+        if len(faces) < before:  # one went out of sight: look for it again sooner, for a while
+            self.expected, self.watching = max(self.expected, before), WATCH_FRAMES
         elif len(faces) >= self.expected:  # all found again (or none was missing): the usual pace
             self.expected = self.watching = 0
         motion = []
