@@ -452,6 +452,25 @@ def test_eval_and_calibrate_score_a_ferplus_model_against_the_ferplus_majority(m
     assert val_faces == sum(own_majority(v.tolist() if v[0] >= 0 else None) is not None for v in val.votes)
 
 
+def test_ferplus_runs_package_as_one_ensemble_calibrated_and_scored_on_the_ferplus_majority(mode_runs, tmp_path,
+                                                                                             capsys):
+    """Two FER+ runs as one 8-class ensemble (`python -m ferlab.weights --ensemble --ferplus`): its temperature is
+    fitted on the validation faces that have a FER+ majority, against it; `ferlab eval` scores it on the FER+
+    benchmark; a FER2013 member is refused with the reason."""
+    from ferlab.engine.package import package_ensemble
+    (a, cfg), (b, _) = mode_runs["ferplus"], mode_runs["ferplus_dist"]
+    path, record = package_ensemble([a, b], tmp_path / "ferplus.pt", device="cpu", classes=8)
+    val = make_splits(load_fer2013(cfg.data), "official", seed=cfg.seed)["val"]
+    assert record["faces"] == sum(own_majority(v.tolist() if v[0] >= 0 else None) is not None for v in val.votes)
+    assert 0 < record["faces"] < len(val)
+    ckpt = load_checkpoint(path)
+    assert ckpt["model"] == "ensemble" and ckpt["classes"] == list(EIGHT) and ckpt["temperature"] > 0
+    assert main(["eval", str(path), "--split", "test", "--data", str(cfg.data)]) == 0
+    assert "scored against the FER+ majority" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="predicts 7 classes .* must predict 8"):
+        package_ensemble([a, mode_runs["fer2013"][0]], tmp_path / "mixed.pt", device="cpu", classes=8)
+
+
 def test_config_refuses_unknown_label_modes_and_a_blend_outside_fer2013_labels():
     with pytest.raises(ValueError, match="labels: 'fer2013plus' is not one of fer2013, ferplus, ferplus_dist"):
         load_config(None, ["labels=fer2013plus"])

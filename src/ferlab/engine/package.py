@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_fer2013, make_splits
+from ..data.ferplus import FERPLUS_CLASSES, relabel
 from ..inference.preprocess import Preprocess
 from ..models import create_model
 from ..weights import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS
@@ -41,17 +42,22 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: i
 
 
 def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS, data: str | None = None,
-                     device: str = "auto") -> tuple[Path, dict]:
+                     device: str = "auto", classes: int | None = None) -> tuple[Path, dict]:
     """Write calibrated runs as one shippable ensemble (ferlab.models.ensemble): each member keeps its own
     temperature and logit bias, and one more temperature, for the ensemble as a whole, is fitted on the
-    validation split (PublicTest) under flip TTA, as the Predictor predicts. Weights are stored in fp16
-    (halving the file; the float32 network they load into gives the same labels: see the README).
-    Returns the file and the calibration record."""
+    validation split (PublicTest) under flip TTA, as the Predictor predicts (FER+ models: on its faces with a
+    FER+ majority, against it, as `ferlab eval` scores them). Weights are stored in fp16
+    (halving the file; the float32 network they load into gives the same labels: see the README). With
+    `classes`, the runs must predict that many (7: FER2013's; 8: FER+'s). Returns the file and the calibration
+    record."""
     if len(runs) < 2:
         raise ValueError(f"an ensemble needs at least two runs, got {len(runs)}")
     ckpts = [load_checkpoint(r) for r in runs]
     first = ckpts[0]
     for run, c in zip(runs, ckpts):
+        if classes is not None and len(c["classes"]) != classes:
+            raise ValueError(f"{run} predicts {len(c['classes'])} classes ({', '.join(c['classes'])}); this "
+                             f"ensemble's members must predict {classes}")
         if not c.get("temperature"):
             raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first")
         if c["classes"] != first["classes"] or Preprocess.from_dict(c["preprocess"]) != Preprocess.from_dict(
@@ -75,6 +81,8 @@ def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS,
     cfg = first.get("config") or {}
     val = make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
                       seed=cfg.get("seed", 42))["val"]
+    if list(first["classes"]) == list(FERPLUS_CLASSES):  # the faces with a FER+ majority, labelled with it
+        val = relabel({"val": val}, "ferplus")["val"]
     ckpt = calibrate_checkpoint(ckpt, torch.from_numpy(val.images), torch.from_numpy(val.labels),
                                 resolve_device(device), "flip")
     ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}

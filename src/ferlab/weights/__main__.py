@@ -1,6 +1,7 @@
 """python -m ferlab.weights RUN [--out PATH]: package a run's best model as the shipped default;
 python -m ferlab.weights --ferplus RUN [--out PATH]: package a FER+ (8-class) run as the shipped ferplus model;
-python -m ferlab.weights --ensemble RUN RUN ... [--out PATH] [--data FER2013]: package runs as the ensemble."""
+python -m ferlab.weights --ensemble RUN RUN ... [--out PATH] [--data FER2013]: package runs as the ensemble;
+python -m ferlab.weights --ensemble --ferplus RUN RUN ...: package FER+ runs as one ensemble, the ferplus model."""
 import argparse
 
 from ..engine.package import package_ensemble, package_model
@@ -10,7 +11,8 @@ p = argparse.ArgumentParser(prog="python -m ferlab.weights", description=__doc__
 p.add_argument("runs", nargs="+")
 p.add_argument("--ensemble", action="store_true", help="package the runs as one ensemble (default: one run as "
                                                        "the default model)")
-p.add_argument("--ferplus", action="store_true", help="package one FER+ run (8 classes) as the ferplus model")
+p.add_argument("--ferplus", action="store_true", help="package one FER+ run (8 classes), or with --ensemble "
+                                                     "several, as the ferplus model")
 p.add_argument("--out", help=f"where to write (default: {DEFAULT_WEIGHTS}, {FERPLUS_WEIGHTS} or {ENSEMBLE_WEIGHTS})")
 p.add_argument("--half", action="store_true", help="store one run's weights in fp16 (an ensemble's always are)")
 p.add_argument("--data", help="FER2013, to fit the ensemble's temperature on PublicTest (default: the first run's)")
@@ -19,7 +21,8 @@ a = p.parse_args()
 
 def main() -> None:
     if a.ensemble:
-        path, record = package_ensemble(a.runs, a.out or ENSEMBLE_WEIGHTS, a.data)
+        path, record = package_ensemble(a.runs, a.out or (FERPLUS_WEIGHTS if a.ferplus else ENSEMBLE_WEIGHTS), a.data,
+                                        classes=8 if a.ferplus else 7)
         print(path, f"temperature {record['temperature']:.3f} on {record['faces']} PublicTest faces, NLL "
                     f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}, ECE {record['ece_before']:.2f}% -> "
                     f"{record['ece_after']:.2f}%")
