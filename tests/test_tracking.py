@@ -5,7 +5,6 @@ O-Net alone finds a detected face again; the crops greyed around each face are t
 frame; the option in the Predictor and the CLI."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,23 +14,14 @@ import pytest
 from skimage import data as skdata
 
 import ferlab
+from conftest import load_bench
 from ferlab.cli import main
 from ferlab.inference.detect import make_detector
 from ferlab.inference.faces import crop_faces, crop_faces_from, to_gray
 from ferlab.inference.tracking import FaceFollower
 from ferlab.inference.video import iou
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_clips():
-    spec = importlib.util.spec_from_file_location("bench_video_clips", REPO / "bench" / "video_clips.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vc = _load_clips()
+vc = load_bench("video_clips")
 
 
 @pytest.fixture(scope="module")
