@@ -79,3 +79,33 @@ def test_ferplus_model_is_packaged_in_fp16_with_eight_classes_and_agrees_with_th
     assert next(model.parameters()).dtype == torch.float32
     pred = predict_probs(model, torch.from_numpy(test.images[:400][keep]), pre, torch.device("cpu")).argmax(1)
     assert (pred.numpy() == target[keep]).mean() > 0.75  # 83.7% over all of PrivateTest
+
+
+def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_slice):
+    """`--model ensemble`: the default and two teachers (vgg_s, vgg_s, vgg_m), each with its own temperature, one
+    more for the whole fitted on PublicTest under flip TTA; fp16 weights loading into float32 networks. On real
+    PrivateTest faces it is at least as right as the default, and the Predictor answers what the network does."""
+    from ferlab import Predictor
+    from ferlab.weights import ENSEMBLE_WEIGHTS
+    assert ENSEMBLE_WEIGHTS.exists() and ENSEMBLE_WEIGHTS.stat().st_size < 20 * 2**20
+    ckpt = load_checkpoint("ensemble")
+    assert ckpt["model"] == "ensemble" and ckpt["classes"] == list(CLASSES)
+    assert [m["model"] for m in ckpt["model_args"]["members"]] == ["vgg_s", "vgg_s", "vgg_m"]
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert ckpt["calibration"]["split"] == "val" and ckpt["calibration"]["tta"] == "flip"
+    assert 0.5 < ckpt["temperature"] < 2
+    assert ckpt["preprocess"] == load_checkpoint("default")["preprocess"]
+    faces, labels = _private_test(fer_slice)
+    accs = {}
+    for name in ("default", "ensemble"):
+        model, pre = model_from_checkpoint(load_checkpoint(name))
+        assert next(model.parameters()).dtype == torch.float32
+        probs = predict_probs(model, faces, pre, torch.device("cpu"), tta=True)
+        accs[name] = (probs.argmax(1) == labels).float().mean().item()
+        if name == "ensemble":
+            ref = probs
+    assert accs["ensemble"] >= accs["default"] - 0.01 and accs["ensemble"] >= 0.66, accs
+    p = Predictor(model="ensemble", detector="none")
+    for face, r in zip(faces[:6], ref[:6]):
+        row = p.predict(face.numpy())[0]
+        assert row["label"] == CLASSES[int(r.argmax())] and abs(row["probs"][row["label"]] - float(r.max())) < 1e-4

@@ -108,6 +108,7 @@ def test_wheel_ships_configs_weights_web_page_license_and_extras(tmp_path):
                         "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     (wheel,) = (tmp_path / "dist").glob("ferlab-*.whl")
+    assert wheel.stat().st_size < 40 * 2**20  # every shipped model included
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         info = f"ferlab-{ferlab.__version__}.dist-info"
@@ -119,7 +120,7 @@ def test_wheel_ships_configs_weights_web_page_license_and_extras(tmp_path):
     assert shipped - names == set()  # every module, config, the weights and the web page's files
     for needed in ("ferlab/configs/vgg_s_cpu48.yaml", "ferlab/configs/seed/iter1_simple_cnn.yaml",
                    "ferlab/configs/sweeps/seed_regularisation.yaml", "ferlab/weights/default.pt",
-                   "ferlab/serve/static/index.html", "ferlab/serve/static/app.js", "ferlab/py.typed"):
+                   "ferlab/weights/ensemble.pt", "ferlab/weights/ferplus.pt", "ferlab/serve/static/index.html", "ferlab/serve/static/app.js", "ferlab/py.typed"):
         assert needed in names
 
     assert license_text == (repo / "LICENSE").read_text() and "MIT License" in license_text
