@@ -22,7 +22,7 @@ import ferlab
 from ferlab.cli import main
 from ferlab.engine import TrainConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, train_one_epoch
 from ferlab.engine.trainer import build_preprocess, make_optimizer, make_scheduler
-from ferlab.inference.detect import group_windows, make_detector
+from ferlab.inference.detect import detect_many, group_windows, make_detector
 from ferlab.inference.faces import image_to_input, square_box, to_gray
 from ferlab.inference.preprocess import to_model_input
 from ferlab.models import create_model
@@ -70,6 +70,21 @@ def _forward(run_dir, pixels: np.ndarray, tta: bool = True) -> np.ndarray:
     with torch.no_grad():
         probs = model(x).softmax(1)
         return ((probs + model(x.flip(-1)).softmax(1)) / 2 if tta else probs).numpy()
+
+
+@pytest.mark.parametrize("detector", ["mtcnn", "haar"])
+def test_detect_many_greys_a_colour_picture_only_for_detectors_that_read_grey(astronaut, detector):
+    """MTCNN reads the colour picture as it is (no whole-picture grey copy: photos and a video's full detections
+    share this path); a cascade gets the grey copy. The faces are those of one call on the picture."""
+    det = make_detector(detector)
+    grey = to_gray(astronaut)
+    (copy,), (faces,) = detect_many(det, [astronaut])
+    assert (copy is None) == (detector == "mtcnn")
+    if copy is not None:
+        np.testing.assert_array_equal(copy, grey)
+    assert [f.box for f in faces] == [f.box for f in det(grey, astronaut)] and len(faces) == 1
+    (copy,), _ = detect_many(det, [grey])  # a grey picture is its own grey copy
+    np.testing.assert_array_equal(copy, grey)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .faces import Face, square_box
+from .faces import Face, square_box, to_gray
 
 DETECTORS = ("mtcnn", "haar", "lbp", "none")
 _ALIASES = {"cascade": "haar"}
@@ -158,10 +158,15 @@ class EyeCheck:
         return False
 
 
-def detect_many(detector, grays: list[np.ndarray], rgbs: list[np.ndarray | None]) -> list[list[Face]]:
-    """`detector`'s faces in each picture: batched where it can batch (MTCNN's `many`), else one by one."""
+def detect_many(detector, pictures: list[np.ndarray]) -> tuple[list[np.ndarray | None], list[list[Face]]]:
+    """`detector`'s faces in each picture ((H, W, 3) colour or (H, W) grey uint8), batched where it can batch
+    (MTCNN's `many`), else one by one; and the grey copy of each picture made on the way: None for a colour
+    picture given to a detector that reads colour as it is (`reads_colour`: MTCNN), which needs none."""
+    colour = getattr(detector, "reads_colour", False)
+    grays = [None if colour and p.ndim == 3 and p.shape[2] >= 3 else to_gray(p) for p in pictures]
     many = getattr(detector, "many", None)
-    return many(grays, rgbs) if many is not None else [detector(g, r) for g, r in zip(grays, rgbs)]
+    found = many(grays, pictures) if many is not None else [detector(g, p) for g, p in zip(grays, pictures)]
+    return grays, found
 
 
 class WholeImage:

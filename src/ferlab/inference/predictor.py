@@ -21,7 +21,7 @@ from ..engine.predict import resolve_device, tta_views
 from ..weights import resolve_model
 from .detect import detect_many, make_detector
 from .explain import grad_cam
-from .faces import LANDMARKS, crop_faces, crop_faces_from, crops_to_input, crops_to_pixels, eye_angle, to_gray
+from .faces import LANDMARKS, crop_faces, crop_faces_from, crops_to_input, crops_to_pixels, eye_angle
 from .sources import Frame, frames, to_rgb
 from .tracking import FaceFollower
 from .video import IoUTracker
@@ -261,10 +261,8 @@ class Predictor:
         """`_detect` for several pictures, in one batched detector pass where the detector can batch."""
         if not images:
             return []
-        # a detector that reads colour pictures as they are needs no grey copy of them: only the faces are greyed
-        colour = getattr(self.detector, "reads_colour", False)
-        grays = [None if colour and im.ndim == 3 and im.shape[2] >= 3 else to_gray(im) for im in images]
-        found = detect_many(self.detector, grays, images)  # detectors that look at colour use it only if there is any
+        # a detector that reads colour pictures as they are makes no grey copy of them: only the faces are greyed
+        grays, found = detect_many(self.detector, images)
         return [(faces, crop_faces(gray, faces, self.align) if gray is not None else
                  crop_faces_from(im, faces, self.align)) for im, gray, faces in zip(images, grays, found)]
 

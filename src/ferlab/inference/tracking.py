@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .detect import detect_many
-from .faces import Face, to_gray
+from .faces import Face
 from .video import iou
 
 
@@ -74,7 +74,7 @@ class FaceFollower:
     def _detect(self, image: np.ndarray) -> list[Face]:
         self.detections += 1
         before = len(self.faces)
-        faces = detect_many(self.detector, [to_gray(image)], [image])[0]
+        faces = detect_many(self.detector, [image])[1][0]
         if len(faces) < before:  # one went out of sight: look for it again sooner, for a while
             self.expected, self.watching = max(self.expected, before), WATCH_FRAMES
         elif len(faces) >= self.expected:  # all found again (or none was missing): the usual pace
