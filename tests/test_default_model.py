@@ -109,3 +109,15 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
     for face, r in zip(faces[:6], ref[:6]):
         row = p.predict(face.numpy())[0]
         assert row["label"] == CLASSES[int(r.argmax())] and abs(row["probs"][row["label"]] - float(r.max())) < 1e-4
+    # and over REST: the server answers what the Predictor does
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from ferlab.serve.app import create_app
+    buf = io.BytesIO()
+    Image.fromarray(faces[0].numpy()).save(buf, "PNG")
+    client = TestClient(create_app(p), base_url="http://127.0.0.1")
+    (face,) = client.post("/v1/predict", files={"file": ("face.png", buf.getvalue(), "image/png")}).json()["faces"]
+    assert face["label"] == CLASSES[int(ref[0].argmax())] and abs(face["probs"][face["label"]] - float(ref[0].max())) < 1e-4
