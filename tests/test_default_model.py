@@ -96,14 +96,13 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
     assert 0.5 < ckpt["temperature"] < 2
     assert ckpt["preprocess"] == load_checkpoint("default")["preprocess"]
     faces, labels = _private_test(fer_slice)
-    accs = {}
+    probs = {}
     for name in ("default", "ensemble"):
         model, pre = model_from_checkpoint(load_checkpoint(name))
         assert next(model.parameters()).dtype == torch.float32
-        probs = predict_probs(model, faces, pre, torch.device("cpu"), tta=True)
-        accs[name] = (probs.argmax(1) == labels).float().mean().item()
-        if name == "ensemble":
-            ref = probs
+        probs[name] = predict_probs(model, faces, pre, torch.device("cpu"), tta=True)
+    accs = {name: (p.argmax(1) == labels).float().mean().item() for name, p in probs.items()}
+    ref = probs["ensemble"]
     assert accs["ensemble"] >= accs["default"] - 0.01 and accs["ensemble"] >= 0.66, accs
     p = Predictor(model="ensemble", detector="none")
     for face, r in zip(faces[:6], ref[:6]):
