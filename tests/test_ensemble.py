@@ -11,7 +11,7 @@ from ferlab.cli import main
 from conftest import quick_calibrated_run
 
 from ferlab.engine import load_checkpoint, model_from_checkpoint
-from ferlab.engine.package import package_ensemble
+from ferlab.engine.package import package_ensemble, unpack_ensemble
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,36 @@ def test_ensemble_members_must_be_calibrated_and_alike(calibrated_run, fer_folde
     with pytest.raises(ValueError, match="preprocessing differ"):
         package_ensemble([calibrated_run, other], tmp_path / "e.pt", data=str(fer_folder))
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_unpacked_members_are_the_ensembles_own_and_repack_into_it(ensemble, calibrated_run, second_run, fer_folder,
+                                                                   fer_slice, tmp_path, capsys):
+    """`python -m ferlab.weights --unpack`: each member as a checkpoint of its own, named after its run, with the
+    ensemble's fp16 weights (exactly) and its own temperature; packed again they give the ensemble's probabilities.
+    A model that is not an ensemble, or a call without --out, is one clear line."""
+    import subprocess
+    import sys
+    out = tmp_path / "members"
+    paths = unpack_ensemble(ensemble, out)
+    assert [p.name for p in paths] == [f"{calibrated_run.name}.pt", f"{second_run.name}.pt"]
+    packed = load_checkpoint(ensemble)["state_dict"]
+    from ferlab.engine.trainer import to_model_input
+    faces = torch.from_numpy(fer_slice["pixels"][:64])
+    for i, (path, run) in enumerate(zip(paths, (calibrated_run, second_run))):
+        one = load_checkpoint(path)
+        assert one["model"] == load_checkpoint(run)["model"] and one["source_run"] == str(run)
+        assert one["temperature"] == pytest.approx(load_checkpoint(run)["temperature"], rel=1e-3)
+        for k, v in one["state_dict"].items():  # float32 again, holding the fp16 values exactly
+            assert v.dtype != torch.float16 and torch.equal(v, packed[f"members.{i}.{k}"].to(v.dtype)), k
+    again, _ = package_ensemble(paths, tmp_path / "again.pt", data=str(fer_folder), device="cpu")
+    probs = []
+    for path in (ensemble, again):
+        net, pre = model_from_checkpoint(load_checkpoint(path))
+        with torch.no_grad():
+            probs.append(net(to_model_input(faces, pre, torch.device("cpu"))).softmax(1))
+    assert torch.allclose(probs[0], probs[1], atol=2e-3), (probs[0] - probs[1]).abs().max()
+    with pytest.raises(ValueError, match="not an ensemble"):
+        unpack_ensemble(calibrated_run, tmp_path / "x")
+    r = subprocess.run([sys.executable, "-m", "ferlab.weights", "--unpack", str(ensemble)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--unpack takes one ensemble and --out DIR" in r.stderr

@@ -87,3 +87,37 @@ def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS,
                                 resolve_device(device), "flip")
     ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     return write_checkpoint(out, ckpt), ckpt["calibration"]
+
+
+def unpack_ensemble(spec: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write each member of a packaged ensemble (`ensemble`, or its .pt file) as a checkpoint of its own in
+    `out_dir`, named after the run it came from (`teacher_vgg_s_ema.pt`; `member_2.pt` where the ensemble does
+    not say): its network, its weights in float32 (the fp16 values, exactly), its own temperature and logit bias,
+    and the ensemble's preprocessing and classes. Such a file is what `ferlab eval`, `predict` or
+    `package_ensemble` take, so a new ensemble can be built from a shipped one's members without their runs."""
+    ckpt = load_checkpoint(spec)
+    if ckpt["model"] != "ensemble":
+        raise ValueError(f"{spec}: a {ckpt['model']!r} model, not an ensemble; nothing to unpack")
+    members = ckpt["model_args"]["members"]
+    sources = ckpt.get("members") or [None] * len(members)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [Path(str(s)).name if s else f"member_{i}" for i, s in enumerate(sources)]
+    if len(set(names)) != len(names):  # two members from runs of the same name: number them all
+        names = [f"member_{i}_{n}" for i, n in enumerate(names)]
+    state = ckpt["state_dict"]
+    written = []
+    for i, (member, name) in enumerate(zip(members, names)):
+        prefix = f"members.{i}."
+        bias = state["biases"][i].float()
+        one = {"format": "ferlab", "format_version": FORMAT_VERSION, "model": member["model"],
+               "model_args": dict(member.get("model_args", {})), "preprocess": ckpt["preprocess"],
+               "classes": list(ckpt["classes"]),
+               "state_dict": {k[len(prefix):]: v.float() if v.is_floating_point() else v
+                              for k, v in state.items() if k.startswith(prefix)},
+               "temperature": float(state["temperatures"][i]),
+               "logit_bias": bias.tolist() if bool(bias.any()) else None,
+               "config": dict(ckpt.get("config") or {}), "source_run": sources[i], "unpacked_from": str(spec),
+               "epoch": None, "best_val_acc": None, "metrics": {}}
+        written.append(write_checkpoint(out_dir / f"{name}.pt", one))
+    return written
