@@ -751,8 +751,37 @@ def test_distillation_pulls_the_student_toward_its_teacher(calibrated_run, fer_f
         assert says_surprise(tmp_path / taught["name"]) > 0.9 > 0.5 > says_surprise(tmp_path / plain["name"])
         other = tmp_path / "other.pt"
         torch.save({**ckpt, "preprocess": {**ckpt["preprocess"], "standardize": False}}, other)
-        with pytest.raises(ValueError, match="a teacher must see the same input"):
+        with pytest.raises(ValueError, match="distill: .* must see the same input"):
             fit(tiny_config(fer_folder, tmp_path, name="refused", distill=str(other)), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_init_starts_the_run_from_a_checkpoints_weights(calibrated_run, fer_folder, tmp_path):
+    """`init: RUN` (fine-tuning): the network starts with RUN's weights. With a learning rate of 0 they are still
+    RUN's, exactly, after an epoch, where a run without init has its own random ones; another network or other
+    input is refused in one line that says so."""
+    from ferlab.engine import load_checkpoint
+    source = load_checkpoint(calibrated_run)["state_dict"]
+    params = [k for k in source if "running" not in k and "num_batches" not in k]
+    frozen = dict(optimizer="sgd", lr=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, epochs=1)
+    threads = torch.get_num_threads()
+    try:
+        tuned = fit(tiny_config(fer_folder, tmp_path, name="tuned", init=str(calibrated_run), **frozen),
+                    progress=False)
+        fresh = fit(tiny_config(fer_folder, tmp_path, name="fresh", **frozen), progress=False)
+        got = {name: load_checkpoint(tmp_path / s["name"])["state_dict"] for name, s in
+               (("tuned", tuned), ("fresh", fresh))}
+        assert all(torch.equal(got["tuned"][k], source[k]) for k in params)
+        assert not any(torch.equal(got["fresh"][k], source[k]) for k in params if k.endswith("weight"))
+        with pytest.raises(ValueError, match="init: .* fine-tuning starts from the same network"):
+            fit(tiny_config(fer_folder, tmp_path, name="other_net", model="simple_cnn_v2", init=str(calibrated_run)),
+                progress=False)
+        ckpt = load_checkpoint(calibrated_run)
+        other = tmp_path / "other.pt"
+        torch.save({**ckpt, "preprocess": {**ckpt["preprocess"], "standardize": False}}, other)
+        with pytest.raises(ValueError, match="init: .* must see the same input"):
+            fit(tiny_config(fer_folder, tmp_path, name="other_input", init=str(other)), progress=False)
     finally:
         torch.set_num_threads(threads)
 

@@ -37,6 +37,7 @@ class TrainConfig:
     distill: str | None = None                       # a teacher ("ensemble", a run, a .pt): its soft targets ...
     distill_weight: float = 0.5                      # ... make this share of the target, on the same augmented views
     distill_temperature: float = 1.0                 # teacher probabilities softened by this temperature
+    init: str | None = None                          # start from these weights ("default", a run, a .pt): fine-tuning
     # optimisation
     epochs: int = 30
     batch_size: int = 64                             # per process; global = batch_size x world size

@@ -244,16 +244,33 @@ def distilled_target(target: torch.Tensor, teacher_logits: torch.Tensor, cfg: Tr
     return (1 - cfg.distill_weight) * target + cfg.distill_weight * soft
 
 
+def _checkpoint_like(key: str, spec: str, pre: Preprocess, classes) -> dict:
+    """The checkpoint a config key names (distill, init); it must see the run's input and answer its classes."""
+    ckpt = load_checkpoint(spec)
+    if list(ckpt["classes"]) != list(classes) or Preprocess.from_dict(ckpt["preprocess"]) != pre:
+        raise ValueError(f"{key}: {spec} answers {ckpt['classes']} from {ckpt['preprocess']}; this run learns "
+                         f"{list(classes)} from {pre.to_dict()}: it must see the same input and answer the same "
+                         "classes")
+    return ckpt
+
+
+def load_init(cfg: TrainConfig, model: torch.nn.Module, pre: Preprocess, classes) -> None:
+    """Fine-tuning: cfg.init's weights (its EMA weights where it has them; fp16 ones as float32) into `model`,
+    which must be the same network (model and model_args)."""
+    ckpt = _checkpoint_like("init", cfg.init, pre, classes)
+    if ckpt["model"] != cfg.model or dict(ckpt["model_args"]) != dict(cfg.model_args):
+        raise ValueError(f"init: {cfg.init} is a {ckpt['model']!r} network with model_args {ckpt['model_args']}; "
+                         f"this run trains {cfg.model!r} with {cfg.model_args}: fine-tuning starts from the same "
+                         "network")
+    source, _ = model_from_checkpoint(ckpt, calibrated=False)
+    model.load_state_dict(source.state_dict())
+
+
 def load_teacher(cfg: TrainConfig, pre: Preprocess, classes, device: torch.device) -> torch.nn.Module | None:
     """cfg.distill's network (calibrated, eval mode, frozen), or None; it must see what the student sees."""
     if not cfg.distill:
         return None
-    ckpt = load_checkpoint(cfg.distill)
-    if list(ckpt["classes"]) != list(classes) or Preprocess.from_dict(ckpt["preprocess"]) != pre:
-        raise ValueError(f"distill: {cfg.distill} answers {ckpt['classes']} from {ckpt['preprocess']}; the student "
-                         f"learns {list(classes)} from {pre.to_dict()}: a teacher must see the same input and "
-                         "answer the same classes")
-    teacher, _ = model_from_checkpoint(ckpt)
+    teacher, _ = model_from_checkpoint(_checkpoint_like("distill", cfg.distill, pre, classes))
     teacher = teacher.to(device).eval()
     if cfg.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
@@ -406,7 +423,10 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     classes = classes_for(cfg.labels)
 
     model = create_model(cfg.model, num_classes=len(classes), in_channels=pre.in_channels,
-                         input_size=pre.input_size, **cfg.model_args).to(device)
+                         input_size=pre.input_size, **cfg.model_args)
+    if cfg.init and resume_ckpt is None:
+        load_init(cfg, model, pre, classes)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = load_teacher(cfg, pre, classes, device)
