@@ -725,6 +725,15 @@ def test_distilled_target_by_hand():
     assert np.allclose(distilled_target(votes, logits, cfg, 7)[0].numpy(), 0.75 * votes[0].numpy() + 0.25 * soft)
 
 
+def _seeing_other_input(run: Path, tmp_path: Path) -> str:
+    """A copy of RUN's checkpoint that expects other input (no per-face standardisation)."""
+    from ferlab.engine import load_checkpoint
+    ckpt = load_checkpoint(run)
+    other = tmp_path / "other_input.pt"
+    torch.save({**ckpt, "preprocess": {**ckpt["preprocess"], "standardize": False}}, other)
+    return str(other)
+
+
 def test_distillation_pulls_the_student_toward_its_teacher(calibrated_run, fer_folder, tmp_path):
     """A teacher that says "surprise" to every face (a real checkpoint with a large logit bias): the student
     trained on its soft targets alone (weight 1) says surprise to most training faces, the same student trained
@@ -749,10 +758,9 @@ def test_distillation_pulls_the_student_toward_its_teacher(calibrated_run, fer_f
         taught = fit(tiny_config(fer_folder, tmp_path, name="taught", seed=5, epochs=3, distill=str(teacher),
                                  distill_weight=1.0), progress=False)
         assert says_surprise(tmp_path / taught["name"]) > 0.9 > 0.5 > says_surprise(tmp_path / plain["name"])
-        other = tmp_path / "other.pt"
-        torch.save({**ckpt, "preprocess": {**ckpt["preprocess"], "standardize": False}}, other)
         with pytest.raises(ValueError, match="distill: .* must see the same input"):
-            fit(tiny_config(fer_folder, tmp_path, name="refused", distill=str(other)), progress=False)
+            fit(tiny_config(fer_folder, tmp_path, name="refused", distill=_seeing_other_input(calibrated_run, tmp_path)),
+                progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -777,11 +785,9 @@ def test_init_starts_the_run_from_a_checkpoints_weights(calibrated_run, fer_fold
         with pytest.raises(ValueError, match="init: .* fine-tuning starts from the same network"):
             fit(tiny_config(fer_folder, tmp_path, name="other_net", model="simple_cnn_v2", init=str(calibrated_run)),
                 progress=False)
-        ckpt = load_checkpoint(calibrated_run)
-        other = tmp_path / "other.pt"
-        torch.save({**ckpt, "preprocess": {**ckpt["preprocess"], "standardize": False}}, other)
         with pytest.raises(ValueError, match="init: .* must see the same input"):
-            fit(tiny_config(fer_folder, tmp_path, name="other_input", init=str(other)), progress=False)
+            fit(tiny_config(fer_folder, tmp_path, name="other_input", init=_seeing_other_input(calibrated_run, tmp_path)),
+                progress=False)
     finally:
         torch.set_num_threads(threads)
 
