@@ -90,7 +90,8 @@ def test_unpacked_members_are_the_ensembles_own_and_repack_into_it(ensemble, cal
                                                                    fer_slice, tmp_path, capsys):
     """`python -m ferlab.weights --unpack`: each member as a checkpoint of its own, named after its run, with the
     ensemble's fp16 weights (exactly) and its own temperature; packed again they give the ensemble's probabilities.
-    A model that is not an ensemble, or a call without --out, is one clear line."""
+    A file already there is never overwritten; a model that is not an ensemble, or a call without --out, is one
+    clear line."""
     import subprocess
     import sys
     out = tmp_path / "members"
@@ -112,6 +113,11 @@ def test_unpacked_members_are_the_ensembles_own_and_repack_into_it(ensemble, cal
         with torch.no_grad():
             probs.append(net(to_model_input(faces, pre, torch.device("cpu"))).softmax(1))
     assert torch.allclose(probs[0], probs[1], atol=2e-3), (probs[0] - probs[1]).abs().max()
+    mine = paths[1].read_bytes()
+    paths[0].unlink()
+    with pytest.raises(ValueError, match=f"{paths[1]} already exist"):  # one file there: nothing is written
+        unpack_ensemble(ensemble, out)
+    assert not paths[0].exists() and paths[1].read_bytes() == mine
     with pytest.raises(ValueError, match="not an ensemble"):
         unpack_ensemble(calibrated_run, tmp_path / "x")
     r = subprocess.run([sys.executable, "-m", "ferlab.weights", "--unpack", str(ensemble)], capture_output=True,

@@ -92,7 +92,7 @@ def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS,
 def unpack_ensemble(spec: str | Path, out_dir: str | Path) -> list[Path]:
     """Write each member of a packaged ensemble (`ensemble`, or its .pt file) as a checkpoint of its own in
     `out_dir`, named after the run it came from (`teacher_vgg_s_ema.pt`; `member_2.pt` where the ensemble does
-    not say): its network, its weights in float32 (the fp16 values, exactly), its own temperature and logit bias,
+    not say; a file of that name already there stops it before it writes anything): its network, its weights in float32 (the fp16 values, exactly), its own temperature and logit bias,
     and the ensemble's preprocessing and classes. Such a file is what `ferlab eval`, `predict` or
     `package_ensemble` take, so a new ensemble can be built from a shipped one's members without their runs."""
     ckpt = load_checkpoint(spec)
@@ -105,6 +105,9 @@ def unpack_ensemble(spec: str | Path, out_dir: str | Path) -> list[Path]:
     names = [Path(str(s)).name if s else f"member_{i}" for i, s in enumerate(sources)]
     if len(set(names)) != len(names):  # two members from runs of the same name: number them all
         names = [f"member_{i}_{n}" for i, n in enumerate(names)]
+    there = [str(out_dir / f"{n}.pt") for n in names if (out_dir / f"{n}.pt").exists()]
+    if there:  # never overwrite a file one already has
+        raise ValueError(f"{', '.join(there)} already exist(s); unpack into another folder or move them first")
     state = ckpt["state_dict"]
     written = []
     for i, (member, name) in enumerate(zip(members, names)):
