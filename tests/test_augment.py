@@ -1,12 +1,14 @@
 """Batched augmentation on real FER2013 faces: each op does what it says, seeded, and never at evaluation."""
 from __future__ import annotations
 
+import cv2
+import numpy as np
 
 import pytest
 import torch
 
 import ferlab.engine.trainer as trainer
-from ferlab.data.augment import AugmentConfig, augment
+from ferlab.data.augment import AugmentConfig, augment, degrade, gaussian_blur, jpeg_compress, jpeg_tables
 from ferlab.engine import TrainConfig
 from ferlab.engine.trainer import build_preprocess, evaluate, make_optimizer, make_scheduler, predict_probs
 from ferlab.inference.preprocess import Preprocess, to_model_input
@@ -134,3 +136,110 @@ def test_evaluation_never_augments(fer_slice, monkeypatch):
     exact = "donot_use_mm_for_euclid_dist"
     for x, _ in seen:  # every training face is one of the inputs, through the one preprocessing path
         assert torch.cdist(x.flatten(1), inputs, compute_mode=exact).min(1).values.max() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ degradations
+
+@pytest.fixture(scope="module")
+def faces(fer_slice) -> np.ndarray:
+    """64 real 48x48 uint8 faces."""
+    return np.ascontiguousarray(fer_slice["pixels"][::5][:64])
+
+
+def _cv2_jpeg(faces: np.ndarray, quality: int) -> np.ndarray:
+    return np.stack([cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
+                                  cv2.IMREAD_GRAYSCALE) for f in faces]).astype(np.float32)
+
+
+@pytest.mark.parametrize("quality", [10, 20, 50])
+def test_batched_jpeg_is_libjpegs_lossy_step(faces, quality):
+    """The batched DCT quantisation lands within half a grey level (mean) of OpenCV's real JPEG round trip,
+    which moves the faces by several grey levels: the same compression, not just some blur."""
+    x = torch.from_numpy(faces).float()
+    ours = jpeg_compress(x, torch.full((len(x),), float(quality))).numpy()
+    ref = _cv2_jpeg(faces, quality)
+    loss = np.abs(ref - faces).mean()
+    assert loss > 4  # JPEG at these qualities really changes the faces ...
+    assert np.abs(ours - ref).mean() < 0.5 and np.abs(ours - ref).mean() < loss / 10  # ... and ours the same way
+    assert ours.min() >= 0 and ours.max() <= 255 and np.array_equal(ours, np.round(ours))
+
+
+def test_jpeg_tables_scale_as_libjpeg():
+    t = jpeg_tables(torch.tensor([50.0, 100.0, 10.0, 1.0]))
+    assert t[0, 0, 0] == 16 and t[0, 7, 7] == 99  # quality 50: the standard table itself
+    assert (t[1] == 1).all()  # quality 100: no quantisation
+    assert t[2, 0, 0] == 80 and (t[3] == 255).all()  # 10: five times coarser; 1: clipped to 255
+
+
+def test_jpeg_of_an_odd_sized_face_keeps_its_size(faces):
+    x = torch.from_numpy(faces[:4, :45, :43].copy()).float()
+    out = jpeg_compress(x, torch.full((4,), 20.0))
+    assert out.shape == x.shape and (out - x).abs().mean() > 2
+
+
+def test_per_face_blur_is_opencvs_gaussian(faces):
+    x = torch.from_numpy(faces[:3]).float()
+    sigmas = [0.5, 1.0, 1.5]
+    ours = gaussian_blur(x, torch.tensor(sigmas)).numpy()
+    for face, sigma, out in zip(faces[:3], sigmas, ours):
+        ref = cv2.GaussianBlur(face.astype(np.float32), (9, 9), sigma, borderType=cv2.BORDER_REFLECT_101)
+        np.testing.assert_allclose(out, ref, atol=1e-3)
+
+
+DEGRADE_OFF = dict(gamma=0.0, blur=0.0, downscale=0.0, jpeg=0.0)
+
+
+def test_degrade_off_is_the_faces_as_floats(faces):
+    assert not AugmentConfig().degrades
+    out = degrade(torch.from_numpy(faces), AugmentConfig(), gen(0))
+    assert out.dtype == torch.float32 and torch.equal(out, torch.from_numpy(faces).float())
+
+
+@pytest.mark.parametrize("op", ["gamma", "blur", "downscale", "jpeg"])
+def test_each_degradation_changes_the_share_of_faces_it_is_given(faces, op):
+    x = torch.from_numpy(faces)
+    every = degrade(x, AugmentConfig(**{**DEGRADE_OFF, op: 1.0}), gen(2))
+    changed = (every - x.float()).abs().amax((1, 2)) > 0.5
+    assert changed.float().mean() > 0.9 and every.min() >= 0 and every.max() <= 255
+    half = degrade(x, AugmentConfig(**{**DEGRADE_OFF, op: 0.5}), gen(2))
+    share = ((half - x.float()).abs().amax((1, 2)) > 1e-4).float().mean().item()
+    assert 0.25 < share < 0.75
+    assert torch.equal(half, degrade(x, AugmentConfig(**{**DEGRADE_OFF, op: 0.5}), gen(2)))  # seeded
+    assert not torch.equal(half, degrade(x, AugmentConfig(**{**DEGRADE_OFF, op: 0.5}), gen(3)))
+
+
+def test_degradations_lose_detail_and_gamma_moves_brightness(faces):
+    x = torch.from_numpy(faces).float()
+
+    def detail(y):  # mean absolute difference between neighbouring pixels
+        return (y[:, :, 1:] - y[:, :, :-1]).abs().mean().item()
+
+    for op in ("blur", "downscale"):
+        assert detail(degrade(x, AugmentConfig(**{**DEGRADE_OFF, op: 1.0}), gen(4))) < 0.8 * detail(x)
+    dark = degrade(x, AugmentConfig(**{**DEGRADE_OFF, "gamma": 1.0, "gamma_range": (2.0, 2.0)}), gen(4))
+    torch.testing.assert_close(dark, 255 * (x / 255) ** 2, atol=1e-3, rtol=0)
+
+
+def test_training_degrades_before_preprocessing_and_evaluation_never(fer_slice, monkeypatch):
+    images = torch.from_numpy(fer_slice["pixels"][:48])
+    labels = torch.from_numpy(fer_slice["labels"][:48])
+    cfg = TrainConfig(model="simple_cnn", input_size=48, in_channels=1, standardize=True, batch_size=16,
+                      epochs=1, optimizer="adam", lr=1e-3, schedule="constant", warmup_epochs=0, device="cpu",
+                      augment=dict(jpeg=1.0))
+    pre = build_preprocess(cfg)
+    model = create_model("simple_cnn", in_channels=1, input_size=48)
+    dev = torch.device("cpu")
+    seen = []
+    real = trainer.degrade
+
+    def spy(x, aug_cfg, generator=None):
+        seen.append(x.clone())
+        return real(x, aug_cfg, generator)
+
+    monkeypatch.setattr(trainer, "degrade", spy)
+    evaluate(model, images, labels, pre, dev, tta=True)
+    assert seen == []
+    opt = make_optimizer(cfg, model)
+    trainer.train_one_epoch(model, images, labels, pre, opt, make_scheduler(cfg, opt, 3), cfg, 1, dev,
+                            progress=False)
+    assert len(seen) == 3 and all(x.dtype == torch.uint8 and x.shape[1:] == (48, 48) for x in seen)

@@ -89,6 +89,10 @@ def test_invalid_choice_lists_valid_ones(key, valid):
     (["epochs=0"], "epochs and batch_size must be >= 1"),
     (["split=random"], "split: 'random' is not one of official, seed"),
     (["lr"], "must look like key=value"),
+    (["select_corruptions=[noise10,fog]"], "select_corruptions: unknown fog; known: blur1, noise10"),
+    (["select_weight=2"], "select_weight: 2 is not a share between 0 and 1"),
+    (["augment.jpeg_quality=[60,10]"], r"augment.jpeg_quality: expected a range \[low, high\] with 0 < low <= high"),
+    (["augment.blur_sigma=1"], "augment.blur_sigma: expected a range"),
 ])
 def test_bad_values_say_what_was_expected(overrides, says):
     with pytest.raises(ValueError, match=says):

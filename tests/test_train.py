@@ -792,6 +792,39 @@ def test_init_starts_the_run_from_a_checkpoints_weights(calibrated_run, fer_fold
         torch.set_num_threads(threads)
 
 
+def test_selection_on_corrupted_validation_faces(fer_folder, tmp_path):
+    """select_corruptions: every epoch's accuracy on the validation faces under each corruption is logged, the
+    score mixes it with the clean accuracy by select_weight, and best.pt is the epoch with the highest score;
+    the logged accuracy is the best model's on `corrupt(name, val faces)`, as bench/robustness.py makes them."""
+    from ferlab.data.corruptions import corrupt
+    threads = torch.get_num_threads()
+    try:
+        s = fit(tiny_config(fer_folder, tmp_path, name="robust", epochs=3, select_corruptions=["noise20", "eyes"],
+                            select_weight=0.75, augment=dict(hflip=0.5, noise=0.3, blur=0.5, jpeg=0.5)),
+                progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    rows = _rows(tmp_path / "robust")
+    assert len(rows) == 3
+    for r in rows:
+        mean = (float(r["val_noise20"]) + float(r["val_eyes"])) / 2
+        assert float(r["val_corrupted_accuracy"]) == pytest.approx(mean, abs=1e-4)
+        assert float(r["val_select"]) == pytest.approx(0.25 * float(r["val_accuracy"]) + 0.75 * mean, abs=1e-4)
+    scores = [float(r["val_select"]) for r in rows]
+    best = load_checkpoint(tmp_path / "robust" / "best.pt")
+    assert best["epoch"] == 1 + scores.index(max(scores)) == s["best_epoch"]
+    assert s["selection"] == {"corruptions": ["noise20", "eyes"], "weight": 0.75,
+                              "val_corrupted_accuracy": pytest.approx(float(rows[best["epoch"] - 1]
+                                                                            ["val_corrupted_accuracy"]), abs=1e-4),
+                              "val_select": pytest.approx(max(scores), abs=1e-4)}
+    val = make_splits(load_fer2013(str(fer_folder)), "official", seed=1, fraction=0.5)["val"]  # tiny_config's
+    model, pre = model_from_checkpoint(best, calibrated=False)  # the network as training scored it
+    noisy = torch.from_numpy(corrupt("noise20", val.images))
+    probs = predict_probs(model, noisy, pre, torch.device("cpu"), 256, False, "fp32", True)
+    acc = 100 * (probs.argmax(1).numpy() == val.labels).mean()
+    assert acc == pytest.approx(float(rows[best["epoch"] - 1]["val_noise20"]), abs=1e-4)
+
+
 def test_a_run_ends_with_a_short_summary_table_and_whole_epoch_curves(fer_folder, tmp_path, capsys, monkeypatch):
     """The end of `fit`: a two-column table (no raw JSON line) with the numbers of summary.json; the curves
     have whole-number epoch ticks and show a run of one epoch as points."""

@@ -35,7 +35,8 @@ class CSVLogger(Callback):
 
     def _write(self):
         with replacing(self.path) as tmp, tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, METRIC_KEYS, extrasaction="ignore")
+            extra = [k for r in self.rows[:1] for k in r if k not in METRIC_KEYS]  # e.g. the selection's scores
+            w = csv.DictWriter(f, [*METRIC_KEYS, *extra], extrasaction="ignore")
             w.writeheader()
             w.writerows(self.rows)
 
@@ -44,7 +45,9 @@ class PrintLogger(Callback):
     def on_epoch_end(self, epoch, m):
         print(f"epoch {epoch:3d}  train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.2f}  "
               f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.2f}  gap {m['train_val_acc_gap']:+.2f}  "
-              f"lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+              f"lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s"
+              + (f"  corrupted val acc {m['val_corrupted_accuracy']:.2f} select {m['val_select']:.2f}"
+                 if "val_select" in m else ""), file=sys.stderr, flush=True)
 
 
 class WandbLogger(Callback):

@@ -52,6 +52,10 @@ class TrainConfig:
     ema: float = 0.0                                 # EMA decay of the weights; 0 = off
     grad_clip: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # model selection on the validation split: (1 - select_weight) x its accuracy + select_weight x the mean
+    # accuracy on its faces under these corruptions (names in ferlab/data/corruptions.py); [] = accuracy alone
+    select_corruptions: list[str] = field(default_factory=list)
+    select_weight: float = 0.5
     # execution
     precision: str = "fp32"
     channels_last: bool = True
@@ -69,8 +73,14 @@ class TrainConfig:
             raise ValueError(f"augment: expected a mapping such as {{hflip: 0.5, erase: 0.25}}, "
                              f"got {self.augment!r}")
         _coerce_numbers(self.augment, "augment.")
-        if isinstance(self.augment.erase_area, list):
-            self.augment.erase_area = tuple(self.augment.erase_area)
+        for f in dataclasses.fields(AugmentConfig):  # the (low, high) ranges
+            v = getattr(self.augment, f.name)
+            if f.type.startswith("tuple"):
+                if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(e, (int, float)) for e in v)
+                        and 0 < v[0] <= v[1]):
+                    raise ValueError(f"augment.{f.name}: expected a range [low, high] with 0 < low <= high, "
+                                     f"got {v!r}")
+                setattr(self.augment, f.name, (float(v[0]), float(v[1])))
         for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
                            ("split", SPLITS), ("labels", LABEL_MODES)):
             if getattr(self, key) not in valid:
@@ -78,6 +88,16 @@ class TrainConfig:
         if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
             raise ValueError(f"distill_weight must be a share between 0 and 1 and distill_temperature > 0, got "
                              f"{self.distill_weight} and {self.distill_temperature}")
+        if self.select_corruptions:
+            from ..data.corruptions import CORRUPTIONS
+            if isinstance(self.select_corruptions, str):
+                self.select_corruptions = [self.select_corruptions]
+            unknown = [c for c in self.select_corruptions if c not in CORRUPTIONS or c == "clean"]
+            if unknown:
+                raise ValueError(f"select_corruptions: unknown {', '.join(map(str, unknown))}; known: "
+                                 f"{', '.join(c for c in CORRUPTIONS if c != 'clean')}")
+        if not 0 <= self.select_weight <= 1:
+            raise ValueError(f"select_weight: {self.select_weight} is not a share between 0 and 1")
         if not 0 <= self.ferplus_blend <= 1:
             raise ValueError(f"ferplus_blend: {self.ferplus_blend} is not a share between 0 and 1")
         if self.ferplus_blend > 0 and self.labels != "fer2013":
@@ -88,7 +108,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["augment"]["erase_area"] = list(d["augment"]["erase_area"])
+        for k, v in d["augment"].items():
+            if isinstance(v, tuple):
+                d["augment"][k] = list(v)
         return d
 
 

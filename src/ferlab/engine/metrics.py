@@ -42,7 +42,10 @@ def format_summary(s: dict, path=None) -> str:
         return f"{s[key]:.2f}%" if s.get(key) is not None else "-"
     rows = [("run", s.get("name", "?")),
             ("model", f"{s.get('model')} ({s.get('params', 0):,} params, input {s.get('input')})"),
-            ("best epoch", f"{s.get('best_epoch')} of {s.get('epochs')}, chosen on the validation split"),
+            ("best epoch", f"{s.get('best_epoch')} of {s.get('epochs')}, chosen on the validation split"
+                           + (" (clean and corrupted: {}, weight {:g}; score {:.2f})".format(
+                               "+".join(s["selection"]["corruptions"]), s["selection"]["weight"],
+                               s["selection"]["val_select"]) if s.get("selection") else "")),
             ("val accuracy", f"{pct('val_accuracy')} plain, {pct('val_accuracy_tta')} flip TTA"),
             ("test accuracy", f"{pct('test_accuracy')} plain, {pct('test_accuracy_tta')} flip TTA"),
             *([("data", f"fraction {s['fraction']:g} of every split: val {s.get('val_faces', '?')} and test "

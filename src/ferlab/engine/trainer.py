@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from .._atomic import WriteError, replacing
 from ..data import load_fer2013, make_splits
-from ..data.augment import augment
+from ..data.augment import augment, degrade
+from ..data.corruptions import corrupt
 from ..data.ferplus import classes_for, left_out, relabel, train_targets
 from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
@@ -195,8 +196,10 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
                dynamic_ncols=True)
     for step in bar:
         idx = perm[step * per_step:(step + 1) * per_step][dinfo.rank::dinfo.world]
-        x = to_model_input(images[idx], pre, device)
-        x = augment(x, cfg.augment, aug_gen)
+        faces = images[idx]
+        if cfg.augment.degrades:
+            faces = degrade(faces.to(device), cfg.augment, aug_gen)
+        x = augment(to_model_input(faces, pre, device), cfg.augment, aug_gen)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device, non_blocking=True)
@@ -291,6 +294,17 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess,
     correct = (probs.argmax(1) == y).sum().item()
     nll, correct, n = dinfo.all_sum([nll, correct, float(len(y))], device)
     return {"loss": nll / max(n, 1), "accuracy": 100 * correct / max(n, 1), "probs": probs, "labels": y}
+
+
+def selection_scores(model, corrupted: dict[str, torch.Tensor], labels: torch.Tensor, clean_accuracy: float,
+                     pre: Preprocess, device: torch.device, cfg: TrainConfig, dinfo: DistInfo | None = None) -> dict:
+    """The validation accuracy under each corruption (`val_<name>`), their mean (`val_corrupted_accuracy`) and
+    the selection score `val_select` = (1 - cfg.select_weight) x clean_accuracy + cfg.select_weight x the mean."""
+    out = {f"val_{name}": evaluate(model, x, labels, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
+                                   cfg.channels_last)["accuracy"] for name, x in corrupted.items()}
+    out["val_corrupted_accuracy"] = float(np.mean(list(out.values())))
+    out["val_select"] = (1 - cfg.select_weight) * clean_accuracy + cfg.select_weight * out["val_corrupted_accuracy"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -485,6 +499,8 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
                     ema_state=ema.module.state_dict() if ema else None, classes=classes)
 
     eval_model = ema.module if ema else model
+    # the validation faces under the selection's corruptions, made once (each corruption draws from its own seed)
+    corrupted_val = {c: torch.from_numpy(corrupt(c, xva.numpy())) for c in cfg.select_corruptions}
     trained_s = resume_ckpt.get("train_time_s", 0.0) if resume_ckpt is not None else 0.0  # before this process
     t_start = time.perf_counter()
 
@@ -513,8 +529,12 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
                  "val_accuracy": va["accuracy"], "train_val_acc_gap": tr["accuracy"] - va["accuracy"],
                  "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": tr["time_s"],
                  "images_per_s": tr["images_per_s"]}
-            improved = va["accuracy"] > best
-            best = max(best, va["accuracy"])
+            score = va["accuracy"]
+            if corrupted_val:
+                m.update(selection_scores(eval_model, corrupted_val, yva, va["accuracy"], pre, device, cfg, dinfo))
+                score = m["val_select"]
+            improved = score > best
+            best = max(best, score)
             if dinfo.main:
                 for cb in cbs:
                     cb.on_epoch_end(epoch, m)
@@ -571,6 +591,9 @@ def finish_run(run_dir: Path, cfg: TrainConfig, pre, xte, yte, xva, yva, device,
         "precision": cfg.precision, "device": str(device),
         **(origin or {}),  # hosts, world_size, torch, git_commit
     }
+    if cfg.select_corruptions:  # chosen on clean and corrupted validation faces: the numbers it was chosen on
+        summary["selection"] = {"corruptions": list(cfg.select_corruptions), "weight": cfg.select_weight,
+                                **{k: best["metrics"][k] for k in ("val_corrupted_accuracy", "val_select")}}
     if cfg.tta:
         summary["val_accuracy_tta"] = evaluate(model, xva, yva, pre, device, cfg.eval_batch_size, True,
                                                cfg.precision, alone)["accuracy"]
