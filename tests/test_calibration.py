@@ -81,6 +81,37 @@ def test_package_model_needs_a_temperature_and_keeps_it(calibrated_run, tmp_path
         package_model(tmp_path / "raw.pt", tmp_path / "x.pt")
 
 
+def test_packaged_model_keeps_only_the_weights_it_answers_with(calibrated_run, fer_slice, tmp_path):
+    """A run with EMA weights is packaged with those alone (the raw training weights dropped); --half stores them
+    in fp16, and the packaged model answers as the run does. `python -m ferlab.weights --robust` packages so."""
+    import subprocess
+    import sys
+
+    from ferlab.engine.checkpoint import load_checkpoint, model_from_checkpoint, write_checkpoint
+    from ferlab.engine.predict import predict_probs
+    best = load_checkpoint(calibrated_run)
+    ema = {k: v * 0.9 if v.is_floating_point() and "running" not in k else v for k, v in best["state_dict"].items()}
+    write_checkpoint(tmp_path / "ema.pt", {**best, "ema_state_dict": ema})
+    out = tmp_path / "robust.pt"
+    r = subprocess.run([sys.executable, "-m", "ferlab.weights", "--robust", str(tmp_path / "ema.pt"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    shipped = load_checkpoint(out)
+    assert shipped["ema_state_dict"] is None and shipped["optimizer"] is None
+    for k, v in ema.items():
+        if v.is_floating_point():
+            assert shipped["state_dict"][k].dtype == torch.float16
+            torch.testing.assert_close(shipped["state_dict"][k].float(), v, atol=1e-2, rtol=1e-3)
+    faces = torch.from_numpy(fer_slice["pixels"][:64])
+    probs = [predict_probs(model, faces, pre, torch.device("cpu"))
+             for model, pre in (model_from_checkpoint(c) for c in (load_checkpoint(tmp_path / "ema.pt"), shipped))]
+    assert (probs[0].argmax(1) == probs[1].argmax(1)).float().mean() >= 0.95
+    torch.testing.assert_close(probs[1], probs[0], atol=1e-2, rtol=0)
+    r = subprocess.run([sys.executable, "-m", "ferlab.weights", "--robust", "--ensemble", "a", "b"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--robust packages one 7-class run" in r.stderr
+
+
 def test_logit_adjustment_is_the_smallest_that_reaches_the_recall():
     from ferlab.engine.calibration import TAUS, fit_logit_adjustment, recall
     gen = torch.Generator().manual_seed(1)

@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _verb(sub, "eval", help="accuracy, per-class precision/recall/F1 and confusion matrix of a model")
     s.add_argument("runs", nargs="+", metavar="RUN_OR_CHECKPOINT",
-                   help="run folder(s), .pt file(s), 'default', 'ensemble' or 'ferplus'; several = an ensemble (probabilities averaged)")
+                   help="run folder(s), .pt file(s), 'default', 'ensemble', 'robust' or 'ferplus'; several = an ensemble (probabilities averaged)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--data", help="FER2013 location (default: the run's, else $FERLAB_DATA)")
     s.add_argument("--device", default="auto")
@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_report)
 
     s = _verb(sub, "serve", help="REST API (POST /v1/predict, /v1/video) and web page for emotion recognition")
-    s.add_argument("--model", default="default", help="'default', 'ensemble', 'ferplus' (8 classes), a run folder, a .pt checkpoint or a .onnx file")
+    s.add_argument("--model", default="default", help="'default', 'ensemble', 'robust' (for noisy, blurred, small or compressed faces), 'ferplus' (8 classes), a run folder, a .pt checkpoint or a .onnx file")
     s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES,
                    help="face detector: mtcnn (default), haar (OpenCV; alias cascade), lbp (scikit-image) or none")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = _verb(sub, "predict", help="expressions of the faces in images, folders, videos or a camera")
     s.add_argument("paths", nargs="+", metavar="PATH",
                    help="image, folder (searched recursively), video, or a camera index such as 0")
-    s.add_argument("--model", default="default", help="'default', 'ensemble', 'ferplus' (8 classes), a run folder, a .pt checkpoint or a .onnx file")
+    s.add_argument("--model", default="default", help="'default', 'ensemble', 'robust' (for noisy, blurred, small or compressed faces), 'ferplus' (8 classes), a run folder, a .pt checkpoint or a .onnx file")
     s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES,
                    help="mtcnn (default; CNNs in PyTorch, with eye landmarks), haar (OpenCV's cascade; alias "
                         "cascade) or lbp (scikit-image's): find faces; none: each image already is one face crop")
@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("photos", nargs="+", metavar="PHOTO", help="image files")
     s.add_argument("--out", default="explained", metavar="DIR",
                    help="folder for PHOTO_explained.png (default: explained/)")
-    s.add_argument("--model", default="default", help="'default', 'ensemble', 'ferplus' (8 classes), a run folder or a .pt checkpoint")
+    s.add_argument("--model", default="default", help="'default', 'ensemble', 'robust' (for noisy, blurred, small or compressed faces), 'ferplus' (8 classes), a run folder or a .pt checkpoint")
     s.add_argument("--detector", default="mtcnn", choices=DETECTOR_CHOICES, help="face detector (default: mtcnn)")
     s.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
                    help="turn each face upright by its eyes first (mtcnn only; default: on)")
@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _verb(sub, "export", help="export a model to standalone ONNX (preprocessing inside), checked against "
                                       "PyTorch")
-    s.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, .pt checkpoint, 'default', 'ensemble' or 'ferplus'")
+    s.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, .pt checkpoint, 'default', 'ensemble', 'robust' or 'ferplus'")
     s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     s.add_argument("-o", "--output", help="output file (default: RUN_DIR/model.onnx or CHECKPOINT.onnx)")
     s.add_argument("--data", help="FER2013 to check parity on real faces too (default: $FERLAB_DATA if set; "

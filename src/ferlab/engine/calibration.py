@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..models.temperature import TemperatureScaled  # noqa: F401  (applies what is fitted here; importable here too)
+from ..weights import PACKAGED
 from .checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, write_checkpoint
 from .predict import predict_view_logits, resolve_device
 
@@ -140,7 +141,7 @@ def calibrate_run(spec: str, data: str | None = None, device: str = "auto", tta:
     Returns (the file, the updated checkpoint)."""
     from ..data import load_fer2013, make_splits
     from ..data.ferplus import relabel
-    if str(spec) in ("default", "ensemble", "ferplus"):
+    if str(spec) in PACKAGED:
         raise ValueError(f"the packaged {spec} model is calibrated when it is packaged: calibrate its run folders, "
                          "then package them with python -m ferlab.weights")
     path = checkpoint_path(spec)

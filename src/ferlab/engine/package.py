@@ -30,14 +30,14 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: i
     if not ckpt.get("temperature"):
         raise ValueError(f"{run}: no temperature fitted; run `ferlab calibrate {run}` first, so the shipped "
                          "model's probabilities are calibrated")
-    # preprocessing and config in their current form (a run from an older ferlab may carry removed keys)
+    # preprocessing and config in their current form (a run from an older ferlab may carry removed keys); one set
+    # of weights, those the model answers with: its EMA weights where the run kept them
     ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run),
+            "state_dict": ckpt.get("ema_state_dict") or ckpt["state_dict"], "ema_state_dict": None,
             "preprocess": Preprocess.from_dict(ckpt["preprocess"]).to_dict(),
             "config": config_from_saved(ckpt["config"]).to_dict()}
     if half:
-        for key in ("state_dict", "ema_state_dict"):
-            if ckpt.get(key) is not None:
-                ckpt[key] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt[key].items()}
+        ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     return write_checkpoint(out, ckpt)
 
 

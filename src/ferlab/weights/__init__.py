@@ -1,8 +1,9 @@
-"""Where the packaged models live: `--model default|ensemble|ferplus`, `Predictor(model=...)`.
+"""Where the packaged models live: `--model default|ensemble|ferplus|robust`, `Predictor(model=...)`.
 
 The files are shipped as package data (pyproject: `weights/*.pt`) next to this module: `default.pt`, one
 network on FER2013's 7 classes; `ensemble.pt`, several trained networks averaged (ferlab.models.ensemble), once
-packaged; `ferplus.pt`, one network trained on the FER+ crowd votes, 8 classes (contempt added).
+packaged; `ferplus.pt`, one network trained on the FER+ crowd votes, 8 classes (contempt added); `robust.pt`,
+the default fine-tuned on degraded faces (noise, blur, low resolution, JPEG) for poor pictures.
 This module only resolves names to paths (it imports nothing of ferlab, so anything may import it); writing
 those files is `ferlab.engine.package`, run as `python -m ferlab.weights`.
 """
@@ -15,13 +16,15 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = HERE / "default.pt"
 ENSEMBLE_WEIGHTS = HERE / "ensemble.pt"
 FERPLUS_WEIGHTS = HERE / "ferplus.pt"
-PACKAGED = ("default", "ensemble", "ferplus")
+ROBUST_WEIGHTS = HERE / "robust.pt"
+PACKAGED = ("default", "ensemble", "ferplus", "robust")
 
 
 def packaged_weights(name: str) -> Path:
     """Path of a packaged model (one of PACKAGED); a clear error while it has not been shipped."""
     # looked up when called, so that the module's paths can be pointed elsewhere (tests, a custom install)
-    path = {"default": DEFAULT_WEIGHTS, "ensemble": ENSEMBLE_WEIGHTS, "ferplus": FERPLUS_WEIGHTS}[name]
+    path = {"default": DEFAULT_WEIGHTS, "ensemble": ENSEMBLE_WEIGHTS, "ferplus": FERPLUS_WEIGHTS,
+            "robust": ROBUST_WEIGHTS}[name]
     if not path.exists():
         raise FileNotFoundError(f"the {name} model is not packaged in this ferlab: expected {path}. "
                                 "Pass --model RUN_DIR, CHECKPOINT.pt or MODEL.onnx instead")
