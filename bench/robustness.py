@@ -31,8 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# The corruptions (ferlab/data/corruptions.py), named here too for callers of this script
-from ferlab.data.corruptions import CORRUPTIONS, PATCH_GREY, corrupt, rotate, seed_of  # noqa: F401
+from ferlab.data.corruptions import CORRUPTIONS, corrupt
 
 # ------------------------------------------------------------------------------------------------ scoring
 

@@ -1,5 +1,6 @@
-"""bench/robustness.py: its corruptions, on real FER2013 faces, do what they say, deterministically; its scores
-are `ferlab eval`'s flip-TTA accuracy; one small end-to-end run writes a row per corruption."""
+"""bench/robustness.py: its corruptions (ferlab.data.corruptions), on real FER2013 faces, do what they say,
+deterministically; its scores are `ferlab eval`'s flip-TTA accuracy; one small end-to-end run writes a row per
+corruption."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 from conftest import load_bench
 
+import ferlab.data.corruptions as corruptions
 from ferlab.engine import TrainConfig, save_checkpoint, train_one_epoch
 from ferlab.engine.trainer import build_preprocess, make_optimizer, make_scheduler
 from ferlab.models import create_model
@@ -72,8 +74,8 @@ def high_freq_energy(x: np.ndarray) -> np.ndarray:
 
 def test_corruptions_are_deterministic_keep_shape_and_change_the_face(faces):
     before = faces.copy()
-    for name in rb.CORRUPTIONS:
-        a, b = rb.corrupt(name, faces), rb.corrupt(name, faces)
+    for name in corruptions.CORRUPTIONS:
+        a, b = corruptions.corrupt(name, faces), corruptions.corrupt(name, faces)
         assert a.shape == faces.shape and a.dtype == np.uint8, name
         assert np.array_equal(a, b), f"{name} is not deterministic"
         assert np.array_equal(faces, before), f"{name} changed its input"
@@ -83,46 +85,46 @@ def test_corruptions_are_deterministic_keep_shape_and_change_the_face(faces):
         else:
             assert changed.all(), f"{name} left {np.sum(~changed)} faces as they were"
     # every corruption has its own seed: the two noise levels do not share their draws
-    assert rb.seed_of("noise10") != rb.seed_of("noise20")
+    assert corruptions.seed_of("noise10") != corruptions.seed_of("noise20")
 
 
 def test_blur_and_down_up_remove_detail(faces):
-    g, blur = grad_energy(faces), grad_energy(rb.corrupt("blur1", faces))
+    g, blur = grad_energy(faces), grad_energy(corruptions.corrupt("blur1", faces))
     assert (blur < 0.7 * g).all()
-    h, down_up = high_freq_energy(faces), high_freq_energy(rb.corrupt("downup50", faces))
+    h, down_up = high_freq_energy(faces), high_freq_energy(corruptions.corrupt("downup50", faces))
     assert (down_up < 0.6 * h).all()
 
 
 def test_noise_has_the_asked_std_and_jpeg_is_milder_than_noise_20(faces):
     for name, std in (("noise10", 10), ("noise20", 20)):
-        d = _f(rb.corrupt(name, faces)) - _f(faces)
+        d = _f(corruptions.corrupt(name, faces)) - _f(faces)
         assert 0.85 * std < d.std() < 1.02 * std, (name, d.std())  # a little below: clipped at 0 and 255
         assert abs(d.mean()) < 1.0
 
     def rms(name):
-        return np.sqrt(((_f(rb.corrupt(name, faces)) - _f(faces)) ** 2).mean())
+        return np.sqrt(((_f(corruptions.corrupt(name, faces)) - _f(faces)) ** 2).mean())
 
     assert 1.0 < rms("jpeg20") < rms("noise20")
-    assert (rb.corrupt("jpeg20", faces) != faces).mean() > 0.3  # most pixels move
+    assert (corruptions.corrupt("jpeg20", faces) != faces).mean() > 0.3  # most pixels move
 
 
 def test_contrast_halves_the_spread_about_the_mean_and_dark_darkens(faces):
-    x, low = _f(faces), _f(rb.corrupt("contrast50", faces))
+    x, low = _f(faces), _f(corruptions.corrupt("contrast50", faces))
     assert np.allclose(low.mean((1, 2)), x.mean((1, 2)), atol=0.5)
     assert np.allclose(low.std((1, 2)), 0.5 * x.std((1, 2)), atol=0.5)
-    dark = _f(rb.corrupt("dark50", faces))
+    dark = _f(corruptions.corrupt("dark50", faces))
     assert np.allclose(dark.mean((1, 2)), 0.5 * x.mean((1, 2)), atol=0.5)
     assert np.allclose(dark.std((1, 2)), 0.5 * x.std((1, 2)), atol=0.5)
-    gamma = _f(rb.corrupt("gamma2", faces))
+    gamma = _f(corruptions.corrupt("gamma2", faces))
     assert (gamma <= x).all() and (gamma.mean((1, 2)) < 0.85 * x.mean((1, 2))).all()
-    assert np.array_equal(rb.corrupt("gamma2", np.array([[[0, 128, 255]]], np.uint8)), [[[0, 64, 255]]])
+    assert np.array_equal(corruptions.corrupt("gamma2", np.array([[[0, 128, 255]]], np.uint8)), [[[0, 64, 255]]])
 
 
 @pytest.mark.parametrize("name, box", [("eyes", (12, 24, 6, 42)), ("mouth", (32, 44, 12, 36))])
 def test_patch_makes_its_box_flat_grey_and_leaves_the_rest(faces, name, box):
-    out = rb.corrupt(name, faces)
+    out = corruptions.corrupt(name, faces)
     r0, r1, c0, c1 = box
-    assert (out[:, r0:r1, c0:c1] == rb.PATCH_GREY).all()
+    assert (out[:, r0:r1, c0:c1] == corruptions.PATCH_GREY).all()
     mask = np.ones(faces.shape[1:], bool)
     mask[r0:r1, c0:c1] = False
     assert np.array_equal(out[:, mask], faces[:, mask])
@@ -130,12 +132,12 @@ def test_patch_makes_its_box_flat_grey_and_leaves_the_rest(faces, name, box):
 
 def test_rotation_30_moves_more_than_15(faces):
     def move(name):
-        return np.abs(_f(rb.corrupt(name, faces)) - _f(faces)).mean((1, 2))
+        return np.abs(_f(corruptions.corrupt(name, faces)) - _f(faces)).mean((1, 2))
 
     m15, m30 = move("rot15"), move("rot30")
     assert (m15 > 2).all() and (m30 > m15).all()
     # turned about the face centre: turning back by -15 degrees restores the middle of the face
-    back = rb.rotate(rb.corrupt("rot15", faces), None, -15.0)
+    back = corruptions.rotate(corruptions.corrupt("rot15", faces), None, -15.0)
     assert np.abs(_f(back[:, 16:32, 16:32]) - _f(faces[:, 16:32, 16:32])).mean() < 0.5 * m15.mean()
 
 
@@ -172,7 +174,7 @@ def test_main_writes_a_row_per_corruption(tiny, fer_folder, tmp_path, capsys):
     assert "command: python bench/robustness.py --data" in text and f"torch {torch.__version__}" in text
     assert "PrivateTest (official protocol): 64 of 168 faces" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| corruption")]
-    assert [r.split(" | ")[0][2:] for r in rows] == [label for label, _ in rb.CORRUPTIONS.values()]
+    assert [r.split(" | ")[0][2:] for r in rows] == [label for label, _ in corruptions.CORRUPTIONS.values()]
     accs = [float(r.split(" | ")[1].rstrip("%")) for r in rows]
     drops = [float(r.split(" | ")[2].rstrip(" |")) for r in rows[1:]]
     assert all(0 <= a <= 100 for a in accs)

@@ -163,9 +163,8 @@ def degrade(faces: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator 
     if cfg.blur > 0:
         x = torch.where(chosen(cfg.blur), gaussian_blur(x, u(*cfg.blur_sigma)), x)
     if cfg.downscale > 0:  # one size per batch (a resize takes one), a random share of the faces
-        share = float(torch.rand(1, generator=generator, device=gdev)) * (cfg.downscale_range[1] -
-                                                                          cfg.downscale_range[0])
-        share += cfg.downscale_range[0]
+        lo, hi = cfg.downscale_range
+        share = lo + (hi - lo) * float(torch.rand(1, generator=generator, device=gdev))
         small = (max(1, round(h * share)), max(1, round(w * share)))
         low = F.interpolate(x.unsqueeze(1), size=small, mode="area")
         low = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
