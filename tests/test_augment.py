@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ferlab.engine.trainer as trainer
-from ferlab.data.augment import AugmentConfig, augment, degrade, gaussian_blur, jpeg_compress, jpeg_tables
+from ferlab.data.augment import AugmentConfig, augment, degrade, gaussian_blur, jpeg_compress, jpeg_tables, mix
 from ferlab.engine import TrainConfig
 from ferlab.engine.trainer import build_preprocess, evaluate, make_optimizer, make_scheduler, predict_probs
 from ferlab.inference.preprocess import Preprocess, to_model_input
@@ -243,3 +243,115 @@ def test_training_degrades_before_preprocessing_and_evaluation_never(fer_slice, 
     trainer.train_one_epoch(model, images, labels, pre, opt, make_scheduler(cfg, opt, 3), cfg, 1, dev,
                             progress=False)
     assert len(seen) == 3 and all(x.dtype == torch.uint8 and x.shape[1:] == (48, 48) for x in seen)
+
+
+# ------------------------------------------------------------------------------------------------ mixing faces
+
+def _mixed(batch, cfg, seed):
+    """mix() of the faces with one-hot targets naming each face's own place: row i of the mixed target holds
+    face i's share and its partner's."""
+    eye = torch.eye(len(batch))
+    x, t = mix(batch, eye, cfg, gen(seed))
+    return x, t, eye
+
+
+def test_mixup_blends_each_face_with_one_partner_by_the_targets_shares(batch):
+    before = batch.clone()
+    x, t, _ = _mixed(batch, only(mixup=1.0), 3)
+    assert torch.equal(batch, before)  # the input is not written to
+    torch.testing.assert_close(t.sum(1), torch.ones(len(t)))
+    assert ((t > 0).sum(1) <= 2).all()  # own share + one partner's
+    lam = t.diagonal()
+    assert 0.0 < lam[0] < 1.0 and torch.allclose(lam[(lam < 1)], lam[(lam < 1)][0])  # one share for the batch
+    expected = (t @ batch.flatten(1)).view(batch.shape)  # lam x face + (1 - lam) x partner, face by face
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+    moved = (x - batch).abs().amax((1, 2, 3)) > 1e-3
+    assert moved.float().mean() > 0.9  # a permutation leaves few faces with themselves
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_the_target_follows_its_area(batch):
+    x, t, _ = _mixed(batch, only(cutmix=1.0), 5)
+    partner = t.clone().fill_diagonal_(0).argmax(1)
+    paired = t.diagonal() < 1
+    assert paired.sum() > 0.9 * len(t)
+    changed = (x != batch).any(1)  # (B, H, W): where each face now differs from itself
+    from_partner = torch.isclose(x, batch[partner]).all(1)
+    ys, xs = torch.nonzero(changed.any(0), as_tuple=True)
+    box = torch.zeros_like(changed[0])
+    box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True  # one rectangle, the same for every face
+    for i in torch.nonzero(paired).flatten():
+        assert from_partner[i][box].all() and torch.equal(x[i][:, ~box], batch[i][:, ~box])
+    area = box.float().mean()
+    assert 0 < area < 1
+    torch.testing.assert_close(t.diagonal()[paired], torch.full((int(paired.sum()),), 1 - area.item()))
+    torch.testing.assert_close(t.sum(1), torch.ones(len(t)))
+
+
+def test_mixing_is_seeded_off_by_default_and_mix_prob_sets_the_share_of_batches(batch):
+    assert not AugmentConfig().mixes and not only(mixup=0.4, mix_prob=0.0).mixes
+    eye = torch.eye(len(batch))
+    x, t = mix(batch, eye, AugmentConfig(), gen(0))
+    assert x is batch and t is eye
+    a, b = mix(batch, eye, only(mixup=0.4, cutmix=1.0), gen(9)), mix(batch, eye, only(mixup=0.4, cutmix=1.0), gen(9))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    g, four, small = gen(11), batch[:4], eye[:4, :4]
+    mixed = [mix(four, small, only(mixup=1.0, mix_prob=0.3), g)[1] is not small for _ in range(400)]
+    assert 0.22 < sum(mixed) / 400 < 0.38
+
+
+def test_alpha_shapes_the_share_and_both_on_takes_each_half_the_time(batch):
+    """Beta(0.2, 0.2) puts most shares near 0 or 1, Beta(4, 4) near one half; with both on, about half the
+    batches are CutMix (targets in steps of whole pixels over a box) and half mixup."""
+    eight, eye = batch[:8], torch.eye(8)
+
+    def shares(cfg, n=300):  # the batch's share: the smallest own share (faces left with themselves keep all)
+        g = gen(21)
+        return torch.tensor([mix(eight, eye, cfg, g)[1].diagonal().min().item() for _ in range(n)])
+
+    low, high = shares(only(mixup=0.2)), shares(only(mixup=4.0))
+    assert ((low > 0.1) & (low < 0.9)).float().mean() < 0.5 < ((high > 0.1) & (high < 0.9)).float().mean()
+    assert abs(high.mean() - 0.5) < 0.05
+    g, cut = gen(22), 0
+    for _ in range(300):
+        x, t = mix(eight, eye, only(mixup=1.0, cutmix=1.0), g)
+        partner = (t - eye * t.diagonal()).argmax(1)
+        cut += bool(((x == eight) | (x == eight[partner])).all())  # CutMix copies pixels; mixup blends them
+    assert 0.4 < cut / 300 < 0.6
+
+
+def test_training_mixes_the_augmented_faces_with_smoothed_targets_before_the_teacher(fer_slice, monkeypatch):
+    images = torch.from_numpy(fer_slice["pixels"][:48])
+    labels = torch.from_numpy(fer_slice["labels"][:48])
+    cfg = TrainConfig(model="simple_cnn", input_size=48, in_channels=1, standardize=True, batch_size=16,
+                      epochs=1, optimizer="adam", lr=1e-3, schedule="constant", warmup_epochs=0, device="cpu",
+                      label_smoothing=0.1, augment=dict(cutmix=1.0))
+    pre = build_preprocess(cfg)
+    model = create_model("simple_cnn", in_channels=1, input_size=48)
+    dev = torch.device("cpu")
+    calls, taught = [], []
+    real = trainer.mix
+
+    def spy(x, target, aug_cfg, generator=None):
+        out = real(x, target, aug_cfg, generator)
+        calls.append((x.clone(), target.clone(), out[0].clone()))
+        return out
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x):
+            taught.append(x.clone())
+            return torch.zeros(len(x), 7)
+
+    monkeypatch.setattr(trainer, "mix", spy)
+    evaluate(model, images, labels, pre, dev, tta=True)
+    assert calls == []
+    opt = make_optimizer(cfg, model)
+    out = trainer.train_one_epoch(model, images, labels, pre, opt, make_scheduler(cfg, opt, 3), cfg, 1, dev,
+                                  progress=False, teacher=Teacher().eval(), num_classes=7)
+    assert len(calls) == 3 and np.isfinite(out["loss"])
+    for step, (x, target, mixed) in enumerate(calls):
+        y = labels[torch.randperm(48, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 1))][
+            step * 16:(step + 1) * 16]
+        # label smoothing 0.1 over 7 classes, as cross_entropy would have applied it
+        torch.testing.assert_close(target, torch.nn.functional.one_hot(y, 7).float() * 0.9 + 0.1 / 7)
+        assert x.dtype == torch.float32 and x.shape == (16, 1, 48, 48)
+        assert torch.equal(taught[step], mixed)  # the teacher sees the mixed faces

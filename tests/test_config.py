@@ -94,6 +94,8 @@ def test_invalid_choice_lists_valid_ones(key, valid):
     (["select_weight=2"], "select_weight: 2 is not a share between 0 and 1"),
     (["augment.jpeg_quality=[60,10]"], r"augment.jpeg_quality: expected a range \[low, high\] with 0 < low <= high"),
     (["augment.blur_sigma=1"], "augment.blur_sigma: expected a range"),
+    (["augment.cutmix=-1"], "augment.mixup and augment.cutmix are Beta alphas >= 0"),
+    (["augment.mixup=0.2", "augment.mix_prob=1.5"], "augment.mix_prob a probability, got 0.2, 0.0, 1.5"),
 ])
 def test_bad_values_say_what_was_expected(overrides, says):
     with pytest.raises(ValueError, match=says):

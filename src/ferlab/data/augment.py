@@ -1,16 +1,18 @@
-"""Batched augmentation on the training device, in two stages, each a few tensor ops per batch.
+"""Batched augmentation on the training device, in three stages, each a few tensor ops per batch.
 
 `degrade` works on the faces' pixels (0-255), before the model's preprocessing: what a camera, light and a
 codec do to a face (gamma, blur, low resolution, JPEG blocks), each to a random share of the faces at a random
 strength. `augment` works on the model's input: a whole batch flipped, rotated, scaled and shifted by one
-`grid_sample`, pixel noise, and random erasing with one mask. Per-image PIL transforms cost more than the
-model on 2 CPU cores. Evaluation never calls either.
+`grid_sample`, pixel noise, and random erasing with one mask. `mix` blends faces of a batch with each other,
+and their targets with them (mixup, CutMix). Per-image PIL transforms cost more than the model on 2 CPU cores.
+Evaluation never calls any of them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,10 @@ class AugmentConfig:
     downscale_range: tuple[float, float] = (0.3, 0.8)
     jpeg: float = 0.0           # probability of JPEG compression (8x8 DCT blocks), quality in jpeg_quality
     jpeg_quality: tuple[float, float] = (10.0, 60.0)
+    # mixing faces and their targets (`mix`): alpha of the Beta(alpha, alpha) share of each batch; 0 = off
+    mixup: float = 0.0          # blend each face with another face of the batch
+    cutmix: float = 0.0         # paste a box of another face of the batch; the target follows the box's area
+    mix_prob: float = 1.0       # probability that a batch is mixed; with both on, half take mixup, half CutMix
 
     @property
     def enabled(self) -> bool:
@@ -41,6 +47,10 @@ class AugmentConfig:
     @property
     def degrades(self) -> bool:
         return any((self.gamma, self.blur, self.downscale, self.jpeg))
+
+    @property
+    def mixes(self) -> bool:
+        return bool((self.mixup or self.cutmix) and self.mix_prob)
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -80,6 +90,40 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | No
         box &= (u(0, 1) < cfg.erase).view(-1, 1, 1)
         x = x.masked_fill(box.unsqueeze(1), 0.0)  # 0 = the mean grey once normalised
     return x
+
+
+def mix(x: torch.Tensor, target: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix of a model-input batch (B, C, H, W) and its soft targets (B, K), with probability
+    cfg.mix_prob: each face is mixed with the face at its place in a random permutation of the batch, by one share
+    lam ~ Beta(alpha, alpha) for the batch. Mixup: lam x face + (1 - lam) x partner. CutMix: a box of the partner
+    (area about 1 - lam, centre anywhere, clipped at the border) pasted at the same place; lam is then the share
+    of the face left. Either way the target is lam x target + (1 - lam) x the partner's, so rows still sum to 1.
+    Same generator state -> same result; inputs are never written to."""
+    if not cfg.mixes:
+        return x, target
+    gdev = generator.device if generator else "cpu"
+    draw = torch.rand(2, generator=generator, device=gdev).tolist()
+    if draw[0] >= cfg.mix_prob:
+        return x, target
+    cut = cfg.cutmix > 0 and (cfg.mixup <= 0 or draw[1] < 0.5)
+    alpha = cfg.cutmix if cut else cfg.mixup
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=gdev))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))  # torch's Beta cannot take a generator
+    partner = torch.randperm(x.shape[0], generator=generator, device=gdev).to(x.device)
+    if cut:
+        h, w = x.shape[-2:]
+        side = math.sqrt(1 - lam)
+        bh, bw = round(h * side), round(w * side)
+        cy, cx = (torch.rand(2, generator=generator, device=gdev) * torch.tensor([h, w])).long().tolist()
+        y0, y1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
+        x0, x1 = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[partner]
+    return x, lam * target + (1 - lam) * target[partner]
 
 
 # ------------------------------------------------------------------------------------------------ degradations

@@ -81,6 +81,10 @@ class TrainConfig:
                     raise ValueError(f"augment.{f.name}: expected a range [low, high] with 0 < low <= high, "
                                      f"got {v!r}")
                 setattr(self.augment, f.name, (float(v[0]), float(v[1])))
+        if min(self.augment.mixup, self.augment.cutmix) < 0 or not 0 <= self.augment.mix_prob <= 1:
+            raise ValueError(f"augment.mixup and augment.cutmix are Beta alphas >= 0 (0 = off) and augment.mix_prob "
+                             f"a probability, got {self.augment.mixup}, {self.augment.cutmix}, "
+                             f"{self.augment.mix_prob}")
         for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
                            ("split", SPLITS), ("labels", LABEL_MODES)):
             if getattr(self, key) not in valid:

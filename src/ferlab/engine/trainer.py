@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .._atomic import WriteError, replacing
 from ..data import load_fer2013, make_splits
-from ..data.augment import augment, degrade
+from ..data.augment import augment, degrade, mix
 from ..data.corruptions import corrupt
 from ..data.ferplus import classes_for, left_out, relabel, train_targets
 from ..inference.preprocess import Preprocess, to_model_input
@@ -176,13 +176,14 @@ class EMA:
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, optimizer, scheduler,
                     cfg: TrainConfig, epoch: int, device: torch.device, ema: EMA | None = None,
                     dinfo: DistInfo | None = None, progress: bool = True, targets: torch.Tensor | None = None,
-                    teacher: torch.nn.Module | None = None) -> dict:
+                    teacher: torch.nn.Module | None = None, num_classes: int = 7) -> dict:
     """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s.
 
     `targets` (N, classes): soft targets for the loss, label smoothing included, drawn in the same order as the
     faces; accuracy stays against `labels`. None: the loss takes `labels`, smoothed by cfg.label_smoothing.
     `teacher` (frozen, in eval mode): its probabilities on each augmented batch, softened by
-    cfg.distill_temperature, make cfg.distill_weight of the target (`distilled_target`)."""
+    cfg.distill_temperature, make cfg.distill_weight of the target (`distilled_target`). With mixup or CutMix
+    (cfg.augment) the faces and their targets (`num_classes` wide) are mixed before the teacher sees them."""
     dinfo = dinfo or DistInfo()
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same on every rank, resumable
@@ -200,11 +201,16 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
         if cfg.augment.degrades:
             faces = degrade(faces.to(device), cfg.augment, aug_gen)
         x = augment(to_model_input(faces, pre, device), cfg.augment, aug_gen)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device, non_blocking=True)
         target = y if targets is None else targets[idx].to(device, non_blocking=True)
         smoothing = cfg.label_smoothing if targets is None else 0.0
+        if cfg.augment.mixes:  # the targets are mixed with the faces, so soft from here on
+            if target.dim() == 1:
+                target = soft_labels(target, num_classes, smoothing)
+            x, target = mix(x, target, cfg.augment, aug_gen)
+            smoothing = 0.0
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if teacher is not None:
             with torch.no_grad(), autocast(device, cfg.precision):
                 taught = teacher(x).float()
@@ -236,13 +242,18 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
             "images_per_s": seen / elapsed, "time_s": elapsed}
 
 
+def soft_labels(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Class indices (B,) -> one-hot rows (B, num_classes) with label smoothing: what cross_entropy's
+    label_smoothing makes of them."""
+    return F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
+
+
 def distilled_target(target: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainConfig,
                      num_classes: int) -> torch.Tensor:
     """(1 - w) x the target (labels one-hot with cfg.label_smoothing, or soft targets as they are) + w x
     softmax(teacher_logits / T): w = cfg.distill_weight, T = cfg.distill_temperature. Rows sum to 1."""
     if target.dim() == 1:
-        eps = cfg.label_smoothing
-        target = F.one_hot(target, num_classes).float() * (1 - eps) + eps / num_classes
+        target = soft_labels(target, num_classes, cfg.label_smoothing)
     soft = (teacher_logits / cfg.distill_temperature).softmax(1)
     return (1 - cfg.distill_weight) * target + cfg.distill_weight * soft
 
@@ -521,7 +532,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             if dinfo.world > 1:  # dropout masks must differ between ranks; per epoch, so a resume draws the same
                 torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dinfo.rank)
             tr = train_one_epoch(train_model, xtr, ytr, pre, optimizer, scheduler, cfg, epoch, device, ema, dinfo,
-                                 progress and dinfo.main, ttr, teacher)
+                                 progress and dinfo.main, ttr, teacher, len(classes))
             dinfo.sync_buffers(eval_model)  # each rank's last batch moved its own BN statistics: judge rank 0's model
             va = evaluate(eval_model, xva, yva, pre, device, cfg.eval_batch_size, False, cfg.precision, dinfo,
                           cfg.channels_last)
