@@ -355,3 +355,6 @@ def test_training_mixes_the_augmented_faces_with_smoothed_targets_before_the_tea
         torch.testing.assert_close(target, torch.nn.functional.one_hot(y, 7).float() * 0.9 + 0.1 / 7)
         assert x.dtype == torch.float32 and x.shape == (16, 1, 48, 48)
         assert torch.equal(taught[step], mixed)  # the teacher sees the mixed faces
+    with pytest.raises(ValueError, match="needs num_classes"):  # labels cannot become targets of unknown width
+        trainer.train_one_epoch(model, images, labels, pre, opt, make_scheduler(cfg, opt, 3), cfg, 1, dev,
+                                progress=False)

@@ -176,7 +176,7 @@ class EMA:
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Preprocess, optimizer, scheduler,
                     cfg: TrainConfig, epoch: int, device: torch.device, ema: EMA | None = None,
                     dinfo: DistInfo | None = None, progress: bool = True, targets: torch.Tensor | None = None,
-                    teacher: torch.nn.Module | None = None, num_classes: int = 7) -> dict:
+                    teacher: torch.nn.Module | None = None, num_classes: int | None = None) -> dict:
     """One pass over the training split (this rank's share of it). Returns loss, accuracy, images/s.
 
     `targets` (N, classes): soft targets for the loss, label smoothing included, drawn in the same order as the
@@ -206,6 +206,8 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
         smoothing = cfg.label_smoothing if targets is None else 0.0
         if cfg.augment.mixes:  # the targets are mixed with the faces, so soft from here on
             if target.dim() == 1:
+                if num_classes is None:
+                    raise ValueError("mixup / CutMix of class labels needs num_classes (the width of the targets)")
                 target = soft_labels(target, num_classes, smoothing)
             x, target = mix(x, target, cfg.augment, aug_gen)
             smoothing = 0.0
