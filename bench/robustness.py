@@ -41,7 +41,10 @@ def _split_faces(specs: list[list[str]], split: str, data: str | None):
     from ferlab.data import CLASSES, load_fer2013, make_splits
     from ferlab.engine.checkpoint import load_checkpoint
 
-    ckpts = [[load_checkpoint(s) for s in members] for members in specs]
+    loaded: dict[str, dict] = {}  # a member named in several columns is loaded (and scored) once
+    for s in dict.fromkeys(s for members in specs for s in members):
+        loaded[s] = load_checkpoint(s)
+    ckpts = [[loaded[s] for s in members] for members in specs]
     cfg = ckpts[0][0].get("config") or {}
     protocol = (cfg.get("split", "official"), cfg.get("seed", 42))
     for members, cs in zip(specs, ckpts):
@@ -68,19 +71,21 @@ def score(ckpts: list[list[dict]], faces: np.ndarray, labels: np.ndarray, names:
     from ferlab.engine.metrics import classification_report
     from ferlab.engine.predict import predict_probs_tta
 
-    models = [[model_from_checkpoint(c) for c in cs] for cs in ckpts]
-    for col in models:
-        for model, _ in col:
-            model.to(device)
+    unique = {id(c): c for cs in ckpts for c in cs}  # columns that share a member score it once per corruption
+    models = {k: model_from_checkpoint(c) for k, c in unique.items()}
+    for model, _ in models.values():
+        model.to(device)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     out = {}
     for name in names:
         x = torch.from_numpy(corrupt(name, faces))
+        member_probs = {k: predict_probs_tta(model, x, pre, device, batch_size, ("flip",))["flip"]
+                        for k, (model, pre) in models.items()}
         row = []
-        for col in models:
+        for cs in ckpts:
             probs = torch.zeros(len(y), len(CLASSES))
-            for model, pre in col:
-                probs += predict_probs_tta(model, x, pre, device, batch_size, ("flip",))["flip"] / len(col)
+            for c in cs:
+                probs += member_probs[id(c)] / len(cs)
             row.append(classification_report(probs, y)["accuracy"])
         out[name] = row
         if on_row:

@@ -141,13 +141,19 @@ def test_rotation_30_moves_more_than_15(faces):
     assert np.abs(_f(back[:, 16:32, 16:32]) - _f(faces[:, 16:32, 16:32])).mean() < 0.5 * m15.mean()
 
 
-def test_clean_and_ensemble_scores_are_ferlab_evals(tiny, tiny2, fer_folder):
-    """The bench's clean row is `ferlab eval`'s flip-TTA accuracy: one model, and an ensemble A+B."""
+def test_clean_and_ensemble_scores_are_ferlab_evals(tiny, tiny2, fer_folder, monkeypatch):
+    """The bench's clean row is `ferlab eval`'s flip-TTA accuracy: one model, and an ensemble A+B. A member named
+    in several columns is loaded and run once per corruption (candidate ensembles cost only their union)."""
+    import ferlab.engine.predict as predict
     from ferlab.engine.evaluation import evaluate_checkpoints
     specs = [[str(tiny)], [str(tiny), str(tiny2)]]
     ckpts, faces, labels, protocol = rb._split_faces(specs, "test", str(fer_folder))
     assert protocol == "official" and len(labels) == 7 * 24
+    assert ckpts[0][0] is ckpts[1][0] and ckpts[1][1] is not ckpts[1][0]
+    runs, run = [], predict.predict_probs_tta
+    monkeypatch.setattr(predict, "predict_probs_tta", lambda model, *a: runs.append(model) or run(model, *a))
     got = rb.score(ckpts, faces, labels, ["clean"], torch.device("cpu"))["clean"]
+    assert len(runs) == 2 and runs[0] is not runs[1]  # tiny once, tiny2 once: not three runs
     want = [evaluate_checkpoints(s, "test", str(fer_folder), device="cpu")["tta"]["accuracy"] for s in specs]
     assert got == pytest.approx(want, abs=1e-9)
 
