@@ -725,6 +725,27 @@ def test_distilled_target_by_hand():
     assert np.allclose(distilled_target(votes, logits, cfg, 7)[0].numpy(), 0.75 * votes[0].numpy() + 0.25 * soft)
 
 
+def test_clean_view_targets_are_the_teachers_flip_tta_probabilities(calibrated_run, fer_folder):
+    """distill_views: clean: each training face's target is (1 - w) x its smoothed label + w x the teacher's
+    flip-TTA probabilities on the face as stored (`ferlab eval`'s), computed once; an unknown mode is refused."""
+    from ferlab.data import load_fer2013, make_splits
+    from ferlab.engine import load_checkpoint, model_from_checkpoint
+    from ferlab.engine.predict import predict_probs
+    from ferlab.engine.trainer import clean_view_targets
+    train = make_splits(load_fer2013(str(fer_folder)), "official")["train"]
+    faces, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels).long()
+    teacher, pre = model_from_checkpoint(load_checkpoint(calibrated_run))
+    cfg = TrainConfig(label_smoothing=0.1, distill=str(calibrated_run), distill_weight=0.4, distill_views="clean")
+    got = clean_view_targets(teacher, faces, labels, None, pre, cfg, 7, torch.device("cpu"))
+    probs = predict_probs(teacher, faces, pre, torch.device("cpu"), tta="flip")
+    onehot = torch.nn.functional.one_hot(labels, 7).float() * 0.9 + 0.1 / 7
+    assert torch.allclose(got, 0.6 * onehot + 0.4 * probs, atol=1e-5)
+    assert torch.allclose(got.sum(1), torch.ones(len(labels)), atol=1e-5)
+    assert (got - onehot).abs().max() > 0.05  # the teacher's share moves the targets off the labels
+    with pytest.raises(ValueError, match="distill_views: 'noisy' is not one of augmented, clean"):
+        TrainConfig(distill="x.pt", distill_views="noisy")
+
+
 def _seeing_other_input(run: Path, tmp_path: Path) -> str:
     """A copy of RUN's checkpoint that expects other input (no per-face standardisation)."""
     from ferlab.engine import load_checkpoint
@@ -757,7 +778,10 @@ def test_distillation_pulls_the_student_toward_its_teacher(calibrated_run, fer_f
         plain = fit(tiny_config(fer_folder, tmp_path, name="plain", seed=5, epochs=3), progress=False)
         taught = fit(tiny_config(fer_folder, tmp_path, name="taught", seed=5, epochs=3, distill=str(teacher),
                                  distill_weight=1.0), progress=False)
+        clean = fit(tiny_config(fer_folder, tmp_path, name="taught_clean", seed=5, epochs=3, distill=str(teacher),
+                                distill_weight=1.0, distill_views="clean"), progress=False)
         assert says_surprise(tmp_path / taught["name"]) > 0.9 > 0.5 > says_surprise(tmp_path / plain["name"])
+        assert says_surprise(tmp_path / clean["name"]) > 0.9
         with pytest.raises(ValueError, match="distill: .* must see the same input"):
             fit(tiny_config(fer_folder, tmp_path, name="refused", distill=_seeing_other_input(calibrated_run, tmp_path)),
                 progress=False)

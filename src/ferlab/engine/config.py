@@ -37,6 +37,8 @@ class TrainConfig:
     distill: str | None = None                       # a teacher ("ensemble", a run, a .pt): its soft targets ...
     distill_weight: float = 0.5                      # ... make this share of the target, on the same augmented views
     distill_temperature: float = 1.0                 # teacher probabilities softened by this temperature
+    distill_views: str = "augmented"                 # augmented: the teacher runs on every training batch; clean:
+                                                     # once, on the un-augmented faces (flip TTA), before epoch 1
     init: str | None = None                          # start from these weights ("default", a run, a .pt): fine-tuning
     # optimisation
     epochs: int = 30
@@ -89,6 +91,8 @@ class TrainConfig:
                            ("split", SPLITS), ("labels", LABEL_MODES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if self.distill_views not in ("augmented", "clean"):
+            raise ValueError(f"distill_views: {self.distill_views!r} is not one of augmented, clean")
         if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
             raise ValueError(f"distill_weight must be a share between 0 and 1 and distill_temperature > 0, got "
                              f"{self.distill_weight} and {self.distill_temperature}")

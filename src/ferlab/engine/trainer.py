@@ -282,6 +282,20 @@ def load_init(cfg: TrainConfig, model: torch.nn.Module, pre: Preprocess, classes
     model.load_state_dict(source.state_dict())
 
 
+def clean_view_targets(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       targets: torch.Tensor | None, pre: Preprocess, cfg: TrainConfig, num_classes: int,
+                       device: torch.device) -> torch.Tensor:
+    """The training targets of `distill_views: clean`: `distilled_target` of each face's label (or soft target)
+    and the teacher's flip-TTA probabilities on the face as stored, computed once. (N, classes), rows sum to 1."""
+    t0 = time.perf_counter()
+    probs = predict_probs_tta(teacher, images, pre, device, cfg.eval_batch_size, ("flip",), cfg.precision,
+                              cfg.channels_last)["flip"].float()
+    out = distilled_target(labels if targets is None else targets, probs.clamp_min(1e-12).log(), cfg, num_classes)
+    print(f"teacher {cfg.distill}: soft targets for {len(labels)} training faces (flip TTA, un-augmented) in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
 def load_teacher(cfg: TrainConfig, pre: Preprocess, classes, device: torch.device) -> torch.nn.Module | None:
     """cfg.distill's network (calibrated, eval mode, frozen), or None; it must see what the student sees."""
     if not cfg.distill:
@@ -457,6 +471,8 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = load_teacher(cfg, pre, classes, device)
+    if teacher is not None and cfg.distill_views == "clean":  # soft targets once, then train at the student's speed
+        ttr, teacher = clean_view_targets(teacher, xtr, ytr, ttr, pre, cfg, len(classes), device), None
     optimizer = make_optimizer(cfg, model)
     steps = len(ytr) // (cfg.batch_size * dinfo.world)
     if steps == 0:
