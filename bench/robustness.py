@@ -41,9 +41,8 @@ def _split_faces(specs: list[list[str]], split: str, data: str | None):
     from ferlab.data import CLASSES, load_fer2013, make_splits
     from ferlab.engine.checkpoint import load_checkpoint
 
-    loaded: dict[str, dict] = {}  # a member named in several columns is loaded (and scored) once
-    for s in dict.fromkeys(s for members in specs for s in members):
-        loaded[s] = load_checkpoint(s)
+    # a member named in several columns is loaded (and scored) once
+    loaded = {s: load_checkpoint(s) for s in dict.fromkeys(s for members in specs for s in members)}
     ckpts = [[loaded[s] for s in members] for members in specs]
     cfg = ckpts[0][0].get("config") or {}
     protocol = (cfg.get("split", "official"), cfg.get("seed", 42))

@@ -15,6 +15,7 @@ from ..data.splits import SPLITS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16")
+DISTILL_VIEWS = ("augmented", "clean")
 
 
 @dataclass
@@ -88,11 +89,9 @@ class TrainConfig:
                              f"a probability, got {self.augment.mixup}, {self.augment.cutmix}, "
                              f"{self.augment.mix_prob}")
         for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                           ("split", SPLITS), ("labels", LABEL_MODES)):
+                           ("split", SPLITS), ("labels", LABEL_MODES), ("distill_views", DISTILL_VIEWS)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
-        if self.distill_views not in ("augmented", "clean"):
-            raise ValueError(f"distill_views: {self.distill_views!r} is not one of augmented, clean")
         if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
             raise ValueError(f"distill_weight must be a share between 0 and 1 and distill_temperature > 0, got "
                              f"{self.distill_weight} and {self.distill_temperature}")
