@@ -13,7 +13,7 @@ help:
 	@echo "make test                         install, then run the test suite (faces tests: FERLAB_TEST_DATA=PATH)"
 	@echo "make eval-default DATA=PATH       install, then score the shipped model on PrivateTest"
 	@echo "make seed-study DATA=PATH         install, then train the seed's five iterations + report"
-	@echo "make train-cpu DATA=PATH          install, then train the best CPU config (vgg_s_cpu48, 1.8 h on 1 core)"
+	@echo "make train-cpu DATA=PATH          install, then train the shipped default's config (teacher_vgg_s_long2, 2.8 h on 1 core)"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,4 +38,4 @@ seed-study: install
 	$(VENV)/bin/ferlab report runs/seed_iter* --markdown runs/seed_report.md --plot runs/seed_report.png
 
 train-cpu: install
-	$(VENV)/bin/ferlab train vgg_s_cpu48 --data "$(DATA)"
+	$(VENV)/bin/ferlab train teacher_vgg_s_long2 --data "$(DATA)"

@@ -38,10 +38,10 @@ def test_default_model_classifies_real_private_test_faces(fer_slice):
     assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5)
     pred = probs.argmax(1)
     acc = (pred == labels).float().mean().item()
-    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 67.5% without TTA (README),
-    # 71.4% on this sample; chance is 14%, and the previous default (52% on all of PrivateTest, trained on the
-    # blurred copy) would fail this.
-    assert acc >= 0.64, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
+    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 67.8% without TTA (README),
+    # 64.3% on this small sample (the previous default, vgg_s_cpu48: 67.5% and 71.4%); chance is 14%, and the
+    # first default (52% on all of PrivateTest, trained on the blurred copy) would fail this.
+    assert acc >= 0.62, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
     for name, least in (("happy", 0.85), ("disgust", 0.5)):  # the easiest class, and the rarest one
         sel = labels == CLASSES.index(name)
         assert (pred[sel] == labels[sel]).float().mean() >= least, name
@@ -82,7 +82,7 @@ def test_ferplus_model_is_packaged_in_fp16_with_eight_classes_and_agrees_with_th
 
 
 def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_slice):
-    """`--model ensemble`: the default (vgg_s_cpu48), teachers 1 and 6 fine-tuned on degraded faces, teacher 3 and
+    """`--model ensemble`: the previous default (vgg_s_cpu48), teachers 1 and 6 fine-tuned on degraded faces, teacher 3 and
     teacher 8 (vgg_s, vgg_s, vgg_m, vgg_s, vgg_s), each with its own temperature, one more for the whole fitted on
     PublicTest under flip TTA;
     fp16 weights loading into float32 networks. On real PrivateTest faces it is about as right as the default when
@@ -97,7 +97,7 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
     assert [m["model"] for m in ckpt["model_args"]["members"]] == ["vgg_s", "vgg_s", "vgg_m", "vgg_s", "vgg_s"]
     assert ckpt["members"] == ["runs/vgg_s_cpu48", "runs/finetune_teacher_vgg_s_ema_robust", "runs/teacher_vgg_m_noise",
                                "runs/finetune_teacher_vgg_s_long_robust", "runs/teacher_vgg_s_long2"]
-    assert load_checkpoint("default")["config"]["name"] == "vgg_s_cpu48"  # the default is its first member
+    assert load_checkpoint("default")["config"]["name"] == "teacher_vgg_s_long2"  # the default is its last member
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert ckpt["calibration"]["split"] == "val" and ckpt["calibration"]["tta"] == "flip"
     assert 0.5 < ckpt["temperature"] < 2
@@ -112,11 +112,11 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
             probs[name, corruption] = predict_probs(model, x, pre, torch.device("cpu"), tta=True)
             accs[name, corruption] = (probs[name, corruption].argmax(1) == labels).float().mean().item()
     ref = probs["ensemble", "clean"]
-    # measured on this balanced sample (default / ensemble): clean 73.8 / 73.2%, noise std 20 25.0 / 49.4%,
-    # JPEG q20 49.4 / 64.9%
+    # measured on this balanced sample (default / ensemble): clean 69.0 / 73.2%, noise std 20 24.4 / 49.4%,
+    # JPEG q20 54.8 / 64.9% (17 of the 168 faces)
     assert accs["ensemble", "clean"] >= accs["default", "clean"] - 0.02 and accs["ensemble", "clean"] >= 0.66, accs
     assert accs["ensemble", "noise20"] >= accs["default", "noise20"] + 0.2, accs
-    assert accs["ensemble", "jpeg20"] >= accs["default", "jpeg20"] + 0.1, accs
+    assert accs["ensemble", "jpeg20"] >= accs["default", "jpeg20"] + 0.08, accs
     p = Predictor(model="ensemble", detector="none")
     for face, r in zip(faces[:6], ref[:6]):
         row = p.predict(face.numpy())[0]
@@ -136,9 +136,10 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
 
 
 def test_robust_model_is_the_default_fine_tuned_and_holds_up_on_degraded_faces(fer_slice):
-    """`--model robust`: the default's network and preprocessing, fine-tuned on degraded faces and chosen on clean
-    and corrupted PublicTest; one set of fp16 weights. On real PrivateTest faces it is nearly as right as the
-    default when they are clean and far more right when they carry pixel noise or JPEG blocks."""
+    """`--model robust`: the default's network and preprocessing (the previous default, vgg_s_cpu48, fine-tuned on
+    degraded faces and chosen on clean and corrupted PublicTest); one set of fp16 weights. On real PrivateTest faces
+    it is nearly as right as the default when they are clean and far more right when they carry pixel noise or JPEG
+    blocks."""
     from ferlab import Predictor
     from ferlab.data.corruptions import corrupt
     from ferlab.weights import ROBUST_WEIGHTS
@@ -149,7 +150,7 @@ def test_robust_model_is_the_default_fine_tuned_and_holds_up_on_degraded_faces(f
     assert ckpt["ema_state_dict"] is None  # only the weights it answers with
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     cfg = ckpt["config"]
-    assert cfg["init"] == "default" and cfg["split"] == "official" and cfg["select_corruptions"]
+    assert cfg["init"] == "runs/vgg_s_cpu48" and cfg["split"] == "official" and cfg["select_corruptions"]
     assert ckpt["calibration"]["split"] == "val" and 0.5 < ckpt["temperature"] < 2
     faces, labels = _private_test(fer_slice)
     acc = {}
@@ -159,7 +160,8 @@ def test_robust_model_is_the_default_fine_tuned_and_holds_up_on_degraded_faces(f
             x = torch.from_numpy(np.ascontiguousarray(corrupt(corruption, faces.numpy())))
             probs = predict_probs(model, x, pre, torch.device("cpu"), tta=True)
             acc[name, corruption] = (probs.argmax(1) == labels).float().mean().item()
-    # measured on this balanced sample: clean 73.8 / 67.3%, noise std 20 25.0 / 64.3%, JPEG q20 49.4 / 64.3%
+    # measured on this balanced sample (default / robust): clean 69.0 / 67.3%, noise std 20 24.4 / 64.3%,
+    # JPEG q20 54.8 / 64.3%
     assert acc["robust", "clean"] >= 0.62 and acc["robust", "clean"] >= acc["default", "clean"] - 0.1, acc
     assert acc["robust", "noise20"] >= acc["default", "noise20"] + 0.25, acc
     assert acc["robust", "jpeg20"] >= acc["default", "jpeg20"] + 0.08, acc

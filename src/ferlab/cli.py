@@ -323,7 +323,7 @@ EXAMPLES = {
              "ferlab data fer2013.csv --stats    # brightness, contrast, sharpness per split"],
     "train": ["ferlab train vgg_s_cpu48 --data ~/Downloads/fer2013.zip",
               "ferlab train seed/iter1_simple_cnn epochs=5 lr=0.01 --data fer2013.csv",
-              "ferlab train vgg_s_cpu48 init=default epochs=10 lr=0.01   # fine-tune the shipped model",
+              "ferlab train teacher_vgg_s_long2 init=default epochs=10 lr=0.01   # fine-tune the shipped model",
               "ferlab train --resume runs/vgg_s_cpu48"],
     "configs": ["ferlab configs",
                 "ferlab configs vgg_s_cpu48 > mine.yaml   # then: ferlab train mine.yaml"],
