@@ -812,6 +812,10 @@ def test_init_starts_the_run_from_a_checkpoints_weights(calibrated_run, fer_fold
         with pytest.raises(ValueError, match="init: .* must see the same input"):
             fit(tiny_config(fer_folder, tmp_path, name="other_input", init=_seeing_other_input(calibrated_run, tmp_path)),
                 progress=False)
+        # a packaged config may start from a run the user has not trained yet: the error names the key
+        with pytest.raises(FileNotFoundError, match=r"^init: checkpoint .*no_such_run not found"):
+            fit(tiny_config(fer_folder, tmp_path, name="unborn", init=str(tmp_path / "no_such_run")), progress=False)
+        assert not (tmp_path / "unborn").exists()
     finally:
         torch.set_num_threads(threads)
 

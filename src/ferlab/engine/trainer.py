@@ -262,7 +262,10 @@ def distilled_target(target: torch.Tensor, teacher_logits: torch.Tensor, cfg: Tr
 
 def _checkpoint_like(key: str, spec: str, pre: Preprocess, classes) -> dict:
     """The checkpoint a config key names (distill, init); it must see the run's input and answer its classes."""
-    ckpt = load_checkpoint(spec)
+    try:
+        ckpt = load_checkpoint(spec)
+    except FileNotFoundError as e:  # say which key named it: a packaged config may start from a run of another
+        raise FileNotFoundError(f"{key}: {e}") from e
     if list(ckpt["classes"]) != list(classes) or Preprocess.from_dict(ckpt["preprocess"]) != pre:
         raise ValueError(f"{key}: {spec} answers {ckpt['classes']} from {ckpt['preprocess']}; this run learns "
                          f"{list(classes)} from {pre.to_dict()}: it must see the same input and answer the same "
