@@ -725,9 +725,10 @@ def test_distilled_target_by_hand():
     assert np.allclose(distilled_target(votes, logits, cfg, 7)[0].numpy(), 0.75 * votes[0].numpy() + 0.25 * soft)
 
 
-def test_clean_view_targets_are_the_teachers_flip_tta_probabilities(calibrated_run, fer_folder):
+def test_clean_view_targets_are_the_teachers_flip_tta_probabilities(calibrated_run, fer_folder, tmp_path):
     """distill_views: clean: each training face's target is (1 - w) x its smoothed label + w x the teacher's
-    flip-TTA probabilities on the face as stored (`ferlab eval`'s), computed once; an unknown mode is refused."""
+    flip-TTA probabilities on the face as stored (`ferlab eval`'s), computed once; an unknown mode is refused.
+    Kept in the run folder, they are read back, not computed, for the same teacher file and faces only."""
     from ferlab.data import load_fer2013, make_splits
     from ferlab.engine import load_checkpoint, model_from_checkpoint
     from ferlab.engine.predict import predict_probs
@@ -742,6 +743,22 @@ def test_clean_view_targets_are_the_teachers_flip_tta_probabilities(calibrated_r
     assert torch.allclose(got, 0.6 * onehot + 0.4 * probs, atol=1e-5)
     assert torch.allclose(got.sum(1), torch.ones(len(labels)), atol=1e-5)
     assert (got - onehot).abs().max() > 0.05  # the teacher's share moves the targets off the labels
+
+    class Absent(torch.nn.Module):  # a teacher that must not be run: the cache has its answers
+        def forward(self, x):
+            raise AssertionError("the teacher ran although its probabilities were cached")
+
+    cache = tmp_path / "teacher_probs.pt"
+    first = clean_view_targets(teacher, faces, labels, None, pre, cfg, 7, torch.device("cpu"), cache)
+    assert cache.exists() and torch.allclose(first, got, atol=1e-6)
+    assert torch.equal(clean_view_targets(Absent(), faces, labels, None, pre, cfg, 7, torch.device("cpu"), cache), first)
+    with pytest.raises(AssertionError, match="teacher ran"):  # other faces: the cache is not theirs
+        clean_view_targets(Absent(), faces[:-1], labels[:-1], None, pre, cfg, 7, torch.device("cpu"), cache)
+    other = tmp_path / "other_teacher.pt"
+    torch.save({**load_checkpoint(calibrated_run), "logit_bias": [1.0] + [0.0] * 6}, other)
+    with pytest.raises(AssertionError, match="teacher ran"):  # another teacher file: computed again
+        clean_view_targets(Absent(), faces, labels, None, pre, TrainConfig(**{**cfg.to_dict(), "distill": str(other)}),
+                           7, torch.device("cpu"), cache)
     with pytest.raises(ValueError, match="distill_views: 'noisy' is not one of augmented, clean"):
         TrainConfig(distill="x.pt", distill_views="noisy")
 
@@ -782,6 +799,7 @@ def test_distillation_pulls_the_student_toward_its_teacher(calibrated_run, fer_f
                                 distill_weight=1.0, distill_views="clean"), progress=False)
         assert says_surprise(tmp_path / taught["name"]) > 0.9 > 0.5 > says_surprise(tmp_path / plain["name"])
         assert says_surprise(tmp_path / clean["name"]) > 0.9
+        assert (tmp_path / clean["name"] / "teacher_probs.pt").exists()  # for a --resume to read, not recompute
         with pytest.raises(ValueError, match="distill: .* must see the same input"):
             fit(tiny_config(fer_folder, tmp_path, name="refused", distill=_seeing_other_input(calibrated_run, tmp_path)),
                 progress=False)

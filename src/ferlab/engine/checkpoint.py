@@ -2,6 +2,7 @@
 `torch.load(..., weights_only=True)` (only tensors, numbers, strings, lists and dicts inside)."""
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -50,6 +51,15 @@ def write_checkpoint(path: str | Path, ckpt: dict) -> Path:
                 raise e.__context__ from None
             raise
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def checkpoint_path(spec: str | Path) -> Path:

@@ -6,6 +6,7 @@ epoch permutation and takes its own slice of it; metrics are summed across ranks
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -33,13 +34,17 @@ from ..inference.preprocess import Preprocess, to_model_input
 from ..models import count_params, create_model, model_defaults
 from .calibration import calibrate_checkpoint, expected_calibration_error
 from .callbacks import Callback, CSVLogger, PrintLogger, WandbLogger
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, write_checkpoint
+from .checkpoint import (checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint,
+                         write_checkpoint)
 from .config import TrainConfig, resume_config
 from .metrics import classification_report, format_summary
 from .plots import plot_confusion, plot_curves, read_metrics
 # the device, precision and TTA views evaluation uses; also importable from here, where they used to live
 from .predict import (TTA_MODES, autocast, predict_probs, predict_probs_tta, predict_view_logits,  # noqa: F401
                       resolve_device, tta_views)
+
+# `distill_views: clean`: the teacher's probabilities on the training faces, kept in the run folder for --resume
+TEACHER_PROBS = "teacher_probs.pt"
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -287,15 +292,31 @@ def load_init(cfg: TrainConfig, model: torch.nn.Module, pre: Preprocess, classes
 
 def clean_view_targets(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        targets: torch.Tensor | None, pre: Preprocess, cfg: TrainConfig, num_classes: int,
-                       device: torch.device) -> torch.Tensor:
+                       device: torch.device, cache: Path | None = None, write_cache: bool = True) -> torch.Tensor:
     """The training targets of `distill_views: clean`: `distilled_target` of each face's label (or soft target)
-    and the teacher's flip-TTA probabilities on the face as stored, computed once. (N, classes), rows sum to 1."""
+    and the teacher's flip-TTA probabilities on the face as stored, computed once. (N, classes), rows sum to 1.
+
+    With `cache` (the run folder's TEACHER_PROBS), the probabilities are kept there with the digests of the
+    teacher's file and of the faces, and read back by a later call on the same teacher and faces (a resumed run)
+    instead of being computed again; `write_cache` False (the other ranks of a distributed run) only reads."""
     t0 = time.perf_counter()
-    probs = predict_probs_tta(teacher, images, pre, device, cfg.eval_batch_size, ("flip",), cfg.precision,
-                              cfg.channels_last)["flip"].float()
+    key = {"teacher_sha256": file_sha256(checkpoint_path(cfg.distill)),
+           "faces_sha256": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(), "tta": "flip"}
+    probs, how = None, "computed"
+    if cache is not None and cache.exists():
+        with suppress(Exception):  # an unreadable or foreign file is computed again, and replaced
+            stored = torch.load(cache, map_location="cpu", weights_only=True)
+            if stored["key"] == key and tuple(stored["probs"].shape) == (len(images), num_classes):
+                probs, how = stored["probs"].float(), f"read from {cache}"
+    if probs is None:
+        probs = predict_probs_tta(teacher, images, pre, device, cfg.eval_batch_size, ("flip",), cfg.precision,
+                                  cfg.channels_last)["flip"].float()
+        if cache is not None and write_cache:
+            with replacing(cache) as tmp:
+                torch.save({"key": key, "probs": probs}, tmp)
     out = distilled_target(labels if targets is None else targets, probs.clamp_min(1e-12).log(), cfg, num_classes)
-    print(f"teacher {cfg.distill}: soft targets for {len(labels)} training faces (flip TTA, un-augmented) in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"teacher {cfg.distill}: soft targets for {len(labels)} training faces (flip TTA, un-augmented) "
+          f"{how} in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
@@ -474,8 +495,6 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = load_teacher(cfg, pre, classes, device)
-    if teacher is not None and cfg.distill_views == "clean":  # soft targets once, then train at the student's speed
-        ttr, teacher = clean_view_targets(teacher, xtr, ytr, ttr, pre, cfg, len(classes), device), None
     optimizer = make_optimizer(cfg, model)
     steps = len(ytr) // (cfg.batch_size * dinfo.world)
     if steps == 0:
@@ -512,6 +531,10 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             tmp.write_text(yaml.safe_dump({**cfg_dict, "world_size": dinfo.world,
                                            "global_batch_size": cfg.batch_size * dinfo.world}, sort_keys=False))
         cbs = [CSVLogger(run_dir, start - 1), PrintLogger()]
+    if teacher is not None and cfg.distill_views == "clean":  # soft targets once, then train at the student's speed
+        ttr = clean_view_targets(teacher, xtr, ytr, ttr, pre, cfg, len(classes), device, run_dir / TEACHER_PROBS,
+                                 write_cache=dinfo.main)
+        teacher = None
         if wandb_project:
             cbs.append(WandbLogger(wandb_project, run_dir.name, cfg_dict, run_dir))
         cbs += callbacks or []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -28,7 +27,7 @@ import torch
 from .._version import __version__
 from .._optional import need
 from ..data import USAGES, load_fer2013
-from ..engine.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
+from ..engine.checkpoint import checkpoint_path, file_sha256, load_checkpoint, model_from_checkpoint
 from ..weights import resolve_model
 from .detect import FER_MARGIN
 from .preprocess import Preprocess, to_model_input, to_model_pixels
@@ -154,14 +153,6 @@ def describe(meta: dict[str, str]) -> str:
             f"Flip TTA: {meta['ferlab.tta']}.")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(2**20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_version(digest: str) -> int:
     """ModelProto.model_version from a checkpoint's SHA-256: its first 48 bits, a positive integer (exact in
     JSON and JavaScript too) that is the same for one checkpoint and differs between checkpoints."""
@@ -267,7 +258,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
     meta = metadata(ckpt, pre)
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
-    digest = _sha256(checkpoint_path(src))
+    digest = file_sha256(checkpoint_path(src))
     proto.metadata_props.add(key="ferlab.checkpoint_sha256", value=digest)
     proto.model_version = model_version(digest)
     proto.doc_string = describe(meta)
