@@ -780,8 +780,9 @@ def test_live_sessions_get_their_frame_rate_and_time_and_no_more(checkpoint):
         close = ws.receive()
     assert "lasts 1 s at most" in message["detail"] and close["code"] == 1000
     assert 5 <= len(answers) <= 11, answers  # 10 a second for 1 s (and the one at 0 s)
-    gaps = [b[0] - a[0] for a, b in zip(answers, answers[1:])]
-    assert min(gaps) >= 0.08, gaps
+    # answer i's analysis starts no sooner than i / max_fps after the first one's, which started after t0: a bound
+    # a loaded machine cannot break (the gaps between receipts can, when one analysis takes longer than the next)
+    assert all(t >= i / 10 for i, (t, _) in enumerate(answers)), answers
 
 
 def test_live_sessions_outlast_the_request_deadline_and_oversized_messages_are_not_read(crops_predictor, fer_slice):

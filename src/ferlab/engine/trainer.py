@@ -531,13 +531,13 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
             tmp.write_text(yaml.safe_dump({**cfg_dict, "world_size": dinfo.world,
                                            "global_batch_size": cfg.batch_size * dinfo.world}, sort_keys=False))
         cbs = [CSVLogger(run_dir, start - 1), PrintLogger()]
+        if wandb_project:
+            cbs.append(WandbLogger(wandb_project, run_dir.name, cfg_dict, run_dir))
+        cbs += callbacks or []
     if teacher is not None and cfg.distill_views == "clean":  # soft targets once, then train at the student's speed
         ttr = clean_view_targets(teacher, xtr, ytr, ttr, pre, cfg, len(classes), device, run_dir / TEACHER_PROBS,
                                  write_cache=dinfo.main)
         teacher = None
-        if wandb_project:
-            cbs.append(WandbLogger(wandb_project, run_dir.name, cfg_dict, run_dir))
-        cbs += callbacks or []
     n_params = count_params(model)
     origin = provenance(dinfo)
     if dinfo.main:
