@@ -32,7 +32,8 @@ def main() -> None:
     a = ap.parse_args()
     fer = load_fer2013(a.data)
     choices = [None if c == "none" else float(c) for c in a.percentiles.split(",")]
-    print("| model | ranges | PublicTest: same label as PyTorch | int8 accuracy (PyTorch) | synthetic faces: same label |")
+    print("| model | ranges | PublicTest: same label as PyTorch | int8 accuracy (PyTorch) "
+          "| synthetic faces: same label |")
     print("|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models:

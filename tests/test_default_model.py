@@ -82,10 +82,9 @@ def test_ferplus_model_is_packaged_in_fp16_with_eight_classes_and_agrees_with_th
 
 
 def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_slice):
-    """`--model ensemble`: the previous default (vgg_s_cpu48), teachers 1 and 6 fine-tuned on degraded faces, teacher 3 and
-    teacher 8 (vgg_s, vgg_s, vgg_m, vgg_s, vgg_s), each with its own temperature, one more for the whole fitted on
-    PublicTest under flip TTA;
-    fp16 weights loading into float32 networks. On real PrivateTest faces it is about as right as the default when
+    """`--model ensemble`: the previous default (vgg_s_cpu48), teachers 1 and 6 fine-tuned on degraded faces,
+    teacher 3 and teacher 8, the default (vgg_s, vgg_s, vgg_m, vgg_s, vgg_s), each with its own temperature, one
+    more for the whole fitted on PublicTest under flip TTA; fp16 weights loading into float32 networks. On real PrivateTest faces it is about as right as the default when
     they are clean and far more right under pixel noise and JPEG blocks; the Predictor answers what the network
     does."""
     from ferlab.data.corruptions import corrupt

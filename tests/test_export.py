@@ -332,7 +332,8 @@ def test_int8_export_is_calibrated_on_training_faces_and_keeps_the_labels(fer_fo
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert "Training faces (percentile 99.99)" in meta["ferlab.quantized"] and json.loads(meta["ferlab.classes"])[3] == "happy"
+    assert "Training faces (percentile 99.99)" in meta["ferlab.quantized"]
+    assert json.loads(meta["ferlab.classes"])[3] == "happy"
     assert proto.model_version > 0 and "flip" in proto.doc_string  # the float graph's, kept through quantization
     test = np.array([u != "Training" for u in fer_slice["usage"]])
     faces = fer_slice["pixels"][test]
