@@ -40,8 +40,7 @@ def main() -> None:
             model, pre = model_from_checkpoint(load_checkpoint(resolve_model(name)))
             float_onnx = Path(tmp) / "float.onnx"
             fo.export_onnx(name, float_onnx, data=a.data)
-            train = fer.images[fer.usage == USAGES.index("Training")]
-            calib = to_model_pixels(fo.spread(train, fo.CALIBRATION_FACES), pre).numpy()
+            calib = fo.calibration_faces(fer, pre)
             public = fer.usage == USAGES.index("PublicTest")
             checks = {fo.REAL: to_model_pixels(fer.images[public], pre).numpy(),
                       "synthetic": fo.synthetic_faces(64, pre.input_size)}

@@ -187,6 +187,13 @@ def spread(images: np.ndarray, n: int) -> np.ndarray:
     return images[np.linspace(0, len(images) - 1, min(n, len(images))).astype(int)]
 
 
+def calibration_faces(fer, pre: Preprocess) -> np.ndarray:
+    """The int8 export's calibration faces: CALIBRATION_FACES of `fer`'s Training faces (never a test face), spread
+    over the split, as the float graph takes them (uint8 (n, S, S))."""
+    train = fer.images[fer.usage == USAGES.index("Training")]
+    return to_model_pixels(spread(train, CALIBRATION_FACES), pre).numpy()
+
+
 def synthetic_faces(n: int, size: int, seed: int = 0) -> np.ndarray:
     """`n` face-like uint8 (n, size, size) images drawn from a fixed seed: a head of random brightness, eyes,
     brows and a mouth at random places and shapes, over a gradient, with noise. They exercise every part of
@@ -281,9 +288,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, data: str
               "opset": opset, "bytes": out.stat().st_size}
     if int8:
         try:
-            train = fer.images[fer.usage == USAGES.index("Training")]
-            calib = to_model_pixels(spread(train, CALIBRATION_FACES), pre).numpy()
-            report["int8"] = quantize_int8(out, final, calib, checks, want)
+            report["int8"] = quantize_int8(out, final, calibration_faces(fer, pre), checks, want)
         finally:
             out.unlink(missing_ok=True)
         report.update(path=str(final), bytes=final.stat().st_size)
