@@ -270,6 +270,24 @@ def test_resume_matches_uninterrupted_run(fer_folder, tmp_path):
     assert json.loads((straight / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
 
 
+def test_resume_from_last_checkpoint_alone_writes_best_again(fer_folder, tmp_path):
+    """A run folder carried to another machine with last.pt but not best.pt (the checkpoint one commits to resume
+    elsewhere): the resumed run chooses among the epochs it can still keep and finishes, instead of failing at the
+    end for want of a best.pt that a better earlier epoch had written."""
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(fer_folder, tmp_path, epochs=2), progress=False, epoch_hook=stop_after_first)
+    cut = tmp_path / "tiny"
+    (cut / "best.pt").unlink()
+    last = torch.load(cut / "last.pt", weights_only=True)
+    torch.save({**last, "best_val_acc": 100.0}, cut / "last.pt")  # an epoch 2 cannot beat: the worst case
+    summary = fit(tiny_config(None, tmp_path / "elsewhere"), resume=cut, progress=False)
+    assert (cut / "best.pt").exists() and (cut / "summary.json").exists() and summary["best_epoch"] == 2
+
+
 def test_resume_without_last_checkpoint_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="last.pt"):
         fit(TrainConfig(), resume=tmp_path)

@@ -512,6 +512,8 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
         if "rng_state" in resume_ckpt:
             torch.set_rng_state(resume_ckpt["rng_state"])
         start, best = resume_ckpt["epoch"] + 1, resume_ckpt["best_val_acc"]
+        if not (Path(run_dir) / "best.pt").exists():  # last.pt carried alone to another machine: the first resumed
+            best = -1.0                               # epoch writes best.pt, the later ones compete with it
     train_model = model
     if dinfo.world > 1:
         # BatchNorm stays per rank (no SyncBatchNorm): per-rank batches of 32+ give sound statistics, SyncBN
