@@ -18,9 +18,9 @@ import torch
 
 from ferlab.data import USAGES, load_fer2013
 from ferlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ferlab.engine.predict import predict_probs
 from ferlab.inference import onnx as fo
-from ferlab.inference.preprocess import to_model_input, to_model_pixels
-from ferlab.weights import resolve_model
+from ferlab.inference.preprocess import to_model_pixels
 
 
 def main() -> None:
@@ -37,16 +37,15 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models:
-            model, pre = model_from_checkpoint(load_checkpoint(resolve_model(name)))
+            model, pre = model_from_checkpoint(load_checkpoint(name))
             float_onnx = Path(tmp) / "float.onnx"
             fo.export_onnx(name, float_onnx, data=a.data)
             calib = fo.calibration_faces(fer, pre)
             public = fer.usage == USAGES.index("PublicTest")
             checks = {fo.REAL: to_model_pixels(fer.images[public], pre).numpy(),
                       "synthetic": fo.synthetic_faces(64, pre.input_size)}
-            with torch.no_grad():
-                want = {k: torch.cat([model.eval()(to_model_input(torch.as_tensor(v[i:i + 256]), pre)).softmax(1)
-                                      for i in range(0, len(v), 256)]).numpy() for k, v in checks.items()}
+            want = {k: predict_probs(model, torch.from_numpy(v), pre, torch.device("cpu")).numpy()
+                    for k, v in checks.items()}
             torch_acc = 100 * (want[fo.REAL].argmax(1) == fer.labels[public]).mean()
             for p in choices:
                 out = Path(tmp) / "int8.onnx"
