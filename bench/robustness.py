@@ -25,13 +25,17 @@ import argparse
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from ferlab.data.corruptions import CORRUPTIONS, corrupt
+
+if TYPE_CHECKING:
+    import torch
 
 # ------------------------------------------------------------------------------------------------ scoring
 
@@ -59,6 +63,38 @@ def _split_faces(specs: list[list[str]], split: str, data: str | None):
     return ckpts, part.images, part.labels, protocol[0]
 
 
+def member_probs(ckpts: list[dict], faces: np.ndarray, names: list[str], device, batch_size: int = 256,
+                 on_member: Callable[[int, str, torch.Tensor], None] | None = None,
+                 known: Callable[[int, str], torch.Tensor | None] | None = None) -> Iterator[tuple[str, list]]:
+    """Flip-TTA probabilities (N, classes) of each checkpoint on each corruption of `faces`: yields
+    (corruption, [probabilities per checkpoint]) in the order of `names`, each network built once.
+    `known(k, name)` may return probabilities already computed (a cache; the network is then not run), and
+    `on_member(k, name, probs)` sees each one computed."""
+    import torch
+
+    from ferlab.engine.checkpoint import model_from_checkpoint
+    from ferlab.engine.predict import predict_probs_tta
+
+    models: dict[int, tuple] = {}
+    for name in names:
+        x = None
+        row = []
+        for k, c in enumerate(ckpts):
+            probs = known(k, name) if known else None
+            if probs is None:
+                if k not in models:
+                    model, pre = model_from_checkpoint(c)
+                    models[k] = (model.to(device), pre)
+                if x is None:
+                    x = torch.from_numpy(corrupt(name, faces))
+                model, pre = models[k]
+                probs = predict_probs_tta(model, x, pre, device, batch_size, ("flip",))["flip"]
+                if on_member:
+                    on_member(k, name, probs)
+            row.append(probs)
+        yield name, row
+
+
 def score(ckpts: list[list[dict]], faces: np.ndarray, labels: np.ndarray, names: list[str], device,
           batch_size: int = 256, on_row: Callable[[str, list[float]], None] | None = None) -> dict[str, list[float]]:
     """Flip-TTA accuracy (%) of each column (a list of checkpoints, probabilities averaged) on each corruption
@@ -66,25 +102,18 @@ def score(ckpts: list[list[dict]], faces: np.ndarray, labels: np.ndarray, names:
     import torch
 
     from ferlab.data import CLASSES
-    from ferlab.engine.checkpoint import model_from_checkpoint
     from ferlab.engine.metrics import classification_report
-    from ferlab.engine.predict import predict_probs_tta
 
-    unique = {id(c): c for cs in ckpts for c in cs}  # columns that share a member score it once per corruption
-    models = {k: model_from_checkpoint(c) for k, c in unique.items()}
-    for model, _ in models.values():
-        model.to(device)
+    unique = list({id(c): c for cs in ckpts for c in cs}.values())  # columns that share a member run it once
+    index = {id(c): k for k, c in enumerate(unique)}
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     out = {}
-    for name in names:
-        x = torch.from_numpy(corrupt(name, faces))
-        member_probs = {k: predict_probs_tta(model, x, pre, device, batch_size, ("flip",))["flip"]
-                        for k, (model, pre) in models.items()}
+    for name, probs_of in member_probs(unique, faces, names, device, batch_size):
         row = []
         for cs in ckpts:
             probs = torch.zeros(len(y), len(CLASSES))
             for c in cs:
-                probs += member_probs[id(c)] / len(cs)
+                probs += probs_of[index[id(c)]] / len(cs)
             row.append(classification_report(probs, y)["accuracy"])
         out[name] = row
         if on_row:
