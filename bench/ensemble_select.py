@@ -196,10 +196,7 @@ def main(argv: list[str] | None = None) -> str:
     print(text, end="")
     print(f"\n{time.perf_counter() - t0:.0f} s", flush=True)
     if a.markdown:
-        from ferlab._atomic import replacing
-        with replacing(a.markdown) as tmp:
-            tmp.write_text(text)
-        print(f"written to {a.markdown}")
+        robustness.write_markdown(a.markdown, text)
     return text
 
 

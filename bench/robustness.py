@@ -121,6 +121,14 @@ def score(ckpts: list[list[dict]], faces: np.ndarray, labels: np.ndarray, names:
     return out
 
 
+def write_markdown(path: str, text: str) -> None:
+    """Write a bench's table to `path` whole or not at all, and say so."""
+    from ferlab._atomic import replacing
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+    print(f"written to {path}")
+
+
 def table_header(columns: list[str]) -> str:
     head = "| corruption | " + " | ".join(f"{c} | drop" for c in columns) + " |"
     return head + "\n|---|" + "---:|---:|" * len(columns)
@@ -198,10 +206,7 @@ def main(argv: list[str] | None = None) -> str:
     text = "\n".join(lines) + "\n"
     print(f"\n{time.perf_counter() - t0:.0f} s", flush=True)
     if a.markdown:
-        from ferlab._atomic import replacing
-        with replacing(a.markdown) as tmp:
-            tmp.write_text(text)
-        print(f"written to {a.markdown}")
+        write_markdown(a.markdown, text)
     return text
 
 
