@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> str:
     ckpts, faces, labels, protocol = robustness._split_faces([[n] for n in names], a.split, a.data)
     ckpts = [c[0] for c in ckpts]
     total = len(labels)
-    if a.limit and a.limit < total:  # spread evenly: the split is stored class by class
-        idx = np.linspace(0, total - 1, a.limit).astype(int)
-        faces, labels = faces[idx], labels[idx]
+    faces, labels = robustness.spread(faces, labels, a.limit)
     labels = np.asarray(labels, dtype=np.int64)
     sizes = [fp16_mb(c) for c in ckpts]
 
@@ -159,8 +157,7 @@ def main(argv: list[str] | None = None) -> str:
     probs = {c: [p.numpy() for p in row] for c, row in robustness.member_probs(
         ckpts, faces, ["clean", *corrupted], resolve_device(a.device), on_member=keep, known=known)}
 
-    split_name = {("official", "test"): "PrivateTest", ("official", "val"): "PublicTest"}.get(
-        (protocol, a.split), f"{a.split} split")
+    split_name = robustness.split_label(protocol, a.split)
     w = a.clean_weight
     lines = [f"command: python {shlex.join([prog, *argv])}",
              (f"{split_name} ({protocol} protocol): {len(labels)} of {total} faces; flip TTA; accuracy %; "

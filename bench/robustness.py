@@ -63,6 +63,20 @@ def _split_faces(specs: list[list[str]], split: str, data: str | None):
     return ckpts, part.images, part.labels, protocol[0]
 
 
+def spread(faces: np.ndarray, labels: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """`limit` faces spread evenly over the split (it is stored class by class), or all of them."""
+    if limit and limit < len(labels):
+        idx = np.linspace(0, len(labels) - 1, limit).astype(int)
+        return faces[idx], labels[idx]
+    return faces, labels
+
+
+def split_label(protocol: str, split: str) -> str:
+    """What a table calls the split: FER2013's own name under the official protocol."""
+    return {("official", "test"): "PrivateTest", ("official", "val"): "PublicTest"}.get(
+        (protocol, split), f"{split} split")
+
+
 def member_probs(ckpts: list[dict], faces: np.ndarray, names: list[str], device, batch_size: int = 256,
                  on_member: Callable[[int, str, torch.Tensor], None] | None = None,
                  known: Callable[[int, str], torch.Tensor | None] | None = None) -> Iterator[tuple[str, list]]:
@@ -180,12 +194,9 @@ def main(argv: list[str] | None = None) -> str:
     specs = [m.split("+") for m in a.models]
     ckpts, faces, labels, protocol = _split_faces(specs, a.split, a.data)
     total = len(labels)
-    if a.limit and a.limit < total:  # spread evenly: the split is stored class by class
-        idx = np.linspace(0, total - 1, a.limit).astype(int)
-        faces, labels = faces[idx], labels[idx]
+    faces, labels = spread(faces, labels, a.limit)
     device = resolve_device(a.device)
-    split_name = {("official", "test"): "PrivateTest", ("official", "val"): "PublicTest"}.get(
-        (protocol, a.split), f"{a.split} split")
+    split_name = split_label(protocol, a.split)
     lines = [f"command: python {shlex.join([prog, *argv])}",
              (f"ferlab {ferlab.__version__} ({Path(ferlab.__file__).parent}), torch {torch.__version__}, "
               f"OpenCV {cv2.__version__}, device {device}, {a.threads} thread(s)"),
