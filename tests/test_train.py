@@ -725,6 +725,69 @@ def test_a_full_disk_stops_training_with_one_line_that_says_how_to_resume(fer_fo
     assert [r["epoch"] for r in _rows(run)] == ["1", "2"] and (run / "summary.json").exists()
 
 
+# ----------------------------------------------------------------------------------------------- SAM
+
+def test_sam_takes_the_gradient_at_the_worst_nearby_point_and_keeps_the_weights():
+    """On the bowl 0.5 * sum(a * w^2) the gradient is a * w everywhere, so the sharpness-aware gradient is
+    a * (w + rho * g / |g|) with g = a * w, and the loss it returns is the bowl's there, above the loss at w."""
+    from ferlab.engine.sam import sharpness_aware_grads
+    a, w0, rho = torch.tensor([1.0, 3.0, 0.5]), torch.tensor([1.0, -2.0, 0.5]), 0.1
+    w = torch.nn.Parameter(w0.clone())
+    model = torch.nn.Module()
+    model.w = w
+
+    def bowl():
+        return 0.5 * (a * w ** 2).sum()
+    bowl().backward()
+    g = a * w0
+    worst = w0 + rho * g / g.norm()
+    loss = sharpness_aware_grads(model, bowl, rho)
+    assert torch.allclose(w.grad, a * worst, atol=1e-6)
+    assert torch.equal(w.detach(), w0)  # restored: the optimizer steps from w
+    assert loss.item() == pytest.approx(0.5 * (a * worst ** 2).sum().item()) and loss.item() > bowl().item()
+    with pytest.raises(ValueError, match="sam_rho must be > 0"):
+        sharpness_aware_grads(model, bowl, 0.0)
+    w.grad = None
+    with pytest.raises(RuntimeError, match=r"call loss.backward\(\) first"):
+        sharpness_aware_grads(model, bowl, rho)
+
+
+def test_sam_second_pass_leaves_batchnorm_statistics_as_one_pass_left_them():
+    """The batch is seen twice per step; BatchNorm's running statistics (and its batch count) must count it
+    once, and its momentum comes back. The gradients do change: they are taken elsewhere."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from ferlab.engine.sam import sharpness_aware_grads
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3)).train()
+    once = copy.deepcopy(model)
+    x, y = torch.randn(16, 4) * 3 + 1, torch.randint(0, 3, (16,))
+    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(once(x), y).backward()
+    sharpness_aware_grads(model, lambda: F.cross_entropy(model(x), y), 0.5)
+    bn, bn_once = model[1], once[1]
+    assert torch.equal(bn.running_mean, bn_once.running_mean) and torch.equal(bn.running_var, bn_once.running_var)
+    assert bn.num_batches_tracked.item() == 1 and bn.momentum == 0.1
+    assert not torch.allclose(model[0].weight.grad, once[0].weight.grad)
+    for p, q in zip(model.parameters(), once.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_training_with_sam_records_it_and_takes_other_steps(runs, fer_folder, tmp_path):
+    """Same seed, data and batches as the tiny run; sam_rho changes the steps (not the first batch's loss),
+    is written into the run's config, and a negative radius is a config error."""
+    result = fit(tiny_config(fer_folder, tmp_path, name="tiny-sam", sam_rho=0.05), progress=False)
+    run = tmp_path / result["name"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["sam_rho"] == 0.05
+    plain, sam = _rows(runs[0]), _rows(run)
+    assert len(sam) == 2 and float(sam[1]["val_loss"]) != pytest.approx(float(plain[1]["val_loss"]), abs=1e-4)
+    with pytest.raises(ValueError, match="sam_rho: -0.1 is a radius"):
+        tiny_config(fer_folder, tmp_path, sam_rho=-0.1)
+
+
 # ----------------------------------------------------------------------------------------------- distillation
 
 def test_distilled_target_by_hand():

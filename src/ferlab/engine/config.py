@@ -54,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0                                 # EMA decay of the weights; 0 = off
     grad_clip: float = 0.0
+    sam_rho: float = 0.0                             # sharpness-aware minimisation radius (2 passes a step); 0 = off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # model selection on the validation split: (1 - select_weight) x its accuracy + select_weight x the mean
     # accuracy on its faces under these corruptions (names in ferlab/data/corruptions.py); [] = accuracy alone
@@ -110,6 +111,8 @@ class TrainConfig:
         if self.ferplus_blend > 0 and self.labels != "fer2013":
             raise ValueError(f"ferplus_blend mixes FER+'s votes into the FER2013 labels (labels: fer2013); with "
                              f"labels: {self.labels} the target is FER+'s already")
+        if self.sam_rho < 0:
+            raise ValueError(f"sam_rho: {self.sam_rho} is a radius in weight space, >= 0 (0 = off; 0.05 is usual)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
 

@@ -42,6 +42,7 @@ from .plots import plot_confusion, plot_curves, read_metrics
 # the device, precision and TTA views evaluation uses; also importable from here, where they used to live
 from .predict import (TTA_MODES, autocast, predict_probs, predict_probs_tta, predict_view_logits,  # noqa: F401
                       resolve_device, tta_views)
+from .sam import sharpness_aware_grads
 
 # `distill_views: clean`: the teacher's probabilities on the training faces, kept in the run folder for --resume
 TEACHER_PROBS = "teacher_probs.pt"
@@ -222,14 +223,18 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, pre: Prep
             with torch.no_grad(), autocast(device, cfg.precision):
                 taught = teacher(x).float()
             target, smoothing = distilled_target(target, taught, cfg, taught.shape[1]), 0.0
-        with autocast(device, cfg.precision):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+        def forward(x=x, target=target, smoothing=smoothing):
+            with autocast(device, cfg.precision):
+                logits = model(x)
+                return logits, F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+        logits, loss = forward()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower lr "
                                      f"(now {scheduler.get_last_lr()[0]:.2e}) or enable grad_clip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.sam_rho > 0:  # the step's gradient is taken again, at the worst point within sam_rho
+            sharpness_aware_grads(model, lambda: forward()[1], cfg.sam_rho)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
