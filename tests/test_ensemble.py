@@ -89,7 +89,8 @@ def test_ensemble_members_must_be_calibrated_and_alike(calibrated_run, fer_folde
 def test_unpacked_members_are_the_ensembles_own_and_repack_into_it(ensemble, calibrated_run, second_run, fer_folder,
                                                                    fer_slice, tmp_path, capsys):
     """`python -m ferlab.weights --unpack`: each member as a checkpoint of its own, named after its run, with the
-    ensemble's fp16 weights (exactly) and its own temperature; packed again they give the ensemble's probabilities.
+    ensemble's fp16 weights (exactly) and its own temperature; packed again they give the ensemble's probabilities
+    and keep the names of the runs they came from.
     A file already there is never overwritten; a model that is not an ensemble, or a call without --out, is one
     clear line."""
     import subprocess
@@ -107,6 +108,7 @@ def test_unpacked_members_are_the_ensembles_own_and_repack_into_it(ensemble, cal
         for k, v in one["state_dict"].items():  # float32 again, holding the fp16 values exactly
             assert v.dtype != torch.float16 and torch.equal(v, packed[f"members.{i}.{k}"].to(v.dtype)), k
     again, _ = package_ensemble(paths, tmp_path / "again.pt", data=str(fer_folder), device="cpu")
+    assert load_checkpoint(again)["members"] == [str(calibrated_run), str(second_run)]  # the runs, not the files
     probs = []
     for path in (ensemble, again):
         net, pre = model_from_checkpoint(load_checkpoint(path))

@@ -48,8 +48,9 @@ def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS,
     validation split (PublicTest) under flip TTA, as the Predictor predicts (FER+ models: on its faces with a
     FER+ majority, against it, as `ferlab eval` scores them). Weights are stored in fp16
     (halving the file; the float32 network they load into gives the same labels: see the README). With
-    `classes`, the runs must predict that many (7: FER2013's; 8: FER+'s). Returns the file and the calibration
-    record."""
+    `classes`, the runs must predict that many (7: FER2013's; 8: FER+'s). Each member is recorded by the run it
+    came from: a packaged model's or an unpacked member's `source_run`, else the path given. Returns the file and
+    the calibration record."""
     if len(runs) < 2:
         raise ValueError(f"an ensemble needs at least two runs, got {len(runs)}")
     ckpts = [load_checkpoint(r) for r in runs]
@@ -76,7 +77,7 @@ def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS,
             net.biases[i] = torch.as_tensor(c["logit_bias"], dtype=torch.float32)
     ckpt = {"format": "ferlab", "format_version": FORMAT_VERSION, "model": "ensemble", "model_args": {"members": members},
             "preprocess": pre.to_dict(), "classes": list(first["classes"]), "state_dict": net.state_dict(),
-            "members": [str(r) for r in runs], "config": {"split": "official", "data": first["config"].get("data")},
+            "members": [str(c.get("source_run") or r) for r, c in zip(runs, ckpts)], "config": {"split": "official", "data": first["config"].get("data")},
             "epoch": None, "best_val_acc": None, "metrics": {}}
     cfg = first.get("config") or {}
     val = make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
