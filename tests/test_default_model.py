@@ -82,21 +82,21 @@ def test_ferplus_model_is_packaged_in_fp16_with_eight_classes_and_agrees_with_th
 
 
 def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_slice):
-    """`--model ensemble`: the previous default (vgg_s_cpu48), teachers 1 and 6 fine-tuned on degraded faces,
-    teacher 3 and teacher 8, the default (vgg_s, vgg_s, vgg_m, vgg_s, vgg_s), each with its own temperature, one
-    more for the whole fitted on PublicTest under flip TTA; fp16 weights loading into float32 networks. On real PrivateTest faces it is about as right as the default when
-    they are clean and far more right under pixel noise and JPEG blocks; the Predictor answers what the network
-    does."""
+    """`--model ensemble`: teacher 10 fine-tuned on degraded faces, teacher 8 (the default) and teacher 6
+    fine-tuned on degraded faces (vgg_m, vgg_s, vgg_s), each with its own temperature, one more for the whole
+    fitted on PublicTest under flip TTA; fp16 weights loading into float32 networks. On real PrivateTest faces it
+    is about as right as the default when they are clean and far more right under pixel noise and JPEG blocks;
+    the Predictor answers what the network does."""
     from ferlab.data.corruptions import corrupt
     from ferlab import Predictor
     from ferlab.weights import ENSEMBLE_WEIGHTS
-    assert ENSEMBLE_WEIGHTS.exists() and ENSEMBLE_WEIGHTS.stat().st_size < 24 * 2**20  # 22 MiB: 5 members in fp16
+    assert ENSEMBLE_WEIGHTS.exists() and ENSEMBLE_WEIGHTS.stat().st_size < 16 * 2**20  # 15.2 MiB: 3 members in fp16
     ckpt = load_checkpoint("ensemble")
     assert ckpt["model"] == "ensemble" and ckpt["classes"] == list(CLASSES)
-    assert [m["model"] for m in ckpt["model_args"]["members"]] == ["vgg_s", "vgg_s", "vgg_m", "vgg_s", "vgg_s"]
-    assert ckpt["members"] == ["runs/vgg_s_cpu48", "runs/finetune_teacher_vgg_s_ema_robust", "runs/teacher_vgg_m_noise",
-                               "runs/finetune_teacher_vgg_s_long_robust", "runs/teacher_vgg_s_long2"]
-    assert load_checkpoint("default")["config"]["name"] == "teacher_vgg_s_long2"  # the default is its last member
+    assert [m["model"] for m in ckpt["model_args"]["members"]] == ["vgg_m", "vgg_s", "vgg_s"]
+    assert ckpt["members"] == ["runs/finetune_teacher_vgg_m_long_robust", "runs/teacher_vgg_s_long2",
+                               "runs/finetune_teacher_vgg_s_long_robust"]
+    assert load_checkpoint("default")["config"]["name"] == "teacher_vgg_s_long2"  # the default is its second member
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert ckpt["calibration"]["split"] == "val" and ckpt["calibration"]["tta"] == "flip"
     assert 0.5 < ckpt["temperature"] < 2
@@ -111,10 +111,10 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
             probs[name, corruption] = predict_probs(model, x, pre, torch.device("cpu"), tta=True)
             accs[name, corruption] = (probs[name, corruption].argmax(1) == labels).float().mean().item()
     ref = probs["ensemble", "clean"]
-    # measured on this balanced sample (default / ensemble): clean 69.0 / 73.2%, noise std 20 24.4 / 49.4%,
-    # JPEG q20 54.8 / 64.9% (17 of the 168 faces)
+    # measured on this balanced sample (default / ensemble): clean 69.0 / 72.0%, noise std 20 24.4 / 59.5%,
+    # JPEG q20 54.8 / 67.9% (22 of the 168 faces)
     assert accs["ensemble", "clean"] >= accs["default", "clean"] - 0.02 and accs["ensemble", "clean"] >= 0.66, accs
-    assert accs["ensemble", "noise20"] >= accs["default", "noise20"] + 0.2, accs
+    assert accs["ensemble", "noise20"] >= accs["default", "noise20"] + 0.3, accs
     assert accs["ensemble", "jpeg20"] >= accs["default", "jpeg20"] + 0.08, accs
     p = Predictor(model="ensemble", detector="none")
     for face, r in zip(faces[:6], ref[:6]):
