@@ -77,7 +77,8 @@ def package_ensemble(runs: list[str | Path], out: str | Path = ENSEMBLE_WEIGHTS,
             net.biases[i] = torch.as_tensor(c["logit_bias"], dtype=torch.float32)
     ckpt = {"format": "ferlab", "format_version": FORMAT_VERSION, "model": "ensemble", "model_args": {"members": members},
             "preprocess": pre.to_dict(), "classes": list(first["classes"]), "state_dict": net.state_dict(),
-            "members": [str(c.get("source_run") or r) for r, c in zip(runs, ckpts)], "config": {"split": "official", "data": first["config"].get("data")},
+            "members": [str(c.get("source_run") or r) for r, c in zip(runs, ckpts)],
+            "config": {"split": "official", "data": first["config"].get("data")},
             "epoch": None, "best_val_acc": None, "metrics": {}}
     cfg = first.get("config") or {}
     val = make_splits(load_fer2013(data or cfg.get("data")), cfg.get("split", "official"),
