@@ -187,6 +187,13 @@ def _cmd_calibrate(a):
           f"ECE {r['ece_before']:.2f}% -> {r['ece_after']:.2f}%")
 
 
+def _cmd_interpolate(a):
+    from .engine.interpolate import interpolate_runs
+    path = interpolate_runs(a.first, a.second, a.alpha, a.out)
+    print(f"{path}: {1 - a.alpha:g} x {a.first} + {a.alpha:g} x {a.second}; no temperature yet: "
+          f"ferlab calibrate {a.out}")
+
+
 def _cmd_report(a):
     from pathlib import Path
 
@@ -334,6 +341,9 @@ EXAMPLES = {
              "ferlab eval runs/a runs/b --data fer2013.csv   # the two as an ensemble"],
     "calibrate": ["ferlab calibrate runs/vgg_s_cpu48 --data fer2013.csv",
                   "ferlab calibrate runs/vgg_s_cpu48 --min-recall disgust=45"],
+    "interpolate": ["ferlab interpolate runs/teacher_vgg_m_long runs/finetune_teacher_vgg_m_long_robust "
+                    "--alpha 0.5 --out runs/wise_teacher_vgg_m_long   # then: ferlab calibrate runs/wise_...",
+                    "ferlab interpolate runs/teacher_vgg_s_long2 members/finetune.pt --alpha 0.3 --out runs/wise_a30"],
     "report": ["ferlab report runs/seed_iter* --markdown runs/seed_report.md",
                "ferlab report runs/ --plot runs.png"],
     "serve": ["ferlab serve                       # http://127.0.0.1:8000/",
@@ -443,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also fit a logit adjustment (training-prior correction) so that CLASS reaches PERCENT "
                         "recall on the validation split, e.g. disgust=45; repeatable")
     s.set_defaults(fn=_cmd_calibrate)
+
+    s = _verb(sub, "interpolate", help="average the weights of a run and its fine-tune (or two runs of one "
+                                       "network): a new run, (1 - alpha) x the first + alpha x the second")
+    s.add_argument("first", metavar="RUN_OR_CHECKPOINT", help="run folder (its best.pt) or .pt checkpoint")
+    s.add_argument("second", metavar="RUN_OR_CHECKPOINT", help="the other end, the same network")
+    s.add_argument("--alpha", type=float, default=0.5, help="weight of the second, 0 to 1 (default: 0.5)")
+    s.add_argument("--out", required=True, metavar="DIR", help="new run folder for best.pt (must not hold files)")
+    s.set_defaults(fn=_cmd_interpolate)
 
     s = _verb(sub, "report", help="the seed's iteration table for a set of runs, plus a comparison plot")
     s.add_argument("runs", nargs="+", help="run folders, folders holding run folders, or sweep folders (a row per "
