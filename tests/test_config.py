@@ -155,7 +155,7 @@ def test_ferlab_configs_lists_and_prints_the_packaged_files(capsys):
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
     assert listed == CONFIGS + configs.names("sweep")
-    assert re.search(r"^  teacher_vgg_s_long2 +The shipped default \(teacher 8\)", out, re.M)  # name, then its line
+    assert re.search(r"^  teacher_vgg_s_long2 +The shipped default's first end \(teacher 8\)", out, re.M)  # name, then its line
     assert main(["configs", "seed/iter5_enhanced_cnn_v2"]) == 0
     assert capsys.readouterr().out == (configs.CONFIG_DIR / "seed" / "iter5_enhanced_cnn_v2.yaml").read_text()
     assert main(["configs", "seed_regularisation.yaml"]) == 0 and "space:" in capsys.readouterr().out

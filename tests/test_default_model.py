@@ -17,6 +17,8 @@ def _private_test(fer_slice):
 
 
 def test_default_model_is_packaged_small_and_self_describing():
+    """The default is teacher 8 and its fine-tune on degraded faces, interpolated (0.7 x + 0.3 x) and calibrated
+    on PublicTest; the checkpoint names both ends."""
     assert DEFAULT_WEIGHTS.exists(), f"the shipped model is missing: {DEFAULT_WEIGHTS}"
     assert DEFAULT_WEIGHTS.stat().st_size < 20 * 2**20
     raw = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)  # no pickled code inside
@@ -29,6 +31,9 @@ def test_default_model_is_packaged_small_and_self_describing():
     assert ckpt["config"]["split"] == "official"  # selected on PublicTest, never on PrivateTest
     assert ckpt["optimizer"] is None  # weights only: the training state stays in the run folder
     assert 0.5 < ckpt["temperature"] < 2 and ckpt["calibration"]["split"] == "val"  # fitted on PublicTest
+    ends = ckpt["interpolation"]
+    assert ends["alpha"] == 0.3 and "teacher_vgg_s_long2" in ends["first"] and "_robust" in ends["second"]
+    assert ckpt["source_run"] == "runs/wise_teacher_vgg_s_long2_a30"
 
 
 def test_default_model_classifies_real_private_test_faces(fer_slice):
@@ -38,9 +43,10 @@ def test_default_model_classifies_real_private_test_faces(fer_slice):
     assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5)
     pred = probs.argmax(1)
     acc = (pred == labels).float().mean().item()
-    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 67.8% without TTA (README),
-    # 64.3% on this small sample (the previous default, vgg_s_cpu48: 67.5% and 71.4%); chance is 14%, and the
-    # first default (52% on all of PrivateTest, trained on the blurred copy) would fail this.
+    # The shipped model's balanced (mean per-class) recall on all of PrivateTest is 68.5% without TTA
+    # (runs/wise_teacher_vgg_s_long2_a30/eval_test.txt), 69.0% on this small sample (teacher 8 alone, the default
+    # before it: 67.8% and 64.3%); chance is 14%, and the first default (52% on all of PrivateTest, trained on the
+    # blurred copy) would fail this.
     assert acc >= 0.62, f"balanced accuracy {acc:.2%} on {len(labels)} real PrivateTest faces"
     for name, least in (("happy", 0.85), ("disgust", 0.5)):  # the easiest class, and the rarest one
         sel = labels == CLASSES.index(name)
@@ -82,21 +88,22 @@ def test_ferplus_model_is_packaged_in_fp16_with_eight_classes_and_agrees_with_th
 
 
 def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_slice):
-    """`--model ensemble`: teacher 10 fine-tuned on degraded faces, teacher 8 (the default) and teacher 6
-    fine-tuned on degraded faces (vgg_m, vgg_s, vgg_s), each with its own temperature, one more for the whole
-    fitted on PublicTest under flip TTA; fp16 weights loading into float32 networks. On real PrivateTest faces it
-    is about as right as the default when they are clean and far more right under pixel noise and JPEG blocks;
-    the Predictor answers what the network does."""
+    """`--model ensemble`: teachers 12 and 10 each interpolated with its fine-tune on degraded faces, and teacher 8
+    (vgg_m, vgg_m, vgg_s), each with its own temperature, one more for the whole fitted on PublicTest under flip
+    TTA; fp16 weights loading into float32 networks. On real PrivateTest faces it is more right than the default
+    when they are clean and under JPEG blocks, and about as right under pixel noise; the Predictor answers what the
+    network does."""
     from ferlab.data.corruptions import corrupt
     from ferlab import Predictor
     from ferlab.weights import ENSEMBLE_WEIGHTS
-    assert ENSEMBLE_WEIGHTS.exists() and ENSEMBLE_WEIGHTS.stat().st_size < 16 * 2**20  # 15.2 MiB: 3 members in fp16
+    assert ENSEMBLE_WEIGHTS.exists() and ENSEMBLE_WEIGHTS.stat().st_size < 21 * 2**20  # 20.2 MiB: 3 members in fp16
     ckpt = load_checkpoint("ensemble")
     assert ckpt["model"] == "ensemble" and ckpt["classes"] == list(CLASSES)
-    assert [m["model"] for m in ckpt["model_args"]["members"]] == ["vgg_m", "vgg_s", "vgg_s"]
-    assert ckpt["members"] == ["runs/finetune_teacher_vgg_m_long_robust", "runs/teacher_vgg_s_long2",
-                               "runs/finetune_teacher_vgg_s_long_robust"]
-    assert load_checkpoint("default")["config"]["name"] == "teacher_vgg_s_long2"  # the default is its second member
+    assert [m["model"] for m in ckpt["model_args"]["members"]] == ["vgg_m", "vgg_m", "vgg_s"]
+    assert ckpt["members"] == ["runs/wise_teacher_vgg_m_long2_a50", "runs/wise_teacher_vgg_m_long_a70",
+                               "runs/teacher_vgg_s_long2"]
+    # teacher 8 is also the default's first end
+    assert load_checkpoint("default")["interpolation"]["first"].endswith("teacher_vgg_s_long2.pt")
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert ckpt["calibration"]["split"] == "val" and ckpt["calibration"]["tta"] == "flip"
     assert 0.5 < ckpt["temperature"] < 2
@@ -111,11 +118,11 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
             probs[name, corruption] = predict_probs(model, x, pre, torch.device("cpu"), tta=True)
             accs[name, corruption] = (probs[name, corruption].argmax(1) == labels).float().mean().item()
     ref = probs["ensemble", "clean"]
-    # measured on this balanced sample (default / ensemble): clean 69.0 / 72.0%, noise std 20 24.4 / 59.5%,
-    # JPEG q20 54.8 / 67.9% (22 of the 168 faces)
-    assert accs["ensemble", "clean"] >= accs["default", "clean"] - 0.02 and accs["ensemble", "clean"] >= 0.66, accs
-    assert accs["ensemble", "noise20"] >= accs["default", "noise20"] + 0.3, accs
-    assert accs["ensemble", "jpeg20"] >= accs["default", "jpeg20"] + 0.08, accs
+    # measured on this balanced sample (default / ensemble): clean 72.0 / 73.8%, noise std 20 52.4 / 53.6%,
+    # JPEG q20 63.7 / 66.1% (each face is 0.6 points of the 168)
+    assert accs["ensemble", "clean"] >= accs["default", "clean"] and accs["ensemble", "clean"] >= 0.68, accs
+    assert accs["ensemble", "noise20"] >= accs["default", "noise20"] - 0.03, accs
+    assert accs["ensemble", "jpeg20"] >= accs["default", "jpeg20"], accs
     p = Predictor(model="ensemble", detector="none")
     for face, r in zip(faces[:6], ref[:6]):
         row = p.predict(face.numpy())[0]
@@ -135,10 +142,10 @@ def test_ensemble_model_is_packaged_in_fp16_from_runs_chosen_on_public_test(fer_
 
 
 def test_robust_model_is_the_default_fine_tuned_and_holds_up_on_degraded_faces(fer_slice):
-    """`--model robust`: the default's network and preprocessing (the previous default, vgg_s_cpu48, fine-tuned on
+    """`--model robust`: the default's network and preprocessing (an earlier default, vgg_s_cpu48, fine-tuned on
     degraded faces and chosen on clean and corrupted PublicTest); one set of fp16 weights. On real PrivateTest faces
-    it is nearly as right as the default when they are clean and far more right when they carry pixel noise or JPEG
-    blocks."""
+    it is less right than the default when they are clean, far more right under heavy pixel noise and about as
+    right under JPEG blocks."""
     from ferlab import Predictor
     from ferlab.data.corruptions import corrupt
     from ferlab.weights import ROBUST_WEIGHTS
@@ -159,11 +166,11 @@ def test_robust_model_is_the_default_fine_tuned_and_holds_up_on_degraded_faces(f
             x = torch.from_numpy(np.ascontiguousarray(corrupt(corruption, faces.numpy())))
             probs = predict_probs(model, x, pre, torch.device("cpu"), tta=True)
             acc[name, corruption] = (probs.argmax(1) == labels).float().mean().item()
-    # measured on this balanced sample (default / robust): clean 69.0 / 67.3%, noise std 20 24.4 / 64.3%,
-    # JPEG q20 54.8 / 64.3%
+    # measured on this balanced sample (default / robust): clean 72.0 / 67.3%, noise std 20 52.4 / 64.3%,
+    # JPEG q20 63.7 / 64.3% (teacher 8 alone, the default before: 69.0, 24.4, 54.8%)
     assert acc["robust", "clean"] >= 0.62 and acc["robust", "clean"] >= acc["default", "clean"] - 0.1, acc
-    assert acc["robust", "noise20"] >= acc["default", "noise20"] + 0.25, acc
-    assert acc["robust", "jpeg20"] >= acc["default", "jpeg20"] + 0.08, acc
+    assert acc["robust", "noise20"] >= acc["default", "noise20"] + 0.08, acc
+    assert acc["robust", "jpeg20"] >= acc["default", "jpeg20"] - 0.03, acc
     row = Predictor(model="robust", detector="none").predict(faces[0].numpy())[0]
     model, pre = model_from_checkpoint(ckpt)
     ref = predict_probs(model, faces[:1], pre, torch.device("cpu"), tta=True)[0]
