@@ -37,7 +37,8 @@ RULE = ("noise10", "blur1", "jpeg20", "downup50", "eyes", "rot30")
 
 def fp16_mb(ckpt: dict) -> float:
     """MiB the network's floating-point weights and buffers take in fp16, as the packaged ensemble stores them."""
-    state = ckpt.get("ema_state_dict") or ckpt["state_dict"]
+    from ferlab.engine.checkpoint import answering_weights
+    state = answering_weights(ckpt)
     return sum(2 * t.numel() for t in state.values() if t.is_floating_point()) / 2**20
 
 

@@ -139,6 +139,11 @@ def damage(ckpt: dict) -> str | None:
     return None
 
 
+def answering_weights(ckpt: dict) -> dict:
+    """The weights a checkpoint answers with: its EMA weights where the run kept them, else its state_dict."""
+    return ckpt.get("ema_state_dict") or ckpt["state_dict"]
+
+
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True,
                           calibrated: bool = True) -> tuple[torch.nn.Module, Preprocess]:
     """Rebuild the network in eval mode and its preprocessing from a checkpoint dict.

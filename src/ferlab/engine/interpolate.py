@@ -19,11 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import checkpoint_path, file_sha256, load_checkpoint, write_checkpoint
-
-
-def _weights(ckpt: dict) -> dict:
-    return ckpt.get("ema_state_dict") or ckpt["state_dict"]
+from .checkpoint import answering_weights, checkpoint_path, file_sha256, load_checkpoint, write_checkpoint
 
 
 def interpolate_checkpoints(a: dict, b: dict, alpha: float) -> dict:
@@ -40,7 +36,7 @@ def interpolate_checkpoints(a: dict, b: dict, alpha: float) -> dict:
     if split_a != split_b:
         raise ValueError(f"the two checkpoints were chosen on different validation splits ({split_a!r} and "
                          f"{split_b!r}); their interpolation would have no held-out split to be calibrated on")
-    sa, sb = _weights(a), _weights(b)
+    sa, sb = answering_weights(a), answering_weights(b)
     if sa.keys() != sb.keys():
         only = sorted(set(sa) ^ set(sb))
         raise ValueError(f"the two checkpoints hold different weights ({', '.join(only[:3])}"
@@ -68,7 +64,7 @@ def interpolate_runs(first: str | Path, second: str | Path, alpha: float, out: s
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder; give a new folder for the "
-                              "interpolated run")
+                         "interpolated run")
     paths = [checkpoint_path(first), checkpoint_path(second)]
     ckpt = interpolate_checkpoints(load_checkpoint(paths[0]), load_checkpoint(paths[1]), alpha)
     record = {"first": str(first), "second": str(second), "alpha": alpha,

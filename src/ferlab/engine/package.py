@@ -12,7 +12,7 @@ from ..inference.preprocess import Preprocess
 from ..models import create_model
 from ..weights import DEFAULT_WEIGHTS, ENSEMBLE_WEIGHTS
 from .calibration import calibrate_checkpoint
-from .checkpoint import FORMAT_VERSION, load_checkpoint, model_from_checkpoint, write_checkpoint
+from .checkpoint import FORMAT_VERSION, answering_weights, load_checkpoint, model_from_checkpoint, write_checkpoint
 from .config import config_from_saved
 from .predict import resolve_device
 
@@ -33,7 +33,7 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: i
     # preprocessing and config in their current form (a run from an older ferlab may carry removed keys); one set
     # of weights, those the model answers with: its EMA weights where the run kept them
     ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run),
-            "state_dict": ckpt.get("ema_state_dict") or ckpt["state_dict"], "ema_state_dict": None,
+            "state_dict": answering_weights(ckpt), "ema_state_dict": None,
             "preprocess": Preprocess.from_dict(ckpt["preprocess"]).to_dict(),
             "config": config_from_saved(ckpt["config"]).to_dict()}
     if half:
