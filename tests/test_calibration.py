@@ -75,6 +75,10 @@ def test_package_model_needs_a_temperature_and_keeps_it(calibrated_run, tmp_path
     out = package_model(calibrated_run, tmp_path / "shipped.pt")
     shipped, best = load_checkpoint(out), load_checkpoint(calibrated_run)
     assert shipped["temperature"] == best["temperature"] and shipped["optimizer"] is None
+    assert shipped["source_run"] == str(calibrated_run)
+    again = load_checkpoint(package_model(out, tmp_path / "shipped16.pt", half=True))  # repacked in fp16
+    assert again["source_run"] == str(calibrated_run) and again["temperature"] == best["temperature"]
+    assert all(v.dtype == torch.float16 for v in again["state_dict"].values() if v.is_floating_point())
     raw = {k: v for k, v in best.items() if k not in ("temperature", "calibration")}
     write_checkpoint(tmp_path / "raw.pt", raw)
     with pytest.raises(ValueError, match="ferlab calibrate"):

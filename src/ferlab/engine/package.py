@@ -22,7 +22,7 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: i
     """Write a run's best checkpoint as a shippable model: weights, metadata and the temperature fitted on
     the validation split (`ferlab calibrate`); no optimizer state. With `classes`, the run must predict that
     many (7: the FER2013 default; 8: the FER+ model). With `half`, the weights are stored in fp16 (half the
-    file; they load into the float32 network)."""
+    file; they load into the float32 network). `run` may be a packaged model: it keeps its `source_run`."""
     ckpt = load_checkpoint(run)
     if classes is not None and len(ckpt["classes"]) != classes:
         raise ValueError(f"{run} predicts {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'])}); this model "
@@ -32,7 +32,8 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_WEIGHTS, classes: i
                          "model's probabilities are calibrated")
     # preprocessing and config in their current form (a run from an older ferlab may carry removed keys); one set
     # of weights, those the model answers with: its EMA weights where the run kept them
-    ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": str(run),
+    # a model packaged before (repacked in fp16, say) keeps the run it came from
+    ckpt = {**ckpt, "optimizer": None, "scheduler": None, "source_run": ckpt.get("source_run") or str(run),
             "state_dict": answering_weights(ckpt), "ema_state_dict": None,
             "preprocess": Preprocess.from_dict(ckpt["preprocess"]).to_dict(),
             "config": config_from_saved(ckpt["config"]).to_dict()}
