@@ -59,7 +59,12 @@ def test_cli_writes_a_run_that_calibrates_and_evaluates(first_run, sibling_run, 
     assert "ferlab calibrate" in capsys.readouterr().out
     record = json.loads((out / "interpolation.json").read_text())
     assert record["alpha"] == 0.3 and record["first_sha256"] == file_sha256(first_run / "best.pt")
-    assert load_checkpoint(out)["interpolation"] == record
+    assert load_checkpoint(out)["interpolation"] == record and "first_interpolation" not in record
+    chained = tmp_path / "chained"  # an interpolation of an interpolation names every checkpoint it mixed
+    assert main(["interpolate", str(out), str(sibling_run), "--alpha", "0.5", "--out", str(chained)]) == 0
+    outer = json.loads((chained / "interpolation.json").read_text())
+    assert outer["first_interpolation"] == record and "second_interpolation" not in outer
+    assert outer["first_sha256"] == file_sha256(out / "best.pt")
     assert main(["calibrate", str(out), "--data", str(fer_folder)]) == 0
     assert load_checkpoint(out)["temperature"] > 0
     capsys.readouterr()

@@ -59,16 +59,21 @@ def interpolate_checkpoints(a: dict, b: dict, alpha: float) -> dict:
 
 def interpolate_runs(first: str | Path, second: str | Path, alpha: float, out: str | Path) -> Path:
     """Write the interpolation of two runs (folders or .pt files) as a new run folder `out` holding best.pt and
-    interpolation.json (both ends, their SHA-256 and alpha). `out` must not exist yet, or be an empty folder: a
-    run already there is never overwritten. Returns the checkpoint's path."""
+    interpolation.json (both ends, their SHA-256 and alpha; for an end that is an interpolation itself, its record
+    too). `out` must not exist yet, or be an empty folder: a run already there is never overwritten. Returns the
+    checkpoint's path."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder; give a new folder for the "
                          "interpolated run")
     paths = [checkpoint_path(first), checkpoint_path(second)]
-    ckpt = interpolate_checkpoints(load_checkpoint(paths[0]), load_checkpoint(paths[1]), alpha)
+    ends = [load_checkpoint(p) for p in paths]
+    ckpt = interpolate_checkpoints(ends[0], ends[1], alpha)
     record = {"first": str(first), "second": str(second), "alpha": alpha,
               "first_sha256": file_sha256(paths[0]), "second_sha256": file_sha256(paths[1])}
+    for side, end in zip(("first", "second"), ends):  # an end that is itself an interpolation: its record too,
+        if end.get("interpolation"):                   # so a chain of them names every checkpoint it mixed
+            record[f"{side}_interpolation"] = end["interpolation"]
     ckpt["interpolation"] = record
     out.mkdir(parents=True, exist_ok=True)
     path = write_checkpoint(out / "best.pt", ckpt)
