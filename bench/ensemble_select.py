@@ -1,7 +1,7 @@
 """Which models to ensemble: greedy forward selection on PublicTest, clean and corrupted.
 
     python bench/ensemble_select.py --data $FERLAB_DATA runs/a runs/b members/c.pt ... [--start default]
-        [--budget-mb 24] [--cache ~/.cache/ferlab/select] [--markdown FILE]
+        [--budget-mb 24] [--exhaustive 10] [--cache ~/.cache/ferlab/select] [--markdown FILE]
 
 Every candidate (a run folder, .pt file or 'default') is scored as bench/robustness.py scores it: flip TTA, its
 own fitted temperature, on the PublicTest faces (`--split val`, the default; choices are made on PublicTest only)
@@ -13,7 +13,9 @@ as `ferlab eval A B` and the packaged `ensemble` do, and its score is
 
 Starting from the --start members (none by default), the candidate whose addition raises the score most is added,
 until none raises it, --max-members is reached or the next would take the members' fp16 weights past
---budget-mb. Prints each candidate alone, how alike their clean mistakes are (faces both get wrong over faces
+--budget-mb. Greedy selection can stop short (a member may only pay next to one added later, or a first pick may
+use the budget up): --exhaustive N scores every subset within those bounds as well, lists the best N and picks the
+first. Prints each candidate alone, how alike their clean mistakes are (faces both get wrong over faces
 either gets wrong), the selection step by step and the command that packages the pick. Each candidate's
 probabilities are computed once per run; with --cache DIR they are kept there, keyed by the SHA-256 of the
 checkpoint file, of the faces and the corruption's name, so a later run with one more candidate only runs that one.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import shlex
 import sys
 import time
@@ -83,6 +86,24 @@ def greedy(probs: dict[str, list[np.ndarray]], labels: np.ndarray, corrupted: li
     return steps
 
 
+def exhaustive(probs: dict[str, list[np.ndarray]], labels: np.ndarray, corrupted: list[str], sizes: list[float],
+               start: list[int], clean_weight: float = 0.5, max_members: int = 8, budget_mb: float | None = None,
+               top: int = 10) -> list[tuple[list[int], tuple[float, float, float]]]:
+    """Every subset that holds the `start` members, has at most `max_members` and fits `budget_mb`, scored; the best
+    `top` as [(members, (clean, corrupted, score))], by score, then clean accuracy, then fewer members. Greedy
+    selection can stop short of these: a member that lowers the score alone may raise it next to a later one."""
+    others = [k for k in range(len(sizes)) if k not in start]
+    rows = []
+    for r in range(max(0, 1 - len(start)), max_members - len(start) + 1):
+        for extra in itertools.combinations(others, r):
+            members = list(start) + list(extra)
+            if budget_mb is not None and sum(sizes[m] for m in members) > budget_mb:
+                continue
+            rows.append((members, evaluate(probs, members, labels, corrupted, clean_weight)))
+    rows.sort(key=lambda row: (-row[1][2], -row[1][0], len(row[0])))
+    return rows[:top]
+
+
 def _faces_key(faces: np.ndarray, labels: np.ndarray) -> str:
     h = hashlib.sha256(np.ascontiguousarray(faces).tobytes())
     h.update(np.ascontiguousarray(labels).tobytes())
@@ -104,6 +125,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--clean-weight", type=float, default=0.5, help="w in the score (default 0.5)")
     ap.add_argument("--max-members", type=int, default=8)
     ap.add_argument("--budget-mb", type=float, help="largest total fp16 size of the members, MiB (default: none)")
+    ap.add_argument("--exhaustive", type=int, metavar="N",
+                    help="also score every subset (within --max-members and --budget-mb) and list the best N; the "
+                         "pick is then the best subset (at most 16 candidates)")
     ap.add_argument("--limit", type=int, help="score only N faces, spread evenly over the split, for quick runs")
     ap.add_argument("--cache", metavar="DIR", help="keep each candidate's probabilities here for later runs")
     ap.add_argument("--markdown", metavar="FILE", help="also write what is printed to FILE")
@@ -119,9 +143,11 @@ def main(argv: list[str] | None = None) -> str:
                  f"{', '.join(n for n in robustness.CORRUPTIONS if n != 'clean')}")
     if not 0.0 <= a.clean_weight <= 1.0:
         ap.error("--clean-weight must be between 0 and 1")
-    if a.max_members < 1 or (a.limit is not None and a.limit < 1):
-        ap.error("--max-members and --limit must be at least 1")
+    if a.max_members < 1 or (a.limit is not None and a.limit < 1) or (a.exhaustive is not None and a.exhaustive < 1):
+        ap.error("--max-members, --limit and --exhaustive must be at least 1")
     names = list(dict.fromkeys(a.start + a.models))
+    if a.exhaustive and len(names) > 16:
+        ap.error(f"--exhaustive scores every subset: at most 16 candidates, got {len(names)}")
 
     import cv2
     import torch
@@ -186,8 +212,16 @@ def main(argv: list[str] | None = None) -> str:
     for i, (added, members, (clean, worse, s)) in enumerate(steps):
         lines.append(f"| {i} | {'(start)' if added is None else names[added]} | {len(members)} | "
                      f"{sum(sizes[m] for m in members):.1f} | {clean:.2f} | {worse:.2f} | {s:.2f} |")
-    if steps:
-        pick = [names[m] for m in steps[-1][1]]
+    pick = [names[m] for m in steps[-1][1]] if steps else []
+    if a.exhaustive:
+        best = exhaustive(probs, labels, corrupted, sizes, start, w, a.max_members, a.budget_mb, a.exhaustive)
+        lines += ["", f"Best {len(best)} of every subset:", "",
+                  "| rank | members | fp16 MiB | clean | corrupted mean | score |", "|---:|---|---:|---:|---:|---:|"]
+        for i, (members, (clean, worse, s)) in enumerate(best):
+            lines.append(f"| {i + 1} | {' + '.join(names[m] for m in members)} | {sum(sizes[m] for m in members):.1f} "
+                         f"| {clean:.2f} | {worse:.2f} | {s:.2f} |")
+        pick = [names[m] for m in best[0][0]] if best else pick
+    if pick:
         lines += ["", f"pick: {' + '.join(pick)}",
                   "package: python -m ferlab.weights --ensemble " + shlex.join(pick)]
     text = "\n".join(lines) + "\n"

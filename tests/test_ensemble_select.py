@@ -44,6 +44,22 @@ def test_greedy_adds_what_raises_the_score_and_stops():
     assert [(k, m, r[0]) for k, m, r in forced] == [(None, [3], 10.0), (1, [3, 1], 80.0)]
 
 
+def test_exhaustive_finds_the_pair_greedy_selection_misses():
+    labels = np.arange(10) % 7
+    z = probs_of(labels, range(8, 10), 0.6, 0.6)  # 80% alone, the best single member
+    x = probs_of(labels, range(0, 4), 0.9, 0.4)  # 60%, unsure of its mistakes
+    y = probs_of(labels, range(4, 8), 0.9, 0.4)  # 60%, unsure of other mistakes: each puts the other's right
+    probs, sizes = {"clean": [z, x, y]}, [3.0, 2.0, 2.0]
+    # greedy takes Z, and the 4 MiB budget then leaves no room for a second member
+    assert [m for _, m, _ in es.greedy(probs, labels, [], sizes, start=[], budget_mb=4.0)] == [[0]]
+    best = es.exhaustive(probs, labels, [], sizes, start=[], budget_mb=4.0, top=3)
+    assert [(m, r[0]) for m, r in best] == [([1, 2], 100.0), ([0], 80.0), ([1], 60.0)]
+    # start members are in every subset (X with Z is 100% too); max_members bounds the subsets
+    assert [(m, r[0]) for m, r in es.exhaustive(probs, labels, [], sizes, start=[1], max_members=2)] == [
+        ([1, 0], 100.0), ([1, 2], 100.0), ([1], 60.0)]
+    assert all(len(m) == 1 for m, _ in es.exhaustive(probs, labels, [], sizes, start=[], max_members=1))
+
+
 def test_score_weighs_clean_against_the_corrupted_mean():
     labels = np.zeros(4, dtype=np.int64)
     good, bad = probs_of(labels, range(0), 0.6, 0.6), probs_of(labels, range(1), 0.6, 0.6)
@@ -88,11 +104,20 @@ def test_main_agrees_with_robustness_and_reuses_its_cache(tinies, fer_folder, tm
     monkeypatch.setattr(predict, "predict_probs_tta", lambda *a, **k: calls.append(1) or run(*a, **k))
     capsys.readouterr()
     assert es.main(args) == text and not calls
+    # --exhaustive ranks all 7 subsets from the cache; its first is the pick, at least as good as greedy's
+    full = es.main([*args, "--exhaustive", "7"])
+    table = full.split("of every subset:")[1].splitlines()
+    ranked = [line.rstrip(" |").split(" | ") for line in table if line[:4] in {f"| {i} " for i in range(1, 8)}]
+    scores = [float(r[5]) for r in ranked]
+    assert len(ranked) == 7 and not calls
+    assert scores[0] >= float(last[6]) and scores == sorted(scores, reverse=True)
+    assert full.split("pick: ")[1].splitlines()[0] == ranked[0][1]
 
 
 def test_bad_arguments_are_one_line_errors(tinies, fer_folder, capsys):
     for bad, said in ((["--corruptions", "fog"], "unknown corruption(s) fog"),
-                      (["--clean-weight", "1.5"], "--clean-weight must be between 0 and 1")):
+                      (["--clean-weight", "1.5"], "--clean-weight must be between 0 and 1"),
+                      (["--exhaustive", "0"], "--exhaustive must be at least 1")):
         with pytest.raises(SystemExit) as e:
             es.main(["--data", str(fer_folder), str(tinies[0]), *bad])
         assert e.value.code == 2 and said in capsys.readouterr().err
