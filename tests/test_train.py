@@ -175,6 +175,29 @@ def test_summary_records_where_and_with_what_the_run_was_made(runs, monkeypatch)
     assert trainer.git_commit() is None  # no git: the run goes on, the commit is null
 
 
+def test_bf16_on_a_cpu_that_only_emulates_it_trains_in_fp32_and_keeps_bf16_for_the_next_machine(
+        fer_folder, tmp_path, monkeypatch, capsys):
+    """A CPU without AVX512-BF16/AMX runs bf16 autocast about 10x slower than fp32: there a bf16 config computes in
+    fp32, identically to an fp32 run, says so, and still asks for bf16 in config.yaml and last.pt, so a resume on
+    a CPU that has it gets it back. With native bf16 the run does compute in bf16 (other losses)."""
+    from ferlab.engine import predict
+    monkeypatch.setattr(predict, "native_bf16", lambda device: False)
+    emulated = fit(tiny_config(fer_folder, tmp_path, name="emu", epochs=1, precision="bf16"), progress=False)
+    assert "only emulates" in capsys.readouterr().out
+    plain = fit(tiny_config(fer_folder, tmp_path, name="fp32", epochs=1, precision="fp32"), progress=False)
+    assert "only emulates" not in capsys.readouterr().out
+    emu_run, fp32_run = tmp_path / emulated["name"], tmp_path / plain["name"]
+    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(emu_run)]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(fp32_run)]
+    assert emulated["precision"] == "fp32"  # what this sitting computed in
+    assert yaml.safe_load((emu_run / "config.yaml").read_text())["precision"] == "bf16"
+    assert load_checkpoint(emu_run / "last.pt")["config"]["precision"] == "bf16"
+    monkeypatch.setattr(predict, "native_bf16", lambda device: True)
+    native = fit(tiny_config(fer_folder, tmp_path, name="bf16", epochs=1, precision="bf16"), progress=False)
+    assert native["precision"] == "bf16"
+    assert _rows(tmp_path / native["name"])[0]["train_loss"] != _rows(fp32_run)[0]["train_loss"]
+
+
 def test_same_name_never_overwrites(runs):
     first, second = runs
     assert first.name == "tiny" and second.name == "tiny-2"

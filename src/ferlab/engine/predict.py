@@ -22,6 +22,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware. A CPU without AVX512-BF16 or AMX emulates it: measured on an
+    AVX2 EPYC core, a vgg_s training step under bf16 autocast ran at 5 images/s against 62 in fp32. A CPU whose
+    support cannot be read counts as native (the config is honoured)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return True
+    return True
+
+
+def run_precision(device: torch.device, precision: str) -> str:
+    """The precision a run computes in: the config's, except bf16 on a device that only emulates it (fp32)."""
+    return "fp32" if precision == "bf16" and not native_bf16(device) else precision
+
+
 def autocast(device: torch.device, precision: str):
     """The forward pass's precision: bf16 autocast, or as the weights are (fp32)."""
     if precision == "bf16":

@@ -6,6 +6,7 @@ epoch permutation and takes its own slice of it; metrics are summed across ranks
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -41,7 +42,7 @@ from .metrics import classification_report, format_summary
 from .plots import plot_confusion, plot_curves, read_metrics
 # the device, precision and TTA views evaluation uses; also importable from here, where they used to live
 from .predict import (TTA_MODES, autocast, predict_probs, predict_probs_tta, predict_view_logits,  # noqa: F401
-                      resolve_device, tta_views)
+                      resolve_device, run_precision, tta_views)
 from .sam import sharpness_aware_grads
 
 # `distill_views: clean`: the teacher's probabilities on the training faces, kept in the run folder for --resume
@@ -486,6 +487,13 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    asked = cfg  # what config.yaml and the checkpoints keep: a resume on a device with native bf16 uses it again
+    if run_precision(device, cfg.precision) != cfg.precision:
+        cfg = dataclasses.replace(cfg, precision=run_precision(device, cfg.precision))
+        if dinfo.main:
+            print(f"precision: the config asks for {asked.precision}, which {device} only emulates (no AVX512-BF16 "
+                  f"or AMX; about 10x slower than fp32 on such a CPU): this sitting computes in {cfg.precision}",
+                  flush=True)
 
     pre = build_preprocess(cfg)
     splits, ttr, note = _load_splits(cfg)
@@ -530,7 +538,7 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
     if not run_dir:  # rank 0 picks the free name before anyone creates it; every rank must agree on it
         run_dir = dinfo.broadcast(_new_run_dir(cfg.out_dir, cfg.name) if dinfo.main else None)
     run_dir = Path(run_dir)
-    cfg_dict = cfg.to_dict()
+    cfg_dict = asked.to_dict()
     cbs: list[Callback] = []
     if dinfo.main:
         run_dir.mkdir(parents=True, exist_ok=True)
