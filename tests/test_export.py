@@ -336,7 +336,8 @@ def test_int8_export_is_calibrated_on_training_faces_and_keeps_the_labels(fer_fo
     # sums, so every CPU computes the same integers (8-bit weights kept 92% of PrivateTest labels on an AVX2 core)
     assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert "Training faces (percentile 99.99)" in meta["ferlab.quantized"] and "7-bit" in meta["ferlab.quantized"]
+    assert f"Training faces (percentile {ferlab_onnx.CALIBRATION_PERCENTILE})" in meta["ferlab.quantized"]
+    assert "7-bit" in meta["ferlab.quantized"]
     assert json.loads(meta["ferlab.classes"])[3] == "happy"
     assert proto.model_version > 0 and "flip" in proto.doc_string  # the float graph's, kept through quantization
     test = np.array([u != "Training" for u in fer_slice["usage"]])

@@ -36,11 +36,12 @@ PARITY_TOL = 1e-4
 INPUT, OUTPUT = "faces", "probs"
 REAL = "real FER2013"  # the check set of real faces, which the int8 export is held to
 # int8: activation ranges calibrated on this many Training faces, each range the CALIBRATION_PERCENTILE of the
-# values seen (chosen on PublicTest by bench/int8_calibration.py: the label kept on 97.49% / 97.19% of its faces for
-# the shipped default / the previous one, against 96.77% / 96.54% with the plain min-max ranges); the file is
-# refused unless its label is the PyTorch model's on at least INT8_AGREEMENT of the real check faces
+# values seen (chosen on PublicTest by bench/int8_calibration.py, with 7-bit weights: the label kept on 98.69% /
+# 98.75% of its faces for the shipped default / robust model, against 98.41% / 98.66% at the 99.99th percentile and
+# 98.02% / 98.44% with the plain min-max ranges); the file is refused unless its label is the PyTorch model's on at
+# least INT8_AGREEMENT of the real check faces
 CALIBRATION_FACES = 1024
-CALIBRATION_PERCENTILE = 99.99
+CALIBRATION_PERCENTILE = 99.999
 INT8_AGREEMENT = 0.9
 # the Predictor turns faces upright by their eyes by default (predictor.ALIGN, which this module cannot import:
 # predictor imports it); a test holds the two equal
