@@ -300,8 +300,9 @@ def quantize_int8(src: Path, out: Path, calib: np.ndarray, checks: dict[str, np.
                   want: dict[str, np.ndarray], percentile: float | None = CALIBRATION_PERCENTILE) -> dict:
     """`src` (a checked float export) -> `out` with int8 convolutions, matrix products and pools (ONNX Runtime
     static quantization, QDQ form: int8 weights per output channel in 7 bits, uint8 activations), the
-    preprocessing left in float. Activation ranges are calibrated on the uint8 faces `calib` (the export gives it Training faces
-    spread over the split, never test faces): each the `percentile` of the values seen, or their extremes (None).
+    preprocessing left in float. Activation ranges are calibrated on the uint8 faces `calib` (the export gives it
+    Training faces spread over the split, never test faces): each the `percentile` of the values seen, or their
+    extremes (None).
     Refused (RuntimeError, nothing written) unless its label is the one in PyTorch's probabilities `want` on
     INT8_AGREEMENT of the REAL `checks` faces. The agreement on the other sets (the synthetic faces) is reported,
     not held to: drawn cartoons far from any training face, where the network's top two classes lie close (median
@@ -336,8 +337,8 @@ def quantize_int8(src: Path, out: Path, calib: np.ndarray, checks: dict[str, np.
             # 7-bit weights (reduce_range): on a CPU without VNNI (AVX2, plain AVX-512) ONNX Runtime multiplies
             # uint8 activations by int8 weights with VPMADDUBSW, whose 16-bit pair sums saturate with 8-bit
             # weights; with 7-bit ones they cannot, so every CPU computes the same integers. Measured on an AVX2
-            # EPYC, the shipped default on PrivateTest: the label kept on 92.11% of the faces with 8-bit weights,
-            # 98.61% with 7-bit ones, at the same speed (docs/inference.md)
+            # EPYC, the shipped default on PrivateTest (99.99th-percentile ranges): the label kept on 92.11% of the
+            # faces with 8-bit weights, 98.61% with 7-bit ones, at the same speed (docs/inference.md)
             quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             **({"calibrate_method": CalibrationMethod.MinMax} if percentile is None else
