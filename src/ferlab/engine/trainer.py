@@ -488,8 +488,9 @@ def _fit(cfg: TrainConfig, dinfo: DistInfo, device: torch.device, resume_ckpt: d
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     asked = cfg  # what config.yaml and the checkpoints keep: a resume on a device with native bf16 uses it again
-    if run_precision(device, cfg.precision) != cfg.precision:
-        cfg = dataclasses.replace(cfg, precision=run_precision(device, cfg.precision))
+    precision = run_precision(device, cfg.precision)
+    if precision != cfg.precision:
+        cfg = dataclasses.replace(cfg, precision=precision)
         if dinfo.main:
             print(f"precision: the config asks for {asked.precision}, which {device} only emulates (no AVX512-BF16 "
                   f"or AMX; about 10x slower than fp32 on such a CPU): this sitting computes in {cfg.precision}",
