@@ -27,7 +27,7 @@ demo: install
 	$(VENV)/bin/ferlab demo --out demo
 
 test: install
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile   # two worker processes, each test file whole in one
 
 eval-default: install
 	$(VENV)/bin/ferlab eval default --split test --data "$(DATA)"

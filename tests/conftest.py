@@ -89,6 +89,15 @@ def fer_source() -> Path:
     return DATA
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers) each worker's torch gets its share of this process's cores,
+    so that the workers do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 def pytest_terminal_summary(terminalreporter):
     """The skip reason for missing data once, in plain words (pytest -q shows only a count of skips)."""
     n = sum(1 for r in terminalreporter.stats.get("skipped", [])
