@@ -311,3 +311,29 @@ def test_ferlab_serve_stops_with_a_video_in_flight_and_no_worker_outlives_it(che
         for p in children:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_a_video_folder_stays_registered_until_it_is_removed(astronaut_video, tmp_path, monkeypatch):  # noqa: F811
+    """A stopping server removes the temp folders in its registry, then the process ends with the request's thread:
+    the thread must remove its folder before taking it out of the registry, or a thread stopped between the two
+    leaves the upload on disk (seen with two test workers on two cores)."""
+    import io
+    import shutil
+
+    import ferlab.serve.app as app_module
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(app_module.tempfile, "tempdir", None)  # tempfile reads TMPDIR again
+    registry: set[str] = set()
+    seen = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        seen.append((path, path in registry, os.path.isfile(os.path.join(path, "upload.mp4"))))
+        real_rmtree(path, *args, **kwargs)
+    monkeypatch.setattr(app_module.shutil, "rmtree", rmtree)
+    data = astronaut_video.read_bytes()
+    with app_module.upload_copy(io.BytesIO(data), 2**30, registry) as path:
+        assert Path(path).read_bytes() == data and os.path.dirname(path) in registry
+    (folder, registered, full), = seen
+    assert registered and full and folder == os.path.dirname(path)
+    assert registry == set() and not os.path.exists(folder) and list(tmp_path.iterdir()) == []

@@ -420,8 +420,10 @@ def upload_copy(src, limit: int, registry: set[str] | None = None):
                 out.write(chunk)
         yield path
     finally:
-        registry.discard(folder)
+        # removed before it leaves the registry: a server stopping meanwhile (its lifespan removes what the registry
+        # holds, then the process ends and this thread with it) finds the folder in one place or the other
         shutil.rmtree(folder, ignore_errors=True)  # a stopping server may have removed it already
+        registry.discard(folder)
 
 
 class UploadLimit:
