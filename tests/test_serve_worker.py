@@ -316,7 +316,7 @@ def test_ferlab_serve_stops_with_a_video_in_flight_and_no_worker_outlives_it(che
 def test_a_video_folder_stays_registered_until_it_is_removed(astronaut_video, tmp_path, monkeypatch):  # noqa: F811
     """A stopping server removes the temp folders in its registry, then the process ends with the request's thread:
     the thread must remove its folder before taking it out of the registry, or a thread stopped between the two
-    leaves the upload on disk (seen with two test workers on two cores)."""
+    leaves the upload on disk."""
     import io
     import shutil
 
