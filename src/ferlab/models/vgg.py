@@ -44,6 +44,12 @@ def vgg_s(dropout=0.4, **kw):
     return VGG((32, 64, 128, 256), hidden=256, dropout=dropout, **kw)
 
 
+@register("vgg_s_wide", **NATIVE)
+def vgg_s_wide(dropout=0.4, **kw):
+    """~2.7M params: vgg_s 1.25x wider, at about 1.35x its inference cost (within a default's budget)."""
+    return VGG((40, 80, 160, 320), hidden=320, dropout=dropout, **kw)
+
+
 @register("vgg_m", **NATIVE)
 def vgg_m(dropout=0.5, **kw):
     """~4.4M params."""
