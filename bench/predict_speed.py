@@ -1,20 +1,21 @@
 """Prediction speed: end-to-end `predict` on a folder, and classifier-only latency, PyTorch vs ONNX Runtime.
 
-    python bench/predict_speed.py --data /path/to/fer2013 [--model RUN_OR_CHECKPOINT] [--folder PHOTOS]
+    python bench/predict_speed.py --data /path/to/fer2013 [--model RUN_OR_CHECKPOINT_OR_ARCH] [--folder PHOTOS]
     python bench/predict_speed.py --photos-only --model default --fer-python /path/to/venv-with-fer/bin/python
 
 End to end = read + detect + crop/preprocess + classify, over a folder of photos (default: 16 variants of
 skimage's public-domain astronaut photo, 512x512, made at run time) with each face detector (MTCNN, the
 default; OpenCV's Haar cascade; scikit-image's LBP cascade), and over real FER2013 face crops with --detector none.
 Classifier only = uint8 faces at the model's size in, per face, at batch 1 and 64, on real FER2013 faces, with
---threads and with every core: PyTorch fp32 and bf16, ONNX Runtime, and (with --data) the int8 export. With the `fer`
-package at hand (here, or in the Python given by --fer-python, since it needs TensorFlow), it is timed by
-bench/fer_worker.py on the same photos at three sizes: the 512x512 astronauts, and 8 photos each of 1350x550
-and 1920x1080, where the astronaut (at 1x-2x) is placed on a face-free skimage photo (coffee, rocket) stretched
-to that size. ferlab is timed one `Predictor.predict` call per photo and on the whole folder (frames detected in
-batched groups); fer one call per photo (it has no batch call). The passes of both sides are interleaved, so
-that they share the machine's load, and the median pass of each counts, in wall-clock and in CPU seconds.
---photos-only runs only that comparison (no FER2013 needed). --fer-margin measures how each detector's box
+--threads and with every core: PyTorch fp32 and bf16, ONNX Runtime, and (with --data, for trained weights) the int8
+export. An architecture name for --model (e.g. vgg_s_wide_late) times an untrained net of it, to size a net before
+training it. With the `fer` package at hand (here, or in the Python given by --fer-python, since it needs
+TensorFlow), it is timed by bench/fer_worker.py on the same photos at three sizes: the 512x512 astronauts, and 8
+photos each of 1350x550 and 1920x1080, where the astronaut (at 1x-2x) is placed on a face-free skimage photo
+(coffee, rocket) stretched to that size. ferlab is timed one `Predictor.predict` call per photo and on the whole
+folder (frames detected in batched groups); fer one call per photo (it has no batch call). The passes of both sides
+are interleaved, so that they share the machine's load, and the median pass of each counts, in wall-clock and in CPU
+seconds. --photos-only runs only that comparison (no FER2013 needed). --fer-margin measures how each detector's box
 relates to a FER2013 crop.
 Prints Markdown tables.
 
@@ -50,7 +51,7 @@ from ferlab.inference.onnx import OnnxClassifier, export_onnx, real_faces
 from ferlab.inference.predictor import Predictor, fold_batchnorm
 from ferlab.inference.sources import expand_sources
 from ferlab.inference.preprocess import to_model_input, to_model_pixels
-from ferlab.models import create_model
+from ferlab.models import create_model, list_models
 
 
 def astronaut_folder(root: Path, n: int = 16) -> Path:
@@ -282,7 +283,8 @@ def video_rows(model: str, threads: int, rounds: int, every: list[int], seconds:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="FER2013 (default: $FERLAB_DATA): real faces for the timings and the ONNX check")
-    ap.add_argument("--model", help="run folder or .pt (default: an untrained vgg_s; speed does not depend on weights)")
+    ap.add_argument("--model", help="run folder, .pt, or a registered architecture (untrained: speed does not "
+                                    "depend on the weights; default: an untrained vgg_s)")
     ap.add_argument("--folder", help="photos for the end-to-end timing (default: astronaut variants)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime (default: 2)")
     ap.add_argument("--repeats", type=int, default=30)
@@ -304,8 +306,20 @@ def main():
         fer_margin(a.data)
         return
     every = [int(k) for k in a.detect_every.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="ferlab-bench-"))
+    model = a.model
+    untrained = model is None or (model in list_models() and not Path(model).exists())
+    if untrained:
+        arch = model or "vgg_s"  # speed does not depend on the weights: an untrained net of that architecture
+        cfg = TrainConfig(model=arch)
+        pre = build_preprocess(cfg)
+        net = create_model(arch, in_channels=pre.in_channels, input_size=pre.input_size)
+        model = str(tmp / f"{arch}.pt")
+        save_checkpoint(model, model=net, model_name=arch, model_args={}, pre=pre, config=cfg.to_dict(),
+                        epoch=0, best_val_acc=0.0)
+    video_model = model if a.model else "default"  # labels in the video rows need a trained model
     if a.videos_only:
-        video_rows(a.model or "default", a.video_threads, a.video_rounds, every, a.video_seconds)
+        video_rows(video_model, a.video_threads, a.video_rounds, every, a.video_seconds)
         return
     import importlib.util
     import sys
@@ -314,15 +328,6 @@ def main():
     fer_python = a.fer_python or (sys.executable if importlib.util.find_spec("fer") else None)
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="ferlab-bench-"))
-    model = a.model
-    if model is None:
-        cfg = TrainConfig(model="vgg_s")
-        pre = build_preprocess(cfg)
-        net = create_model("vgg_s", in_channels=pre.in_channels, input_size=pre.input_size)
-        model = str(tmp / "vgg_s.pt")
-        save_checkpoint(model, model=net, model_name="vgg_s", model_args={}, pre=pre, config=cfg.to_dict(),
-                        epoch=0, best_val_acc=0.0)
     if a.photos_only:
         print(f"model {model}, {a.threads} thread(s), torch {torch.__version__}")
         against_fer(fer_python, model, photo_folders(tmp), a.threads, a.rounds)
@@ -365,8 +370,9 @@ def main():
 
     against_fer(fer_python, model, photo_folders(tmp / "sizes", None if a.folder else photos), a.threads, a.rounds)
 
-    # int8 needs Training faces for its calibration
-    int8_path = export_onnx(model, tmp / "model.int8.onnx", data=a.data, int8=True)["path"] if a.data else None
+    # int8 needs Training faces for its calibration, and trained weights to pass its label-agreement check
+    int8_path = (export_onnx(model, tmp / "model.int8.onnx", data=a.data, int8=True)["path"]
+                 if a.data and not untrained else None)
     print("\n| classifier only (uint8 faces in, probabilities out) | threads | batch 1 (ms) | batch 64 (ms/face) | "
           "faces/s |")
     print("|---|---:|---:|---:|---:|")
@@ -395,7 +401,7 @@ def main():
                 print(f"| {name} | {threads} | {1000 * one:.2f} | {1000 * many / 64:.3f} | {64 / many:.0f} |",
                       flush=True)
 
-    video_rows(a.model or "default", a.video_threads, a.video_rounds, every, a.video_seconds)
+    video_rows(video_model, a.video_threads, a.video_rounds, every, a.video_seconds)
 
 
 if __name__ == "__main__":
